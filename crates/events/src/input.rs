@@ -1,0 +1,424 @@
+//! Request bodies: parsing and validation of events as clients send them.
+//!
+//! Parsing borrows from the body: strings without escapes are `&str` slices of the request, and
+//! `data` stays raw JSON that is copied once, into the stream entry. Validation collects every
+//! problem of every event before answering, because a client fixing a 1,000-event batch wants the
+//! whole list, not one error per round trip.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::entry::{self, EncodedEvent};
+
+/// Longest accepted `type` and `id`, in characters.
+pub const MAX_TYPE_CHARS: usize = 128;
+/// Longest accepted client-supplied `id`, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+/// Longest accepted optional string (`source`, `aggregate_id`, ...), in characters.
+pub const MAX_OPTIONAL_CHARS: usize = 256;
+
+/// Size limits that are configuration, not contract constants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest encoded stream entry for one event (`MAX_EVENT_BYTES`).
+    pub max_event_bytes: usize,
+    /// Most events in one batch (`MAX_BATCH_EVENTS`).
+    pub max_batch_events: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_event_bytes: 65_536, max_batch_events: 1_000 }
+    }
+}
+
+/// What an accepted request is stamped with before it becomes stream entries.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission<'a> {
+    /// Tenant named by the request's API key; never taken from the body.
+    pub tenant: &'a str,
+    /// Time the request was received, in Unix milliseconds; the default `timestamp`.
+    pub received_at_ms: i64,
+    pub limits: Limits,
+}
+
+/// One thing wrong with one event (or with the batch as a whole when `index` is `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Position of the event in the batch; absent for single-event requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// The offending field, when one field is to blame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+    pub message: String,
+}
+
+/// Why a body was refused. Nothing from a refused body is enqueued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// Not JSON, or not the expected top-level shape.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// Valid JSON, but at least one event breaks the rules.
+    #[error("{} invalid event(s)", .0.len())]
+    InvalidEvents(Vec<Problem>),
+    /// Too many events, or an event larger than `MAX_EVENT_BYTES`. Any other problems found in
+    /// the same body are listed too.
+    #[error("{message}")]
+    TooLarge { message: String, problems: Vec<Problem> },
+}
+
+/// An event as sent, borrowed from the body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventIn<'a> {
+    #[serde(rename = "type", borrow)]
+    event_type: Cow<'a, str>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    aggregate_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    correlation_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    causation_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// An event that passed validation; `id` and `timestamp` are filled in.
+#[derive(Debug, Clone)]
+pub struct ValidEvent<'a> {
+    pub id: Cow<'a, str>,
+    pub event_type: Cow<'a, str>,
+    /// Event time in Unix milliseconds (BSON dates have millisecond precision).
+    pub timestamp_ms: i64,
+    pub source: Option<Cow<'a, str>>,
+    pub aggregate_id: Option<Cow<'a, str>>,
+    pub correlation_id: Option<Cow<'a, str>>,
+    pub causation_id: Option<Cow<'a, str>>,
+    /// Raw JSON object; `None` means `{}`.
+    pub data: Option<&'a RawValue>,
+}
+
+/// `{"events": [...]}`, the wrapped batch form.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wrapped<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+}
+
+/// Parses, validates and encodes the body of `POST /events`: one event object.
+pub fn admit_one(body: &[u8], admission: &Admission<'_>) -> Result<EncodedEvent, BodyError> {
+    let raw: &RawValue =
+        serde_json::from_slice(body).map_err(|e| BodyError::InvalidJson(json_message(&e)))?;
+    if !is_object(raw) {
+        return Err(BodyError::InvalidJson("expected one event as a JSON object".into()));
+    }
+    let mut encoded = admit_all(&[raw], admission, false)?;
+    Ok(encoded.remove(0))
+}
+
+/// Parses, validates and encodes the body of `POST /events/batch`: a JSON array of events or
+/// `{"events": [...]}`. All or nothing: any problem refuses the whole batch.
+pub fn admit_batch(body: &[u8], admission: &Admission<'_>) -> Result<Vec<EncodedEvent>, BodyError> {
+    let raws = split_batch(body)?;
+    if raws.is_empty() {
+        return Err(BodyError::InvalidEvents(vec![Problem {
+            index: None,
+            field: None,
+            message: "the batch holds no events".into(),
+        }]));
+    }
+    if raws.len() > admission.limits.max_batch_events {
+        return Err(BodyError::TooLarge {
+            message: format!(
+                "the batch holds {} events; at most {} are allowed (MAX_BATCH_EVENTS)",
+                raws.len(),
+                admission.limits.max_batch_events
+            ),
+            problems: Vec::new(),
+        });
+    }
+    admit_all(&raws, admission, true)
+}
+
+fn split_batch(body: &[u8]) -> Result<Vec<&RawValue>, BodyError> {
+    let shape = "expected a JSON array of events or an object {\"events\": [...]}";
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice(body).map_err(|e| BodyError::InvalidJson(json_message(&e))),
+        Some(b'{') => serde_json::from_slice::<Wrapped<'_>>(body).map(|w| w.events).map_err(|e| {
+            if e.is_data() {
+                BodyError::InvalidJson(format!("{shape}: {e}"))
+            } else {
+                BodyError::InvalidJson(json_message(&e))
+            }
+        }),
+        Some(_) => {
+            // Either malformed or another JSON type; let the parser say which.
+            match serde_json::from_slice::<&RawValue>(body) {
+                Err(e) => Err(BodyError::InvalidJson(json_message(&e))),
+                Ok(_) => Err(BodyError::InvalidJson(shape.into())),
+            }
+        }
+        None => Err(BodyError::InvalidJson("the body is empty".into())),
+    }
+}
+
+fn admit_all(
+    raws: &[&RawValue],
+    admission: &Admission<'_>,
+    indexed: bool,
+) -> Result<Vec<EncodedEvent>, BodyError> {
+    let mut problems = Vec::new();
+    let mut too_large = false;
+    let mut encoded = Vec::with_capacity(raws.len());
+    for (i, raw) in raws.iter().enumerate() {
+        let index = indexed.then_some(i);
+        let before = problems.len();
+        match validate(raw, admission.received_at_ms, index, &mut problems) {
+            Some(event) if problems.len() == before => {
+                let entry = entry::encode(&event, admission.tenant, admission.received_at_ms);
+                if entry.payload.len() > admission.limits.max_event_bytes {
+                    too_large = true;
+                    problems.push(Problem {
+                        index,
+                        field: None,
+                        message: format!(
+                            "the event is {} bytes encoded; at most {} are allowed (MAX_EVENT_BYTES)",
+                            entry.payload.len(),
+                            admission.limits.max_event_bytes
+                        ),
+                    });
+                } else if problems.is_empty() {
+                    encoded.push(entry);
+                }
+            }
+            _ => {}
+        }
+    }
+    match (problems.is_empty(), too_large) {
+        (true, _) => Ok(encoded),
+        (false, true) => {
+            Err(BodyError::TooLarge { message: "an event is larger than MAX_EVENT_BYTES".into(), problems })
+        }
+        (false, false) => Err(BodyError::InvalidEvents(problems)),
+    }
+}
+
+/// Checks one event, pushing each problem found; returns the event when it parsed at all.
+fn validate<'a>(
+    raw: &'a RawValue,
+    received_at_ms: i64,
+    index: Option<usize>,
+    problems: &mut Vec<Problem>,
+) -> Option<ValidEvent<'a>> {
+    let mut report =
+        |field: Option<&'static str>, message: String| problems.push(Problem { index, field, message });
+    if !is_object(raw) {
+        report(None, "an event must be a JSON object".into());
+        return None;
+    }
+    let input: EventIn<'a> = match serde_json::from_str(raw.get()) {
+        Ok(input) => input,
+        Err(e) => {
+            report(None, strip_position(&e));
+            return None;
+        }
+    };
+
+    let t = &input.event_type;
+    if t.is_empty() || t.chars().count() > MAX_TYPE_CHARS || !t.bytes().all(is_type_byte) {
+        report(Some("type"), format!("type must be 1 to {MAX_TYPE_CHARS} characters of [A-Za-z0-9_.:-]"));
+    }
+    if let Some(id) = &input.id {
+        let n = id.chars().count();
+        if n == 0 || n > MAX_ID_CHARS {
+            report(Some("id"), format!("id must be 1 to {MAX_ID_CHARS} characters"));
+        }
+    }
+    let timestamp_ms = match &input.timestamp {
+        None => received_at_ms,
+        Some(s) => match OffsetDateTime::parse(s, &Rfc3339) {
+            Ok(t) => i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(received_at_ms),
+            Err(_) => {
+                report(Some("timestamp"), format!("timestamp must be an RFC 3339 date-time, got {s:?}"));
+                received_at_ms
+            }
+        },
+    };
+    for (field, value) in [
+        ("source", &input.source),
+        ("aggregate_id", &input.aggregate_id),
+        ("correlation_id", &input.correlation_id),
+        ("causation_id", &input.causation_id),
+    ] {
+        if value.as_ref().is_some_and(|v| v.chars().count() > MAX_OPTIONAL_CHARS) {
+            report(Some(field), format!("{field} must be at most {MAX_OPTIONAL_CHARS} characters"));
+        }
+    }
+    if input.data.is_some_and(|d| !is_object(d)) {
+        report(Some("data"), "data must be a JSON object".into());
+    }
+
+    Some(ValidEvent {
+        id: input.id.unwrap_or_else(|| Cow::Owned(uuid::Uuid::now_v7().to_string())),
+        event_type: input.event_type,
+        timestamp_ms,
+        source: input.source,
+        aggregate_id: input.aggregate_id,
+        correlation_id: input.correlation_id,
+        causation_id: input.causation_id,
+        data: input.data,
+    })
+}
+
+fn is_type_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-')
+}
+
+fn is_object(raw: &RawValue) -> bool {
+    raw.get().trim_start().starts_with('{')
+}
+
+/// serde_json's message for a body-level error, position included (it helps find a stray comma).
+fn json_message(e: &serde_json::Error) -> String {
+    format!("the body is not valid JSON: {e}")
+}
+
+/// serde_json's message for an error inside one event; the position is relative to the event, not
+/// the body, so it would mislead.
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(cut) => s[..cut].to_string(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn admission() -> Admission<'static> {
+        Admission { tenant: "acme", received_at_ms: NOW, limits: Limits::default() }
+    }
+
+    fn problems(err: BodyError) -> Vec<Problem> {
+        match err {
+            BodyError::InvalidEvents(p) | BodyError::TooLarge { problems: p, .. } => p,
+            other => panic!("expected event problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_event_gets_uuid_v7_and_receive_time() {
+        let e = admit_one(br#"{"type":"page_view"}"#, &admission()).unwrap();
+        let id = uuid::Uuid::parse_str(&e.id).unwrap();
+        assert_eq!(id.get_version_num(), 7);
+        let stored = crate::entry::decode(&e.payload).unwrap();
+        assert_eq!(stored.timestamp_ms, NOW);
+        assert_eq!(stored.received_at_ms, NOW);
+        assert_eq!(stored.tenant, "acme");
+    }
+
+    #[test]
+    fn client_id_and_timestamp_are_kept() {
+        let body = br#"{"type":"a.b:c-d_e","id":"k-1","timestamp":"2024-05-01T12:00:00.123+02:00"}"#;
+        let e = admit_one(body, &admission()).unwrap();
+        assert_eq!(e.id, "k-1");
+        let stored = crate::entry::decode(&e.payload).unwrap();
+        assert_eq!(stored.timestamp_ms, 1_714_557_600_123);
+    }
+
+    #[test]
+    fn type_rules() {
+        for bad in ["", "has space", "émoji", &"x".repeat(129)] {
+            let body = serde_json::json!({ "type": bad }).to_string();
+            let p = problems(admit_one(body.as_bytes(), &admission()).unwrap_err());
+            assert_eq!(p[0].field, Some("type"), "{bad:?}");
+        }
+        let ok = serde_json::json!({ "type": "x".repeat(128) }).to_string();
+        assert!(admit_one(ok.as_bytes(), &admission()).is_ok());
+    }
+
+    #[test]
+    fn every_problem_of_an_event_is_reported() {
+        let body = serde_json::json!({
+            "type": "ok", "id": "", "timestamp": "yesterday", "source": "s".repeat(257), "data": [1]
+        })
+        .to_string();
+        let p = problems(admit_one(body.as_bytes(), &admission()).unwrap_err());
+        let fields: Vec<_> = p.iter().filter_map(|p| p.field).collect();
+        assert_eq!(fields, ["id", "timestamp", "source", "data"]);
+    }
+
+    #[test]
+    fn missing_type_and_unknown_fields_are_invalid_events() {
+        let p = problems(admit_one(br#"{"data":{}}"#, &admission()).unwrap_err());
+        assert!(p[0].message.contains("missing field `type`"), "{p:?}");
+        let p = problems(admit_one(br#"{"type":"a","tenant":"other"}"#, &admission()).unwrap_err());
+        assert!(p[0].message.contains("unknown field `tenant`"), "{p:?}");
+    }
+
+    #[test]
+    fn malformed_json_and_wrong_shapes() {
+        assert!(matches!(admit_one(b"{\"type\":", &admission()), Err(BodyError::InvalidJson(_))));
+        assert!(matches!(admit_one(b"[]", &admission()), Err(BodyError::InvalidJson(_))));
+        assert!(matches!(admit_batch(b"42", &admission()), Err(BodyError::InvalidJson(_))));
+        assert!(matches!(admit_batch(b"", &admission()), Err(BodyError::InvalidJson(_))));
+        assert!(matches!(admit_batch(br#"{"evnts":[]}"#, &admission()), Err(BodyError::InvalidJson(_))));
+        assert!(matches!(admit_batch(b"[", &admission()), Err(BodyError::InvalidJson(_))));
+    }
+
+    #[test]
+    fn batch_forms_and_per_index_problems() {
+        let a = admit_batch(br#"[{"type":"a"},{"type":"b"}]"#, &admission()).unwrap();
+        let b = admit_batch(br#" {"events":[{"type":"a"},{"type":"b"}]}"#, &admission()).unwrap();
+        assert_eq!((a.len(), b.len()), (2, 2));
+
+        let p = problems(
+            admit_batch(br#"[{"type":"a"},{"type":"b c"},7,{"type":"d"}]"#, &admission()).unwrap_err(),
+        );
+        let indexes: Vec<_> = p.iter().map(|p| p.index).collect();
+        assert_eq!(indexes, [Some(1), Some(2)]);
+        assert!(matches!(admit_batch(b"[]", &admission()), Err(BodyError::InvalidEvents(_))));
+    }
+
+    #[test]
+    fn size_limits() {
+        let limits = Limits { max_event_bytes: 200, max_batch_events: 2 };
+        let adm = Admission { limits, ..admission() };
+        assert!(matches!(
+            admit_batch(br#"[{"type":"a"},{"type":"a"},{"type":"a"}]"#, &adm),
+            Err(BodyError::TooLarge { .. })
+        ));
+        let big =
+            serde_json::json!([{"type": "a"}, {"type": "b", "data": {"pad": "p".repeat(300)}}]).to_string();
+        let p = problems(admit_batch(big.as_bytes(), &adm).unwrap_err());
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].index, Some(1));
+    }
+
+    #[test]
+    fn escaped_strings_and_null_optionals() {
+        let body = br#"{"type":"a","source":"line\nbreak","data":null,"aggregate_id":null}"#;
+        let e = admit_one(body, &admission()).unwrap();
+        let stored = crate::entry::decode(&e.payload).unwrap();
+        assert_eq!(stored.source.as_deref(), Some("line\nbreak"));
+        assert_eq!(stored.aggregate_id, None);
+        assert!(stored.data.is_none());
+    }
+}

@@ -1,0 +1,118 @@
+//! The ingest's one error type and its single mapping to status, code and JSON body.
+//!
+//! Every refusal a client can see is an [`ApiError`]; [`ApiError::into_response`] is the only place
+//! that decides statuses. Bodies are `{"error":{"code","message","details"}}`. Internal causes
+//! (Redis errors) are logged where they happen and never put in a response.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use evp_events::{BodyError, Problem};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Seconds a client is asked to wait after a 503.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{message}")]
+    InvalidEvent { message: String, details: Vec<Problem> },
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{message}")]
+    PayloadTooLarge { message: String, details: Vec<Problem> },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("no route for {0}")]
+    NotFound(String),
+}
+
+impl ApiError {
+    /// The status and the stable code clients branch on.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            Self::InvalidEvent { .. } => (StatusCode::BAD_REQUEST, "invalid_event"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        }
+    }
+
+    /// The code alone, used as the `reason` label of rejected-event metrics.
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::InvalidJson(message) => Self::InvalidJson(message),
+            BodyError::InvalidEvents(details) => {
+                let message = match details.len() {
+                    1 => format!("invalid event: {}", details[0].message),
+                    n => format!("{n} problems found; nothing was accepted"),
+                };
+                Self::InvalidEvent { message, details }
+            }
+            BodyError::TooLarge { message, problems } => Self::PayloadTooLarge { message, details: problems },
+        }
+    }
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "invalid_event", "message": "2 problems found; nothing was accepted",
+    "details": [{"index": 3, "field": "type", "message": "type must be 1 to 128 characters of [A-Za-z0-9_.:-]"},
+                {"index": 7, "field": "timestamp", "message": "timestamp must be an RFC 3339 date-time, got \"yesterday\""}]}}))]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code: `invalid_json`, `invalid_event`, `unauthorized`,
+    /// `payload_too_large`, `unsupported_media_type`, `service_unavailable`, `not_found`.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// One entry per problem; for batches, `index` is the position of the offending event.
+    #[schema(value_type = Vec<ProblemSchema>)]
+    pub details: Vec<Problem>,
+}
+
+/// One problem with one event (documentation shape of [`Problem`]).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ProblemSchema {
+    /// Position of the event in the batch; absent for `POST /events`.
+    index: Option<usize>,
+    /// The offending field, when one field is to blame.
+    field: Option<String>,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = self.to_string();
+        let details = match self {
+            Self::InvalidEvent { details, .. } | Self::PayloadTooLarge { details, .. } => details,
+            _ => Vec::new(),
+        };
+        let mut response =
+            (status, Json(ErrorResponse { error: ErrorBody { code, message, details } })).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}

@@ -1,0 +1,84 @@
+//! `evp-ingest`: the HTTP front door of evp.
+//!
+//! A request flows through these modules, in order:
+//!
+//! - [`router`] builds the axum router and the OpenAPI document from one list of handlers, and adds
+//!   request ids, tracing, panic catching and request metrics.
+//! - [`auth`] turns `x-api-key` into a [`auth::Tenant`] (401 otherwise).
+//! - [`body`] reads the body: JSON content type, size cap, gzip with a cap on the decompressed size.
+//! - [`routes::events`] validates with `evp_events` (all or nothing) and hands the encoded entries to
+//! - [`stream_publisher`], which appends them to the Redis stream in one atomic round trip; only then
+//!   does the client get 202.
+//! - [`error`] is the single mapping from every refusal to status, code and JSON body.
+//!
+//! [`config`] reads the environment once; [`run`] serves until the shutdown token is cancelled, then
+//! drains in-flight requests. `main.rs` is config, telemetry, bind, `run`.
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod router;
+pub mod routes;
+pub mod state;
+pub mod stream_publisher;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::IngestConfig;
+pub use state::AppState;
+
+/// Builds the shared state: the lazy Redis publisher and the MongoDB client (neither connects yet).
+pub async fn build_state(
+    config: IngestConfig,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<AppState> {
+    let publisher =
+        stream_publisher::StreamPublisher::new(&config.redis_url, &config.stream, config.redis_timeout)
+            .context("REDIS_URL")?;
+    let mut mongo_options =
+        mongodb::options::ClientOptions::parse(&config.mongodb_uri).await.context("MONGODB_URI")?;
+    mongo_options.server_selection_timeout = Some(Duration::from_secs(2));
+    mongo_options.app_name = Some("evp-ingest".into());
+    let mongo = mongodb::Client::with_options(mongo_options).context("MONGODB_URI")?;
+    Ok(AppState {
+        api_keys: Arc::new(config.api_keys.clone()),
+        config: Arc::new(config),
+        publisher,
+        mongo,
+        metrics,
+        shutdown,
+    })
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then stops accepting and waits for in-flight
+/// requests (at most the configured drain timeout).
+pub async fn run(
+    config: IngestConfig,
+    listener: TcpListener,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let drain_timeout = config.drain_timeout;
+    let state = build_state(config, metrics, shutdown.clone()).await?;
+    state.publisher.spawn_backlog_monitor(state.config.backlog_poll, shutdown.clone());
+    let app = router::router(state);
+    tracing::info!(addr = %listener.local_addr()?, "evp-ingest listening; Swagger UI at /docs");
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tokio::select! {
+        result = server.into_future() => result.context("HTTP server")?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(drain_timeout).await } => {
+            tracing::warn!(?drain_timeout, "in-flight requests did not finish in time; exiting anyway");
+        }
+    }
+    tracing::info!("evp-ingest stopped");
+    Ok(())
+}

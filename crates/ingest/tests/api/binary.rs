@@ -1,0 +1,147 @@
+//! The real `evp-ingest` binary: configuration errors, metrics, request ids, and SIGTERM draining.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use evp_testkit::{ChildGuard, RedisServer, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_evp-ingest");
+
+fn ingest(env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+#[test]
+fn a_bad_variable_stops_start_up_with_one_line_naming_it() {
+    for (env, variable) in [
+        (vec![("API_KEYS", "k"), ("PORT", "http")], "PORT"),
+        (vec![], "API_KEYS"),
+        (vec![("API_KEYS", "k"), ("MAX_BODY_BYTES", "-1")], "MAX_BODY_BYTES"),
+        (vec![("API_KEYS", "k"), ("STREAM_HIGH_WATER", "0")], "STREAM_HIGH_WATER"),
+    ] {
+        let out = ingest(&env).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{variable}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(variable), "{stderr}");
+    }
+}
+
+fn start(redis: &RedisServer, port: u16, dir: &tempfile_dir::Dir) -> ChildGuard {
+    let cmd = ingest(&[
+        ("API_KEYS", "acme:k1"),
+        ("REDIS_URL", &redis.url()),
+        ("MONGODB_URI", "mongodb://127.0.0.1:9"),
+        ("PORT", &port.to_string()),
+        ("LOG_FORMAT", "json"),
+    ]);
+    let mut child = ChildGuard::spawn("evp-ingest", cmd, &dir.path("ingest.log")).unwrap();
+    child.wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(10)).unwrap();
+    child
+}
+
+/// A throwaway directory for logs, removed on drop.
+mod tempfile_dir {
+    pub struct Dir(std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "evp-ingest-test-{}-{}",
+                std::process::id(),
+                rand_suffix()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+        pub fn path(&self, name: &str) -> std::path::PathBuf {
+            self.0.join(name)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn rand_suffix() -> u128 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_events_and_responses_carry_a_request_id() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let dir = tempfile_dir::Dir::new();
+    let _ingest = start(&redis, port, &dir);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let post = |path: &'static str, body: &'static str| {
+        http.post(format!("{base}{path}"))
+            .header("x-api-key", "k1")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let resp = post("/events/batch", r#"[{"type":"a"},{"type":"b"},{"type":"c"}]"#).await.unwrap();
+    assert_eq!(resp.status(), 202);
+    assert!(!resp.headers()["x-request-id"].is_empty());
+    assert_eq!(post("/events", r#"{"type":"bad type"}"#).await.unwrap().status(), 400);
+    let echoed =
+        http.get(format!("{base}/health/live")).header("x-request-id", "trace-me-42").send().await.unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "trace-me-42");
+
+    let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("evp_ingest_events_accepted_total 3"), "{text}");
+    assert!(text.contains(r#"evp_ingest_requests_rejected_total{reason="invalid_event"} 1"#), "{text}");
+    assert!(
+        text.contains(
+            r#"evp_ingest_http_requests_total{route="/events/batch",method="POST",status="202"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains("evp_ingest_redis_xadd_duration_seconds_bucket"), "{text}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_request_in_flight_then_exits_0() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let dir = tempfile_dir::Dir::new();
+    let mut ingest = start(&redis, port, &dir);
+
+    // A request whose body is still arriving when SIGTERM lands.
+    let body = br#"{"type":"in_flight","id":"drained"}"#;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "POST /events HTTP/1.1\r\nhost: x\r\nx-api-key: k1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(&body[..10]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = ingest.pid().unwrap();
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    stream.write_all(&body[10..]).unwrap();
+    let mut response = String::new();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = stream.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 202"), "in-flight request was not drained: {response:?}");
+
+    let code = ingest.signal_and_wait("TERM", Duration::from_secs(10));
+    assert_eq!(code, Some(0), "log:\n{}", ingest.log());
+    assert!(ingest.log().contains("evp-ingest stopped"));
+    let mut conn = redis.connection().await;
+    let len: usize = redis::cmd("XLEN").arg("events").query_async(&mut conn).await.unwrap();
+    assert_eq!(len, 1);
+    // New connections are refused once it has stopped.
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+}

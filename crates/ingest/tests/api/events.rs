@@ -1,0 +1,178 @@
+//! POST /events and /events/batch: what is accepted ends up in Redis, exactly as sent, for the
+//! key's tenant; what is refused leaves nothing behind.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, expect_error, gzip};
+
+#[tokio::test]
+async fn single_event_is_in_the_stream_before_202() {
+    let app = TestApp::spawn().await;
+    let resp = app
+        .post("/events", "key-acme", r#"{"type":"page_view","id":"e-1","source":"web","data":{"path":"/"}}"#)
+        .await;
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body, json!({"accepted": 1, "ids": ["e-1"]}));
+
+    let entries = app.entries().await;
+    assert_eq!(entries.len(), 1);
+    let e = &entries[0];
+    assert_eq!(
+        (e["tenant"].as_str(), e["id"].as_str(), e["type"].as_str()),
+        (Some("acme"), Some("e-1"), Some("page_view"))
+    );
+    assert_eq!(e["source"], "web");
+    assert_eq!(e["data"], json!({"path": "/"}));
+    assert!(e["rcv"].as_i64().unwrap() > 1_600_000_000_000, "received_at recorded: {e}");
+    assert_eq!(e["ts"], e["rcv"], "timestamp defaults to the receive time");
+}
+
+#[tokio::test]
+async fn generated_ids_are_uuid_v7_and_returned_in_order() {
+    let app = TestApp::spawn().await;
+    let resp = app
+        .post("/events/batch", "key-acme", r#"[{"type":"a"},{"type":"b","id":"mine"},{"type":"c"}]"#)
+        .await;
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let ids: Vec<&str> = body["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(body["accepted"], 3);
+    assert_eq!(ids[1], "mine");
+    for id in [ids[0], ids[2]] {
+        assert_eq!(&id[14..15], "7", "UUIDv7 expected, got {id}");
+    }
+    let stored: Vec<String> =
+        app.entries().await.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(stored, ids);
+}
+
+#[tokio::test]
+async fn both_batch_forms_are_accepted() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.post("/events/batch", "key-acme", r#"[{"type":"a"}]"#).await.status(), 202);
+    assert_eq!(
+        app.post("/events/batch", "key-acme", r#"{"events":[{"type":"b"},{"type":"c"}]}"#).await.status(),
+        202
+    );
+    let types: Vec<Value> = app.entries().await.iter().map(|e| e["type"].clone()).collect();
+    assert_eq!(types, [json!("a"), json!("b"), json!("c")]);
+}
+
+#[tokio::test]
+async fn an_invalid_event_refuses_the_whole_batch_and_names_each_index() {
+    let app = TestApp::spawn().await;
+    let batch = json!([
+        {"type": "ok"},
+        {"type": "has space"},
+        {"type": "ok", "timestamp": "tuesday"},
+        {"type": "ok", "data": "not an object"},
+        {"type": "ok"}
+    ]);
+    let body =
+        expect_error(app.post("/events/batch", "key-acme", batch.to_string()).await, 400, "invalid_event")
+            .await;
+    let details = body["error"]["details"].as_array().unwrap();
+    let indexed: Vec<(i64, &str)> =
+        details.iter().map(|d| (d["index"].as_i64().unwrap(), d["field"].as_str().unwrap())).collect();
+    assert_eq!(indexed, [(1, "type"), (2, "timestamp"), (3, "data")]);
+    assert_eq!(app.entry_count().await, 0, "nothing of a refused batch may be enqueued");
+}
+
+#[tokio::test]
+async fn malformed_json_is_invalid_json() {
+    let app = TestApp::spawn().await;
+    expect_error(app.post("/events", "key-acme", r#"{"type": "a""#).await, 400, "invalid_json").await;
+    expect_error(app.post("/events/batch", "key-acme", r#"[{"type":"a"},]"#).await, 400, "invalid_json")
+        .await;
+    expect_error(app.post("/events/batch", "key-acme", r#""a string""#).await, 400, "invalid_json").await;
+    expect_error(app.post("/events", "key-acme", "").await, 400, "invalid_json").await;
+    let body =
+        expect_error(app.post("/events", "key-acme", r#"{"data":{}}"#).await, 400, "invalid_event").await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("type"), "{body}");
+    assert_eq!(app.entry_count().await, 0);
+}
+
+#[tokio::test]
+async fn api_keys_name_tenants_and_unknown_keys_get_401() {
+    let app = TestApp::spawn().await;
+    for key in ["key-acme", "key-globex", "key-default"] {
+        assert_eq!(app.post("/events", key, r#"{"type":"t"}"#).await.status(), 202);
+    }
+    let tenants: Vec<Value> = app.entries().await.iter().map(|e| e["tenant"].clone()).collect();
+    assert_eq!(tenants, [json!("acme"), json!("globex"), json!("default")]);
+
+    // A tenant in the body is refused, never honoured.
+    expect_error(
+        app.post("/events", "key-acme", r#"{"type":"t","tenant":"globex"}"#).await,
+        400,
+        "invalid_event",
+    )
+    .await;
+    expect_error(app.post("/events", "wrong", r#"{"type":"t"}"#).await, 401, "unauthorized").await;
+    expect_error(app.post("/events", "key-acme2", r#"{"type":"t"}"#).await, 401, "unauthorized").await;
+    let no_key = app
+        .http
+        .post(app.url("/events/batch"))
+        .header("content-type", "application/json")
+        .body(r#"[{"type":"t"}]"#)
+        .send()
+        .await
+        .unwrap();
+    expect_error(no_key, 401, "unauthorized").await;
+    assert_eq!(app.entry_count().await, 3);
+}
+
+#[tokio::test]
+async fn gzip_bodies_are_accepted() {
+    let app = TestApp::spawn().await;
+    let batch: Vec<Value> = (0..200).map(|i| json!({"type": "zipped", "id": format!("z-{i}")})).collect();
+    let resp = app
+        .http
+        .post(app.url("/events/batch"))
+        .header("x-api-key", "key-globex")
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gzip(serde_json::to_string(&batch).unwrap().as_bytes()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let entries = app.entries().await;
+    assert_eq!(entries.len(), 200);
+    assert_eq!(entries[199]["id"], "z-199");
+
+    let garbage = app
+        .http
+        .post(app.url("/events"))
+        .header("x-api-key", "key-globex")
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body("definitely not gzip")
+        .send()
+        .await
+        .unwrap();
+    expect_error(garbage, 400, "invalid_json").await;
+}
+
+#[tokio::test]
+async fn non_json_content_types_and_encodings_get_415() {
+    let app = TestApp::spawn().await;
+    let send = |ct: Option<&'static str>, ce: Option<&'static str>| {
+        let mut req =
+            app.http.post(app.url("/events")).header("x-api-key", "key-acme").body(r#"{"type":"a"}"#);
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        if let Some(ce) = ce {
+            req = req.header("content-encoding", ce);
+        }
+        req.send()
+    };
+    expect_error(send(Some("text/plain"), None).await.unwrap(), 415, "unsupported_media_type").await;
+    expect_error(send(None, None).await.unwrap(), 415, "unsupported_media_type").await;
+    expect_error(send(Some("application/json"), Some("br")).await.unwrap(), 415, "unsupported_media_type")
+        .await;
+    assert_eq!(send(Some("application/json; charset=utf-8"), None).await.unwrap().status(), 202);
+    assert_eq!(app.entry_count().await, 1);
+}

@@ -1,0 +1,108 @@
+//! Size limits (413), the gzip bomb, and the backlog high-water mark (503).
+
+use serde_json::{Value, json};
+
+use crate::helpers::{NO_MONGO, TestApp, expect_error, gzip};
+
+#[tokio::test]
+async fn body_batch_and_event_limits_get_413_and_enqueue_nothing() {
+    let app = TestApp::spawn_with(NO_MONGO, |c| {
+        c.max_body_bytes = 4096;
+        c.limits.max_batch_events = 10;
+        c.limits.max_event_bytes = 512;
+    })
+    .await;
+
+    let big_body = json!([{"type": "a", "data": {"pad": "x".repeat(5000)}}]).to_string();
+    expect_error(app.post("/events/batch", "key-acme", big_body).await, 413, "payload_too_large").await;
+
+    let eleven: Vec<Value> = (0..11).map(|_| json!({"type": "a"})).collect();
+    let body = expect_error(
+        app.post("/events/batch", "key-acme", serde_json::to_string(&eleven).unwrap()).await,
+        413,
+        "payload_too_large",
+    )
+    .await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("MAX_BATCH_EVENTS"), "{body}");
+
+    let one_big = json!([{"type": "a"}, {"type": "b", "data": {"pad": "x".repeat(600)}}]).to_string();
+    let body =
+        expect_error(app.post("/events/batch", "key-acme", one_big).await, 413, "payload_too_large").await;
+    assert_eq!(body["error"]["details"][0]["index"], 1, "{body}");
+
+    let ten: Vec<Value> = (0..10).map(|_| json!({"type": "a"})).collect();
+    assert_eq!(
+        app.post("/events/batch", "key-acme", serde_json::to_string(&ten).unwrap()).await.status(),
+        202
+    );
+    assert_eq!(app.entry_count().await, 10, "only the batch within every limit was enqueued");
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_is_refused_by_its_decompressed_size() {
+    let app = TestApp::spawn_with(NO_MONGO, |c| c.max_body_bytes = 1 << 20).await;
+    // 64 MiB of spaces inside a valid JSON array compresses to about 64 KiB.
+    let mut bomb = b"[".to_vec();
+    bomb.resize(64 << 20, b' ');
+    bomb.push(b']');
+    let compressed = gzip(&bomb);
+    assert!(compressed.len() < (1 << 20), "the compressed body itself is within the limit");
+    let resp = app
+        .http
+        .post(app.url("/events/batch"))
+        .header("x-api-key", "key-acme")
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(compressed)
+        .send()
+        .await
+        .unwrap();
+    let body = expect_error(resp, 413, "payload_too_large").await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("decompresses"), "{body}");
+    // The service is still up and serving.
+    assert_eq!(app.post("/events", "key-acme", r#"{"type":"after"}"#).await.status(), 202);
+    assert_eq!(app.entry_count().await, 1);
+}
+
+#[tokio::test]
+async fn backlog_past_the_high_water_mark_gets_503_with_retry_after() {
+    let app = TestApp::spawn_with(NO_MONGO, |c| c.stream_high_water = 5).await;
+    let five: Vec<Value> = (0..5).map(|_| json!({"type": "a"})).collect();
+    assert_eq!(
+        app.post("/events/batch", "key-acme", serde_json::to_string(&five).unwrap()).await.status(),
+        202
+    );
+
+    // The backlog is sampled in the background; within a few polls the ingest must refuse.
+    let mut refused = None;
+    let mut accepted_before_refusal = 0;
+    for _ in 0..100 {
+        let resp = app.post("/events", "key-acme", r#"{"type":"b"}"#).await;
+        if resp.status() == 503 {
+            refused = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status(), 202);
+        accepted_before_refusal += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let resp = refused.expect("the ingest kept accepting past the high-water mark");
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body = expect_error(resp, 503, "service_unavailable").await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("high-water"), "{body}");
+    let backlog = app.entry_count().await;
+
+    // Draining the stream (as workers trimming acknowledged entries do) lets events in again.
+    let mut conn = app.redis.connection().await;
+    let _: () = redis::cmd("DEL").arg(&app.stream).query_async(&mut conn).await.unwrap();
+    let mut accepted = false;
+    for _ in 0..100 {
+        if app.post("/events", "key-acme", r#"{"type":"c"}"#).await.status() == 202 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(accepted, "the ingest did not accept again after the backlog drained");
+    assert_eq!(backlog, 5 + accepted_before_refusal, "a refused request must enqueue nothing");
+}

@@ -1,0 +1,9 @@
+//! Integration tests of `evp-ingest` over real HTTP against a real `redis-server` (and, for health,
+//! a real MongoDB-protocol server). One test binary, so the crate links once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod binary;
+mod events;
+mod health;
+mod helpers;
+mod limits;

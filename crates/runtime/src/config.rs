@@ -1,0 +1,134 @@
+//! Reading configuration from environment variables.
+//!
+//! Every program builds a typed config struct through [`Env`], which reads each variable once and
+//! turns a bad value into a [`ConfigError`] naming the variable, the value and the fault: the one line
+//! an operator needs when a process refuses to start. Tests build an `Env` from a map instead of
+//! mutating the process environment.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A configuration value that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {variable}: {message}")]
+pub struct ConfigError {
+    pub variable: String,
+    pub message: String,
+}
+
+/// Where variables come from: the process environment, or a map in tests.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    overrides: Option<HashMap<String, String>>,
+}
+
+impl Env {
+    /// Reads the process environment.
+    pub fn process() -> Self {
+        Self { overrides: None }
+    }
+
+    /// Reads only the given pairs (for tests).
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self { overrides: Some(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect()) }
+    }
+
+    /// The raw value, `None` when unset or empty.
+    pub fn get(&self, name: &str) -> Option<String> {
+        let value = match &self.overrides {
+            Some(map) => map.get(name).cloned(),
+            None => std::env::var(name).ok(),
+        };
+        value.filter(|v| !v.trim().is_empty())
+    }
+
+    /// A string with a default.
+    pub fn string(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or_else(|| default.to_string())
+    }
+
+    /// A required string.
+    pub fn required(&self, name: &str) -> Result<String, ConfigError> {
+        self.get(name).ok_or_else(|| error(name, "is required but not set"))
+    }
+
+    /// A parsed value with a default.
+    pub fn parse<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw.trim().parse().map_err(|e| error(name, format!("{raw:?} is not valid: {e}"))),
+        }
+    }
+
+    /// A positive integer (zero is refused) with a default.
+    pub fn positive<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialEq + Default,
+        T::Err: Display,
+    {
+        let value = self.parse(name, default)?;
+        if value == T::default() {
+            return Err(error(name, "must be greater than zero"));
+        }
+        Ok(value)
+    }
+
+    /// A duration given in milliseconds, with a default.
+    pub fn millis(&self, name: &str, default_ms: u64) -> Result<Duration, ConfigError> {
+        self.parse(name, default_ms).map(Duration::from_millis)
+    }
+}
+
+/// Builds a [`ConfigError`] for `variable`.
+pub fn error(variable: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { variable: variable.to_string(), message: message.into() }
+}
+
+/// `LOG_FORMAT`: how log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One JSON object a line (the default; what log shippers want).
+    #[default]
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" => Ok(Self::Pretty),
+            _ => Err("expected json or pretty".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_variable() {
+        let env = Env::from_pairs([("PORT", "eighty"), ("ZERO", "0"), ("EMPTY", " ")]);
+        let e = env.parse::<u16>("PORT", 3000).unwrap_err();
+        assert_eq!(e.variable, "PORT");
+        assert!(e.to_string().starts_with("invalid configuration: PORT: \"eighty\" is not valid"), "{e}");
+        assert_eq!(env.positive::<usize>("ZERO", 5).unwrap_err().variable, "ZERO");
+        assert_eq!(env.required("EMPTY").unwrap_err().variable, "EMPTY");
+        assert_eq!(env.parse::<u16>("UNSET", 7).unwrap(), 7);
+        assert_eq!(env.parse::<LogFormat>("UNSET", LogFormat::Json).unwrap(), LogFormat::Json);
+    }
+}

@@ -1,0 +1,18 @@
+//! Dev-only fixtures that start real servers for integration tests.
+//!
+//! - [`RedisServer`]: a `redis-server` child process (binary overridable with `REDIS_SERVER_BIN`).
+//! - [`MongoServer`]: `MONGODB_TEST_URI` when set, else a `mongod` on PATH, else `nx-27017` (the
+//!   MongoDB-wire-compatible server from PyPI, found through `NX_27017_BIN` or the project's `.venv`).
+//!
+//! Each fixture binds a free loopback port, keeps its data and log in a temporary directory, waits
+//! until the server answers, prints the end of the server's log when the test fails, and kills and
+//! reaps the process on drop. Nothing here is a mock: tests talk to the servers over TCP with the
+//! same client crates the binaries use.
+
+mod mongo;
+mod process;
+mod redis_server;
+
+pub use mongo::MongoServer;
+pub use process::{ChildGuard, free_port, workspace_root};
+pub use redis_server::RedisServer;

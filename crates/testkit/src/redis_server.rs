@@ -1,0 +1,71 @@
+//! A real `redis-server` on a free loopback port.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::process::{ChildGuard, free_port};
+
+/// A `redis-server` child process with no persistence, in its own temporary directory.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: TempDir,
+    process: ChildGuard,
+}
+
+impl RedisServer {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let process = Self::spawn(port, &dir);
+        Self { port, dir, process }
+    }
+
+    fn spawn(port: u16, dir: &TempDir) -> ChildGuard {
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path());
+        let log = dir.path().join("redis.log");
+        let mut process = ChildGuard::spawn("redis-server", cmd, &log)
+            .unwrap_or_else(|e| panic!("cannot start {bin} (install redis-server): {e}"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        process.wait_for_port(addr, Duration::from_secs(10)).expect("redis-server did not start");
+        process
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A client for assertions, from the same crate the binaries use.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("redis url")
+    }
+
+    /// A multiplexed async connection for assertions.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        self.client().get_multiplexed_async_connection().await.expect("connect to test redis")
+    }
+
+    /// Kills the server (simulates an outage). Data is lost: persistence is off.
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the server again on the same port after [`stop`](Self::stop).
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.process = Self::spawn(self.port, &self.dir);
+    }
+}

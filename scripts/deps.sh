@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what evp needs on a fresh Debian machine, and nothing that is already there.
+# Sourced by up.sh and test.sh; safe to run again.
+#   - redis-server, from Debian's packages
+#   - a MongoDB-protocol server: a mongod on PATH or MONGODB_URI/MONGODB_TEST_URI when given,
+#     else nx-27017 (pinned, from PyPI) in the project-local venv .venv/
+set -euo pipefail
+
+EVP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "need root to run: $*" >&2; return 1; fi
+}
+
+apt_install() {
+    echo "evp: installing $* (apt-get)" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_redis() {
+    command -v redis-server >/dev/null && return 0
+    apt_install redis-server
+    # Debian starts a system redis on 6379 after install; evp starts its own servers.
+    command -v redis-server >/dev/null
+}
+
+# Needs a MongoDB server of our own unless one is given ($1: the variable that would name it).
+needs_nx() {
+    local given="${!1:-}"
+    [ -z "$given" ] && ! command -v mongod >/dev/null
+}
+
+ensure_nx() {
+    local venv="$EVP_ROOT/.venv"
+    if [ -x "$venv/bin/nx-27017" ] && "$venv/bin/pip" freeze 2>/dev/null | grep -qx 'nx-27017==0.8.1'; then
+        return 0
+    fi
+    command -v python3 >/dev/null || apt_install python3 python3-venv
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        apt_install python3-venv
+        python3 -m venv "$venv"
+    fi
+    echo "evp: installing nx-27017 into .venv (pip)" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$EVP_ROOT/scripts/requirements-test.txt"
+}

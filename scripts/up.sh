@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Starts the whole evp system on this machine: Redis (AOF on), a MongoDB, evp-ingest and
+# evp-worker replicas. Installs what is missing first. Ctrl-C stops everything it started.
+#
+#   scripts/up.sh [--workers N]        (default 2 workers)
+#
+# Servers already answering on REDIS_URL / MONGODB_URI are used as they are. Otherwise Redis
+# listens on 6379 and MongoDB (a mongod on PATH, else nx-27017) on 27017, with their data in .run/.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/deps.sh"
+cd "$EVP_ROOT"
+
+WORKERS=2
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --workers) WORKERS="$2"; shift 2 ;;
+        --workers=*) WORKERS="${1#*=}"; shift ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+[[ "$WORKERS" =~ ^[0-9]+$ ]] || { echo "--workers takes a number" >&2; exit 2; }
+
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+export MONGODB_URI="${MONGODB_URI:-mongodb://127.0.0.1:27017}"
+export API_KEYS="${API_KEYS:-demo:demo-key}"
+export PORT="${PORT:-3000}"
+export LOG_FORMAT="${LOG_FORMAT:-pretty}"
+RUN="$EVP_ROOT/.run"
+mkdir -p "$RUN"
+PIDS=()
+
+cleanup() {
+    trap - INT TERM EXIT
+    echo; echo "evp: stopping..."
+    # Ingest and workers first (they drain), then the servers.
+    for (( i=${#PIDS[@]}-1; i>=0; i-- )); do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    exit "${1:-0}"
+}
+trap cleanup INT TERM EXIT
+
+host_port() { local hp="${1#*://}"; hp="${hp%%/*}"; hp="${hp##*@}"; echo "${hp%%\?*}"; }
+listening() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
+wait_for() {
+    for _ in $(seq 200); do listening "$1" && return 0; sleep 0.1; done
+    echo "evp: $2 did not start; see $3" >&2; exit 1
+}
+
+ensure_redis
+REDIS_HP="$(host_port "$REDIS_URL")"
+if listening "$REDIS_HP"; then
+    echo "evp: using the Redis already at $REDIS_HP"
+else
+    redis-server --port "${REDIS_HP##*:}" --bind 127.0.0.1 --dir "$RUN" --appendonly yes \
+        --appendfsync everysec --save "" --maxmemory-policy noeviction > "$RUN/redis.log" 2>&1 &
+    PIDS+=($!)
+    wait_for "$REDIS_HP" redis-server "$RUN/redis.log"
+fi
+
+MONGO_HP="$(host_port "$MONGODB_URI")"
+if listening "$MONGO_HP"; then
+    echo "evp: using the MongoDB already at $MONGO_HP"
+elif command -v mongod >/dev/null; then
+    mkdir -p "$RUN/mongo"
+    mongod --port "${MONGO_HP##*:}" --bind_ip 127.0.0.1 --dbpath "$RUN/mongo" > "$RUN/mongo.log" 2>&1 &
+    PIDS+=($!)
+    wait_for "$MONGO_HP" mongod "$RUN/mongo.log"
+else
+    ensure_nx
+    "$EVP_ROOT/.venv/bin/nx-27017" --db "$RUN/nx.db" --host 127.0.0.1 -p "${MONGO_HP##*:}" > "$RUN/mongo.log" 2>&1 &
+    PIDS+=($!)
+    wait_for "$MONGO_HP" nx-27017 "$RUN/mongo.log"
+fi
+
+echo "evp: building (release)..."
+cargo build --release --locked --bins -q
+BIN="$EVP_ROOT/target/release"
+
+if [ -x "$BIN/evp-worker" ]; then
+    for i in $(seq 1 "$WORKERS"); do
+        CONSUMER_NAME="worker-$i" WORKER_PORT=$((9100 + i - 1)) "$BIN/evp-worker" > "$RUN/worker-$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+fi
+"$BIN/evp-ingest" > "$RUN/ingest.log" 2>&1 &
+PIDS+=($!)
+wait_for "127.0.0.1:$PORT" evp-ingest "$RUN/ingest.log"
+
+KEY="${API_KEYS%%,*}"; KEY="${KEY#*:}"
+cat <<MSG
+
+evp is running (logs in .run/). Ctrl-C stops everything.
+  Swagger UI:  http://127.0.0.1:$PORT/docs
+  Health:      curl -s http://127.0.0.1:$PORT/health
+  Send one:    curl -s -X POST http://127.0.0.1:$PORT/events \\
+                 -H 'x-api-key: $KEY' -H 'content-type: application/json' \\
+                 -d '{"type":"page_view","data":{"path":"/pricing"}}'
+MSG
+[ -x "$BIN/evp-worker" ] && echo "  Workers:     $WORKERS (metrics on ports 9100..$((9100 + WORKERS - 1)))"
+wait -n "${PIDS[@]}" || true
+echo "evp: a process exited unexpectedly; see .run/*.log" >&2
+cleanup 1
