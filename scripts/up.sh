@@ -68,7 +68,7 @@ elif command -v mongod >/dev/null; then
     wait_for "$MONGO_HP" mongod "$RUN/mongo.log"
 else
     ensure_nx
-    "$EVP_ROOT/.venv/bin/nx-27017" --db "$RUN/nx.db" --host 127.0.0.1 -p "${MONGO_HP##*:}" > "$RUN/mongo.log" 2>&1 &
+    "$EVP_ROOT/.venv/bin/nx-27017" --db "$RUN/nx.db" --pid-file "$RUN/nx.pid" --host 127.0.0.1 -p "${MONGO_HP##*:}" > "$RUN/mongo.log" 2>&1 &
     PIDS+=($!)
     wait_for "$MONGO_HP" nx-27017 "$RUN/mongo.log"
 fi

@@ -3,21 +3,16 @@
 use std::time::Duration;
 
 use evp_events::Limits;
-use evp_runtime::config::{ConfigError, Env, LogFormat, error};
+use evp_runtime::config::{CommonConfig, ConfigError, Env, error};
 
 use crate::auth::ApiKeys;
 
 /// Everything the ingest needs to run. Defaults are the contract's (see the README's table).
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
-    /// `REDIS_URL`, default `redis://127.0.0.1:6379`.
-    pub redis_url: String,
-    /// `MONGODB_URI`, default `mongodb://127.0.0.1:27017`; reported by `/health`.
-    pub mongodb_uri: String,
-    /// `MONGODB_DATABASE`, default `evp`.
-    pub mongodb_database: String,
-    /// `EVENTS_STREAM`, default `events`.
-    pub stream: String,
+    /// `REDIS_URL`, `MONGODB_URI` (reported by `/health`), `MONGODB_DATABASE`, `EVENTS_STREAM`,
+    /// `LOG_FORMAT`.
+    pub common: CommonConfig,
     /// `PORT`, default 3000.
     pub port: u16,
     /// `API_KEYS`, required: comma-separated `tenant:key` pairs; a bare key is tenant `default`.
@@ -28,8 +23,6 @@ pub struct IngestConfig {
     pub limits: Limits,
     /// `MAX_BODY_BYTES`, default 5,242,880, applied to the body after gzip decompression too.
     pub max_body_bytes: usize,
-    /// `LOG_FORMAT`, default `json`.
-    pub log_format: LogFormat,
     /// Longest a request waits on Redis before it gets 503 (not an env variable).
     pub redis_timeout: Duration,
     /// How often the stream backlog is sampled for the high-water check (not an env variable).
@@ -49,16 +42,12 @@ impl IngestConfig {
             max_batch_events: env.positive("MAX_BATCH_EVENTS", 1_000)?,
         };
         Ok(Self {
-            redis_url: redis_url(env)?,
-            mongodb_uri: mongodb_uri(env)?,
-            mongodb_database: env.string("MONGODB_DATABASE", "evp"),
-            stream: env.string("EVENTS_STREAM", "events"),
+            common: CommonConfig::from_env(env)?,
             port: env.parse("PORT", 3000)?,
             api_keys,
             stream_high_water: env.positive("STREAM_HIGH_WATER", Self::DEFAULT_HIGH_WATER)?,
             limits,
             max_body_bytes: env.positive("MAX_BODY_BYTES", 5_242_880)?,
-            log_format: env.parse("LOG_FORMAT", LogFormat::Json)?,
             redis_timeout: Duration::from_secs(2),
             backlog_poll: Duration::from_millis(250),
             drain_timeout: Duration::from_secs(25),
@@ -76,23 +65,6 @@ impl IngestConfig {
     }
 }
 
-/// `REDIS_URL`, checked for a scheme the client understands.
-pub fn redis_url(env: &Env) -> Result<String, ConfigError> {
-    let url = env.string("REDIS_URL", "redis://127.0.0.1:6379");
-    redis::parse_redis_url(&url)
-        .ok_or_else(|| error("REDIS_URL", format!("{url:?} is not a redis:// URL")))?;
-    Ok(url)
-}
-
-/// `MONGODB_URI`, checked for the `mongodb://` scheme (parsing proper happens at connect).
-pub fn mongodb_uri(env: &Env) -> Result<String, ConfigError> {
-    let uri = env.string("MONGODB_URI", "mongodb://127.0.0.1:27017");
-    if !uri.starts_with("mongodb://") {
-        return Err(error("MONGODB_URI", format!("{uri:?} must start with mongodb://")));
-    }
-    Ok(uri)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,14 +72,12 @@ mod tests {
     #[test]
     fn defaults_follow_the_contract() {
         let c = IngestConfig::from_env(&Env::from_pairs([("API_KEYS", "k")])).unwrap();
-        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
-        assert_eq!(c.mongodb_uri, "mongodb://127.0.0.1:27017");
-        assert_eq!((c.mongodb_database.as_str(), c.stream.as_str(), c.port), ("evp", "events", 3000));
+        assert_eq!(c.port, 3000);
         assert_eq!(
             (c.limits.max_event_bytes, c.limits.max_batch_events, c.max_body_bytes),
             (65_536, 1_000, 5_242_880)
         );
-        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.stream_high_water, IngestConfig::DEFAULT_HIGH_WATER);
     }
 
     #[test]
@@ -118,10 +88,9 @@ mod tests {
             IngestConfig::from_env(&Env::from_pairs(pairs)).unwrap_err().variable
         };
         assert_eq!(bad("PORT", "http"), "PORT");
-        assert_eq!(bad("REDIS_URL", "localhost:6379"), "REDIS_URL");
-        assert_eq!(bad("MONGODB_URI", "postgres://x"), "MONGODB_URI");
         assert_eq!(bad("MAX_BATCH_EVENTS", "0"), "MAX_BATCH_EVENTS");
         assert_eq!(bad("LOG_FORMAT", "xml"), "LOG_FORMAT");
+        assert_eq!(bad("MONGODB_URI", "postgres://x"), "MONGODB_URI");
         assert_eq!(bad("API_KEYS", "a:b:c"), "API_KEYS");
         let missing = IngestConfig::from_env(&Env::from_pairs::<[(&str, &str); 0], _, _>([])).unwrap_err();
         assert_eq!(missing.variable, "API_KEYS");

@@ -25,7 +25,6 @@ pub mod state;
 pub mod stream_publisher;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -41,14 +40,12 @@ pub async fn build_state(
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<AppState> {
+    let common = &config.common;
     let publisher =
-        stream_publisher::StreamPublisher::new(&config.redis_url, &config.stream, config.redis_timeout)
+        stream_publisher::StreamPublisher::new(&common.redis_url, &common.stream, config.redis_timeout)
             .context("REDIS_URL")?;
-    let mut mongo_options =
-        mongodb::options::ClientOptions::parse(&config.mongodb_uri).await.context("MONGODB_URI")?;
-    mongo_options.server_selection_timeout = Some(Duration::from_secs(2));
-    mongo_options.app_name = Some("evp-ingest".into());
-    let mongo = mongodb::Client::with_options(mongo_options).context("MONGODB_URI")?;
+    let mongo =
+        evp_runtime::connect::mongo_client(&common.mongodb_uri, "evp-ingest").await.context("MONGODB_URI")?;
     Ok(AppState {
         api_keys: Arc::new(config.api_keys.clone()),
         config: Arc::new(config),

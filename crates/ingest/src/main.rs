@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    evp_runtime::telemetry::init(config.log_format);
+    evp_runtime::telemetry::init(config.common.log_format);
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -116,6 +116,46 @@ impl FromStr for LogFormat {
     }
 }
 
+/// The settings every evp program shares: where Redis, MongoDB and the stream are, and logging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommonConfig {
+    /// `REDIS_URL`, default `redis://127.0.0.1:6379`.
+    pub redis_url: String,
+    /// `MONGODB_URI`, default `mongodb://127.0.0.1:27017`.
+    pub mongodb_uri: String,
+    /// `MONGODB_DATABASE`, default `evp`.
+    pub mongodb_database: String,
+    /// `EVENTS_STREAM`, default `events`; dead letters go to `<EVENTS_STREAM>:dlq`.
+    pub stream: String,
+    /// `LOG_FORMAT`, default `json`.
+    pub log_format: LogFormat,
+}
+
+impl CommonConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let redis_url = env.string("REDIS_URL", "redis://127.0.0.1:6379");
+        if redis::parse_redis_url(&redis_url).is_none() {
+            return Err(error("REDIS_URL", format!("{redis_url:?} is not a redis:// URL")));
+        }
+        let mongodb_uri = env.string("MONGODB_URI", "mongodb://127.0.0.1:27017");
+        if !mongodb_uri.starts_with("mongodb://") {
+            return Err(error("MONGODB_URI", format!("{mongodb_uri:?} must start with mongodb://")));
+        }
+        Ok(Self {
+            redis_url,
+            mongodb_uri,
+            mongodb_database: env.string("MONGODB_DATABASE", "evp"),
+            stream: env.string("EVENTS_STREAM", "events"),
+            log_format: env.parse("LOG_FORMAT", LogFormat::Json)?,
+        })
+    }
+
+    /// The dead-letter stream, `<EVENTS_STREAM>:dlq`.
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}:dlq", self.stream)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +170,18 @@ mod tests {
         assert_eq!(env.required("EMPTY").unwrap_err().variable, "EMPTY");
         assert_eq!(env.parse::<u16>("UNSET", 7).unwrap(), 7);
         assert_eq!(env.parse::<LogFormat>("UNSET", LogFormat::Json).unwrap(), LogFormat::Json);
+    }
+
+    #[test]
+    fn common_defaults_and_errors() {
+        let c = CommonConfig::from_env(&Env::from_pairs::<[(&str, &str); 0], _, _>([])).unwrap();
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(c.mongodb_uri, "mongodb://127.0.0.1:27017");
+        assert_eq!((c.mongodb_database.as_str(), c.stream.as_str()), ("evp", "events"));
+        assert_eq!(c.dead_letter_stream(), "events:dlq");
+        let bad = |k: &str, v: &str| CommonConfig::from_env(&Env::from_pairs([(k, v)])).unwrap_err().variable;
+        assert_eq!(bad("REDIS_URL", "localhost:6379"), "REDIS_URL");
+        assert_eq!(bad("MONGODB_URI", "postgres://x"), "MONGODB_URI");
+        assert_eq!(bad("LOG_FORMAT", "xml"), "LOG_FORMAT");
     }
 }

@@ -65,12 +65,10 @@ impl MongoServer {
             _ => {
                 let bin = nx_binary();
                 let mut cmd = Command::new(&bin);
-                cmd.arg("--db").arg(dir.path().join("nx.db")).args([
-                    "--host",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                ]);
+                // Its PID file defaults to one shared path, which would stop a second instance.
+                cmd.arg("--db").arg(dir.path().join("nx.db"));
+                cmd.arg("--pid-file").arg(dir.path().join("nx.pid"));
+                cmd.args(["--host", "127.0.0.1", "-p", &port.to_string()]);
                 ("nx-27017", cmd)
             }
         };

@@ -33,7 +33,7 @@ impl TestApp {
         let redis = RedisServer::start();
         let mut config = IngestConfig::for_test(&redis.url(), mongo_uri, KEYS);
         adjust(&mut config);
-        let stream = config.stream.clone();
+        let stream = config.common.stream.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();

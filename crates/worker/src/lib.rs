@@ -1,0 +1,134 @@
+//! `evp-worker`: moves events from the Redis stream into MongoDB, exactly once per (tenant, id).
+//!
+//! Run N replicas under one consumer group; each entry goes to one of them. The pieces:
+//!
+//! - [`stream_reader`] reads new entries with XREADGROUP, but only when a write slot is free
+//!   (a semaphore of `WORKER_MAX_INFLIGHT` permits): that is the backpressure.
+//! - [`processor`] takes one batch from entries to acknowledgement: [`document`] decodes each
+//!   entry, [`bulk_writer`] inserts them unordered into MongoDB (duplicates count as stored, so
+//!   redelivery is harmless), retrying with [`backoff`] while MongoDB is down and renewing its claim
+//!   on the entries meanwhile; then one XACK covers every stored entry.
+//! - [`pending_reclaimer`] claims entries idle longer than `WORKER_CLAIM_IDLE_MS` (their consumer
+//!   died) and dead-letters those delivered `WORKER_MAX_DELIVERIES` times.
+//! - [`trimmer`] trims entries every group has acknowledged, and publishes pending and lag.
+//! - [`stream`] holds every Redis command; [`dlq`] operates the dead-letter stream (the
+//!   `evp-worker dlq` subcommands); [`health`] serves `/health/*` and `/metrics` on `WORKER_PORT`.
+//!
+//! Shutdown: the token stops reading; batches in flight are written and acknowledged (MongoDB
+//! down: retried for a grace period, then left pending for another worker); then `run` returns.
+
+pub mod backoff;
+pub mod bulk_writer;
+pub mod config;
+pub mod dlq;
+pub mod document;
+pub mod health;
+pub mod metrics;
+pub mod pending_reclaimer;
+pub mod processor;
+pub mod stream;
+pub mod stream_reader;
+pub mod trimmer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use config::WorkerConfig;
+
+use crate::backoff::Backoff;
+use crate::bulk_writer::EventStore;
+use crate::processor::Processor;
+use crate::stream::StreamClient;
+use crate::stream_reader::sleep_unless_cancelled;
+
+/// Runs a worker until `shutdown` is cancelled and its batches in flight are done. `listener`
+/// serves health and metrics (`None` when `WORKER_PORT=0`).
+pub async fn run(
+    config: WorkerConfig,
+    listener: Option<TcpListener>,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let stream = StreamClient::new(&config).context("REDIS_URL")?;
+    let mongo = evp_runtime::connect::mongo_client(&config.common.mongodb_uri, "evp-worker")
+        .await
+        .context("MONGODB_URI")?;
+    let store = EventStore::new(mongo, &config.common.mongodb_database);
+    let started = Arc::new(AtomicBool::new(false));
+
+    let health_server = listener.map(|listener| {
+        let state = health::HealthState {
+            stream: stream.clone(),
+            store: store.clone(),
+            metrics,
+            started: started.clone(),
+        };
+        let server = axum::serve(listener, health::router(state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        tokio::spawn(server.into_future())
+    });
+
+    tracing::info!(
+        stream = config.common.stream,
+        group = config.group,
+        consumer = config.consumer,
+        batch_size = config.batch_size,
+        max_inflight = config.max_inflight,
+        "evp-worker starting"
+    );
+    if prepare(&stream, &store, &config, &shutdown).await {
+        started.store(true, Ordering::Relaxed);
+        tracing::info!("consuming");
+        let processor = Processor::new(stream, store, config.clone(), shutdown.clone());
+        let inflight = Arc::new(Semaphore::new(config.max_inflight));
+        let reader = tokio::spawn(stream_reader::run(processor.clone(), inflight.clone()));
+        let reclaimer = tokio::spawn(pending_reclaimer::run(processor.clone(), inflight));
+        let trimmer = tokio::spawn(trimmer::run(processor));
+        let (reader, reclaimer, trimmer) = tokio::join!(reader, reclaimer, trimmer);
+        reader.context("stream reader")?;
+        reclaimer.context("pending reclaimer")?;
+        trimmer.context("trimmer")?;
+    }
+    if let Some(server) = health_server {
+        server.await.context("health listener")?.context("health listener")?;
+    }
+    tracing::info!("evp-worker stopped");
+    Ok(())
+}
+
+/// Creates the indexes and the consumer group, retrying until both exist. Writing before the
+/// unique index exists could store an event twice, so nothing is read until then. Returns false
+/// when shutdown came first.
+async fn prepare(
+    stream: &StreamClient,
+    store: &EventStore,
+    config: &WorkerConfig,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Backoff::new(config.backoff);
+    while let Err(e) = store.ensure_indexes().await {
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %e, ?delay, "cannot create MongoDB indexes yet; retrying");
+        sleep_unless_cancelled(delay, shutdown).await;
+        if shutdown.is_cancelled() {
+            return false;
+        }
+    }
+    let mut backoff = Backoff::new(config.backoff);
+    while let Err(e) = stream.ensure_group().await {
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %e, ?delay, "cannot create the consumer group yet; retrying");
+        sleep_unless_cancelled(delay, shutdown).await;
+        if shutdown.is_cancelled() {
+            return false;
+        }
+    }
+    true
+}

@@ -1,0 +1,33 @@
+//! Metric names of `evp-worker`, in one place.
+
+/// Counter: entries read from the stream (new and claimed).
+pub const EVENTS_READ: &str = "evp_worker_events_read_total";
+/// Counter: documents newly inserted.
+pub const EVENTS_WRITTEN: &str = "evp_worker_events_written_total";
+/// Counter: entries whose document was already stored (redelivery).
+pub const EVENTS_DUPLICATE: &str = "evp_worker_events_duplicate_total";
+/// Counter: documents MongoDB refused for a reason of their own; they stay pending.
+pub const EVENTS_FAILED: &str = "evp_worker_events_failed_total";
+/// Counter, label `reason` (`undecodable`, `max_deliveries`): entries moved to the dead-letter stream.
+pub const EVENTS_DEAD_LETTERED: &str = "evp_worker_events_dead_lettered_total";
+/// Counter: entries acknowledged.
+pub const EVENTS_ACKED: &str = "evp_worker_events_acked_total";
+/// Counter: pending entries claimed from idle consumers.
+pub const EVENTS_CLAIMED: &str = "evp_worker_events_claimed_total";
+/// Counter: bulk writes retried after a failure of the whole batch.
+pub const WRITE_RETRIES: &str = "evp_worker_write_retries_total";
+/// Counter: entries trimmed from the stream after every group acknowledged them.
+pub const EVENTS_TRIMMED: &str = "evp_worker_events_trimmed_total";
+/// Histogram: documents per bulk write.
+pub const BATCH_EVENTS: &str = "evp_worker_batch_events";
+/// Histogram: duration of one successful bulk write.
+pub const WRITE_SECONDS: &str = "evp_worker_write_duration_seconds";
+/// Gauge: bulk writes in flight in this worker.
+pub const INFLIGHT_BATCHES: &str = "evp_worker_inflight_batches";
+/// Histogram: time the reader waited for a free write slot before each read (backpressure);
+/// its `_sum` is the total time spent blocked.
+pub const BACKPRESSURE_SECONDS: &str = "evp_worker_backpressure_wait_seconds";
+/// Gauge: entries delivered to the group and not yet acknowledged.
+pub const GROUP_PENDING: &str = "evp_worker_group_pending";
+/// Gauge: entries not yet delivered to the group.
+pub const GROUP_LAG: &str = "evp_worker_group_lag";

@@ -1,0 +1,373 @@
+//! Every Redis command the worker sends, behind methods named for their intent.
+//!
+//! Two kinds of connection: a shared multiplexed one ([`StreamClient`]) for short commands (ack,
+//! claim, dead-letter, trim), and one dedicated connection per [`Reader`] for the blocking
+//! XREADGROUP, which would otherwise hold up every command queued behind it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{
+    StreamClaimReply, StreamId, StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingCountReply,
+    StreamPendingId, StreamPendingReply, StreamReadReply,
+};
+use redis::{AsyncConnectionConfig, RedisResult, Value};
+
+use crate::config::WorkerConfig;
+use crate::document::Fields;
+
+/// A stream entry as read: its id, its fields, and how often it has been delivered so far.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: String,
+    pub fields: Fields,
+    pub deliveries: u64,
+}
+
+/// An entry on its way to the dead-letter stream.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub entry: Entry,
+    pub reason: String,
+}
+
+/// Prefix of the fields the dead-letter stream adds to an entry's original fields.
+pub const DLQ_PREFIX: &str = "dlq_";
+
+/// The consumer group's state after a trim.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GroupState {
+    /// Entries delivered to the group and not yet acknowledged.
+    pub pending: u64,
+    /// Entries not yet delivered to the group, when Redis can tell.
+    pub lag: Option<u64>,
+    /// Entries removed by this trim.
+    pub trimmed: u64,
+}
+
+/// Shared handle for the short stream commands.
+#[derive(Clone)]
+pub struct StreamClient {
+    client: redis::Client,
+    conn: ConnectionManager,
+    stream: Arc<str>,
+    dlq: Arc<str>,
+    group: Arc<str>,
+    consumer: Arc<str>,
+}
+
+impl std::fmt::Debug for StreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamClient").field("stream", &self.stream).field("group", &self.group).finish()
+    }
+}
+
+impl StreamClient {
+    /// Creates the client; connects on first use, so a worker starts even while Redis is down.
+    pub fn new(config: &WorkerConfig) -> RedisResult<Self> {
+        let client = redis::Client::open(config.common.redis_url.as_str())?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
+        Ok(Self {
+            client,
+            conn,
+            stream: Arc::from(config.common.stream.as_str()),
+            dlq: Arc::from(config.common.dead_letter_stream().as_str()),
+            group: Arc::from(config.group.as_str()),
+            consumer: Arc::from(config.consumer.as_str()),
+        })
+    }
+
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// A reader on its own connection, for blocking reads of up to `block`.
+    pub async fn reader(&self, block: Duration) -> RedisResult<Reader> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(block + Duration::from_secs(5)));
+        let conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        Ok(Reader {
+            conn,
+            stream: self.stream.clone(),
+            group: self.group.clone(),
+            consumer: self.consumer.clone(),
+        })
+    }
+
+    pub async fn ping(&self) -> RedisResult<()> {
+        redis::cmd("PING").exec_async(&mut self.conn.clone()).await
+    }
+
+    /// Creates the consumer group at the start of the stream (and the stream itself) when missing.
+    pub async fn ensure_group(&self) -> RedisResult<()> {
+        let created = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&*self.stream)
+            .arg(&*self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .exec_async(&mut self.conn.clone())
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Acknowledges entries, all in one XACK.
+    pub async fn ack(&self, ids: &[String]) -> RedisResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        redis::cmd("XACK")
+            .arg(&*self.stream)
+            .arg(&*self.group)
+            .arg(ids)
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// Resets the idle time of entries this worker is still writing, without counting a
+    /// delivery (XCLAIM ... JUSTID), so no other worker claims them meanwhile.
+    pub async fn renew(&self, ids: &[String]) -> RedisResult<()> {
+        redis::cmd("XCLAIM")
+            .arg(&*self.stream)
+            .arg(&*self.group)
+            .arg(&*self.consumer)
+            .arg(0)
+            .arg(ids)
+            .arg("JUSTID")
+            .exec_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// Pending entries of any consumer idle for at least `min_idle`, oldest first.
+    pub async fn idle_pending(&self, min_idle: Duration, count: usize) -> RedisResult<Vec<StreamPendingId>> {
+        let reply: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&*self.stream)
+            .arg(&*self.group)
+            .arg("IDLE")
+            .arg(min_idle.as_millis() as u64)
+            .arg("-")
+            .arg("+")
+            .arg(count)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(reply.ids)
+    }
+
+    /// Takes over entries still idle for `min_idle` (a delivery is counted). Entries another
+    /// worker renewed or claimed first are not returned.
+    pub async fn claim(&self, min_idle: Duration, ids: &[String]) -> RedisResult<Vec<StreamId>> {
+        let reply: StreamClaimReply = redis::cmd("XCLAIM")
+            .arg(&*self.stream)
+            .arg(&*self.group)
+            .arg(&*self.consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(ids)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(reply.ids)
+    }
+
+    /// Moves entries to the dead-letter stream and acknowledges them on the main stream, in one
+    /// MULTI/EXEC: an entry is never acknowledged without its dead letter, nor dead-lettered twice.
+    pub async fn dead_letter(&self, letters: &[DeadLetter], now_rfc3339: &str) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for letter in letters {
+            let xadd = pipe.cmd("XADD").arg(&*self.dlq).arg("*");
+            for (name, value) in &letter.entry.fields {
+                xadd.arg(name).arg(value);
+            }
+            xadd.arg("dlq_reason")
+                .arg(&letter.reason)
+                .arg("dlq_deliveries")
+                .arg(letter.entry.deliveries)
+                .arg("dlq_source_id")
+                .arg(&letter.entry.id)
+                .arg("dlq_group")
+                .arg(&*self.group)
+                .arg("dlq_consumer")
+                .arg(&*self.consumer)
+                .arg("dlq_at")
+                .arg(now_rfc3339)
+                .ignore();
+        }
+        let ids: Vec<&str> = letters.iter().map(|l| l.entry.id.as_str()).collect();
+        pipe.cmd("XACK").arg(&*self.stream).arg(&*self.group).arg(ids).ignore();
+        pipe.exec_async(&mut self.conn.clone()).await
+    }
+
+    /// Trims entries that every consumer group has acknowledged, and reports this group's state.
+    ///
+    /// For each group, everything before its oldest pending entry (or, with nothing pending, up to
+    /// its last delivered entry) is acknowledged; the stream is trimmed below the smallest such
+    /// boundary over all groups, so an entry some group still needs is never removed. With no
+    /// group at all nothing is trimmed.
+    pub async fn trim_acknowledged(&self) -> RedisResult<Option<GroupState>> {
+        let mut conn = self.conn.clone();
+        let groups: StreamInfoGroupsReply =
+            match redis::cmd("XINFO").arg("GROUPS").arg(&*self.stream).query_async(&mut conn).await {
+                Ok(groups) => groups,
+                Err(e) if e.to_string().contains("no such key") => return Ok(None),
+                Err(e) => return Err(e),
+            };
+        let mut boundary: Option<(u64, u64)> = None;
+        let mut ours = None;
+        for group in &groups.groups {
+            let group_boundary = if group.pending > 0 {
+                let summary: StreamPendingReply =
+                    redis::cmd("XPENDING").arg(&*self.stream).arg(&group.name).query_async(&mut conn).await?;
+                match summary {
+                    StreamPendingReply::Data(data) => parse_id(&data.start_id),
+                    _ => parse_id(&group.last_delivered_id).map(next_id),
+                }
+            } else {
+                parse_id(&group.last_delivered_id).map(next_id)
+            };
+            // An id we cannot read means we cannot prove anything is safe to trim.
+            let Some(group_boundary) = group_boundary else { return Ok(None) };
+            boundary = Some(boundary.map_or(group_boundary, |b| b.min(group_boundary)));
+            if group.name == *self.group {
+                ours = Some(GroupState {
+                    pending: group.pending as u64,
+                    lag: group.lag.map(|l| l as u64),
+                    trimmed: 0,
+                });
+            }
+        }
+        let Some((ms, seq)) = boundary else { return Ok(None) };
+        let trimmed: u64 = redis::cmd("XTRIM")
+            .arg(&*self.stream)
+            .arg("MINID")
+            .arg(format!("{ms}-{seq}"))
+            .query_async(&mut conn)
+            .await?;
+        Ok(Some(GroupState { trimmed, ..ours.unwrap_or_default() }))
+    }
+
+    /// Removes consumers of this group that hold no pending entries and have been idle for at
+    /// least `idle` (replicas that went away). A consumer with pending entries is never removed.
+    pub async fn remove_departed_consumers(&self, idle: Duration) -> RedisResult<usize> {
+        let mut conn = self.conn.clone();
+        let reply: StreamInfoConsumersReply = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&*self.stream)
+            .arg(&*self.group)
+            .query_async(&mut conn)
+            .await?;
+        let mut removed = 0;
+        for consumer in reply.consumers {
+            if consumer.pending == 0
+                && consumer.idle as u128 >= idle.as_millis()
+                && consumer.name != *self.consumer
+            {
+                let still_pending: u64 = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&*self.stream)
+                    .arg(&*self.group)
+                    .arg(&consumer.name)
+                    .query_async(&mut conn)
+                    .await?;
+                if still_pending > 0 {
+                    tracing::error!(
+                        consumer = consumer.name,
+                        still_pending,
+                        "removed a consumer that had just received entries"
+                    );
+                }
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// A consumer's blocking reader, on its own connection.
+pub struct Reader {
+    conn: MultiplexedConnection,
+    stream: Arc<str>,
+    group: Arc<str>,
+    consumer: Arc<str>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("consumer", &self.consumer).finish()
+    }
+}
+
+impl Reader {
+    /// XREADGROUP: `from` is `>` for new entries, or an id to re-read this consumer's own pending
+    /// entries after it (which does not block).
+    pub async fn read(&mut self, from: &str, count: usize, block: Duration) -> RedisResult<Vec<Entry>> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&*self.group)
+            .arg(&*self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&*self.stream)
+            .arg(from)
+            .query_async(&mut self.conn)
+            .await?;
+        let ids = reply.and_then(|r| r.keys.into_iter().next()).map(|k| k.ids).unwrap_or_default();
+        Ok(ids.into_iter().map(|id| to_entry(id, 1)).collect())
+    }
+}
+
+/// Converts a reply entry; `deliveries` is what the caller knows of its delivery count.
+pub fn to_entry(id: StreamId, deliveries: u64) -> Entry {
+    let fields = id.map.into_iter().map(|(name, value)| (name, value_bytes(value))).collect();
+    Entry { id: id.id, fields, deliveries }
+}
+
+fn value_bytes(value: Value) -> Vec<u8> {
+    match value {
+        Value::BulkString(bytes) => bytes,
+        Value::SimpleString(s) => s.into_bytes(),
+        other => format!("{other:?}").into_bytes(),
+    }
+}
+
+/// Splits `ms-seq`.
+pub fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The smallest id after `id`.
+pub fn next_id((ms, seq): (u64, u64)) -> (u64, u64) {
+    if seq == u64::MAX { (ms + 1, 0) } else { (ms, seq + 1) }
+}
+
+/// Groups fields by name for reading dead letters.
+pub fn field_map(fields: &Fields) -> HashMap<&str, &[u8]> {
+    fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_and_advance() {
+        assert_eq!(parse_id("1700000000000-3"), Some((1_700_000_000_000, 3)));
+        assert_eq!(parse_id("0-0"), Some((0, 0)));
+        assert_eq!(parse_id("garbage"), None);
+        assert_eq!(next_id((5, 1)), (5, 2));
+        assert_eq!(next_id((5, u64::MAX)), (6, 0));
+        assert!((5, 9) < (6, 0), "ids order by (ms, seq)");
+    }
+}

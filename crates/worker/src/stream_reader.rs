@@ -1,0 +1,107 @@
+//! The read loop: XREADGROUP only when a write slot is free.
+//!
+//! Backpressure is a semaphore of `WORKER_MAX_INFLIGHT` permits shared with the reclaimer. A
+//! permit is taken *before* reading and released when the batch is acknowledged, so a worker never
+//! holds more than `max_inflight × batch_size` entries it has not stored: while MongoDB is slow,
+//! entries wait in Redis, not in memory. On start, the worker first re-reads its own pending
+//! entries (a restart under the same name), then reads new ones.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::backoff::Backoff;
+use crate::metrics as m;
+use crate::processor::Processor;
+use crate::stream::Reader;
+
+pub async fn run(processor: Processor, inflight: Arc<Semaphore>) {
+    let config = processor.config.clone();
+    let shutdown = processor.shutdown.clone();
+    let mut tasks = JoinSet::new();
+    let mut reader: Option<Reader> = None;
+    // Our own pending entries first: `0-0` and then the last id seen, until none is left.
+    let mut history: Option<String> = Some("0-0".into());
+    let mut backoff = Backoff::new(config.backoff);
+
+    while !shutdown.is_cancelled() {
+        let waited = Instant::now();
+        let permit = tokio::select! {
+            permit = inflight.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        metrics::histogram!(m::BACKPRESSURE_SECONDS).record(waited.elapsed().as_secs_f64());
+        while let Some(done) = tasks.try_join_next() {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a batch task panicked; its entries stay pending");
+            }
+        }
+
+        let conn = match reader.as_mut() {
+            Some(conn) => conn,
+            None => match processor.stream.reader(config.block).await {
+                Ok(conn) => reader.insert(conn),
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, ?delay, "cannot connect to Redis; retrying");
+                    sleep_unless_cancelled(delay, &shutdown).await;
+                    continue;
+                }
+            },
+        };
+        let from = history.as_deref().unwrap_or(">");
+        match conn.read(from, config.batch_size, config.block).await {
+            Ok(entries) => {
+                backoff = Backoff::new(config.backoff);
+                if let Some(cursor) = history.as_mut() {
+                    match entries.last() {
+                        Some(last) => *cursor = last.id.clone(),
+                        None => history = None,
+                    }
+                }
+                if entries.is_empty() {
+                    continue;
+                }
+                metrics::counter!(m::EVENTS_READ).increment(entries.len() as u64);
+                let processor = processor.clone();
+                tasks.spawn(async move {
+                    processor.process(entries).await;
+                    drop(permit);
+                });
+            }
+            Err(e) if e.code() == Some("NOGROUP") => {
+                tracing::warn!(
+                    "the consumer group or stream is gone (Redis restarted empty?); recreating it"
+                );
+                if let Err(e) = processor.stream.ensure_group().await {
+                    tracing::warn!(error = %e, "could not recreate the consumer group");
+                    sleep_unless_cancelled(backoff.next_delay(), &shutdown).await;
+                }
+                history = Some("0-0".into());
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, ?delay, "XREADGROUP failed; retrying");
+                reader = None;
+                sleep_unless_cancelled(delay, &shutdown).await;
+            }
+        }
+    }
+
+    if !tasks.is_empty() {
+        tracing::info!(batches = tasks.len(), "finishing the batches in flight");
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+pub(crate) async fn sleep_unless_cancelled(
+    delay: std::time::Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}

@@ -1,0 +1,40 @@
+//! Trims acknowledged entries so Redis memory stays flat, refreshes the group gauges, and now
+//! and then forgets consumers that left (never one with pending entries).
+
+use std::time::Duration;
+
+use crate::metrics as m;
+use crate::processor::Processor;
+use crate::stream_reader::sleep_unless_cancelled;
+
+/// A consumer idle this long with nothing pending is a replica that is gone.
+const DEPARTED_AFTER: Duration = Duration::from_secs(3600);
+/// Consumers are checked once every this many trims.
+const CONSUMER_CHECK_EVERY: u32 = 60;
+
+pub async fn run(processor: Processor) {
+    let shutdown = processor.shutdown.clone();
+    let mut round = 0u32;
+    while !shutdown.is_cancelled() {
+        sleep_unless_cancelled(processor.config.trim_every, &shutdown).await;
+        match processor.stream.trim_acknowledged().await {
+            Ok(Some(state)) => {
+                metrics::counter!(m::EVENTS_TRIMMED).increment(state.trimmed);
+                metrics::gauge!(m::GROUP_PENDING).set(state.pending as f64);
+                if let Some(lag) = state.lag {
+                    metrics::gauge!(m::GROUP_LAG).set(lag as f64);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "trim skipped"),
+        }
+        round = round.wrapping_add(1);
+        if round.is_multiple_of(CONSUMER_CHECK_EVERY) {
+            match processor.stream.remove_departed_consumers(DEPARTED_AFTER).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed consumers that left with nothing pending"),
+                Err(e) => tracing::debug!(error = %e, "consumer check skipped"),
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Every event stored exactly once, by a fleet, under whatever group is configured.
+
+use std::time::Duration;
+
+use mongodb::bson::{Bson, doc};
+
+use crate::helpers::{GROUP, Pipeline, STREAM, eventually};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn two_workers_store_every_event_exactly_once_and_redelivery_is_harmless() {
+    let p = Pipeline::start().await;
+    let _a = p.worker("worker-a", &[("WORKER_BATCH_SIZE", "100")]);
+    let _b = p.worker("worker-b", &[("WORKER_BATCH_SIZE", "100")]);
+    let mut sent = p.publish("acme", "a", 1500).await;
+    sent.extend(p.publish("globex", "g", 500).await);
+
+    assert_eq!(p.wait_for_count(2000, WAIT).await, 2000);
+    let stored = p.stored_ids().await;
+    assert_eq!(stored.len(), 2000);
+    assert!(stored.contains(&("acme".into(), "a-1499".into())));
+    assert!(stored.contains(&("globex".into(), "g-0".into())));
+
+    // The same ids again (a client retry, a replayed entry): stored once, still acknowledged.
+    p.publish("acme", "a", 300).await;
+    assert!(eventually(WAIT, || async { p.pending(GROUP).await == 0 && p.xlen(STREAM).await == 0 }).await);
+    assert_eq!(p.stored_count().await, 2000, "a redelivered id must not be stored twice");
+
+    // Both replicas took part.
+    let consumers: redis::streams::StreamInfoConsumersReply =
+        p.redis_query(redis::cmd("XINFO").arg("CONSUMERS").arg(STREAM).arg(GROUP)).await;
+    let names: Vec<String> = consumers.consumers.into_iter().map(|c| c.name).collect();
+    assert!(names.contains(&"worker-a".into()) && names.contains(&"worker-b".into()), "{names:?}");
+}
+
+#[tokio::test]
+async fn a_non_default_group_name_is_the_one_used_and_nothing_is_lost() {
+    // The system this replaces read from a hard-coded group while configured with another, and
+    // lost a third of its events. Two workers under a non-default group must store every event.
+    let p = Pipeline::start().await;
+    let group = [("CONSUMER_GROUP", "billing-pipeline")];
+    let _a = p.worker("w1", &group);
+    let _b = p.worker("w2", &group);
+    p.publish("acme", "e", 1000).await;
+    assert_eq!(p.wait_for_count(1000, WAIT).await, 1000);
+    assert_eq!(p.stored_ids().await.len(), 1000);
+
+    let groups: redis::streams::StreamInfoGroupsReply =
+        p.redis_query(redis::cmd("XINFO").arg("GROUPS").arg(STREAM)).await;
+    let names: Vec<&str> = groups.groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["billing-pipeline"], "only the configured group may exist");
+    assert!(eventually(WAIT, || async { p.pending("billing-pipeline").await == 0 }).await);
+}
+
+#[tokio::test]
+async fn documents_have_the_contract_shape_and_indexes_exist() {
+    let p = Pipeline::start().await;
+    let worker = p.worker("w", &[]);
+    let body = br#"[{"type":"order.placed","id":"o-1","timestamp":"2026-01-02T03:04:05.678Z","source":"shop",
+        "aggregate_id":"order-9","correlation_id":"c-1","causation_id":"cause-1","data":{"total":12.5,"items":[{"sku":"a"}]}},
+        {"type":"minimal"}]"#;
+    let adm = evp_events::input::Admission {
+        tenant: "acme",
+        received_at_ms: 1_767_323_045_000,
+        limits: evp_events::Limits::default(),
+    };
+    let mut conn = p.redis.connection().await;
+    for e in evp_events::input::admit_batch(body, &adm).unwrap() {
+        let _: String = redis::cmd("XADD")
+            .arg(STREAM)
+            .arg("*")
+            .arg("e")
+            .arg(&e.payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    assert_eq!(p.wait_for_count(2, WAIT).await, 2);
+
+    let coll = p.collection().await;
+    let full = coll.find_one(doc! {"event_id": "o-1"}).await.unwrap().unwrap();
+    assert_eq!(full.get_str("tenant").unwrap(), "acme");
+    assert_eq!(full.get_str("type").unwrap(), "order.placed");
+    assert_eq!(full.get_datetime("timestamp").unwrap().timestamp_millis(), 1_767_323_045_678);
+    assert_eq!(full.get_datetime("received_at").unwrap().timestamp_millis(), 1_767_323_045_000);
+    for (field, value) in [
+        ("source", "shop"),
+        ("aggregate_id", "order-9"),
+        ("correlation_id", "c-1"),
+        ("causation_id", "cause-1"),
+    ] {
+        assert_eq!(full.get_str(field).unwrap(), value);
+    }
+    let data = full.get_document("data").unwrap();
+    assert_eq!(data.get("total"), Some(&Bson::Double(12.5)));
+    assert_eq!(data.get_array("items").unwrap().len(), 1);
+
+    let minimal = coll.find_one(doc! {"type": "minimal"}).await.unwrap().unwrap();
+    assert!(minimal.get_document("data").unwrap().is_empty());
+    assert!(!minimal.contains_key("source"));
+    assert!(matches!(minimal.get("timestamp"), Some(Bson::DateTime(_))));
+
+    // By key fields, not names or directions: nx-27017 renames indexes and reports every key as
+    // ascending (see the README's testing section).
+    use futures::TryStreamExt;
+    let indexes: Vec<mongodb::IndexModel> = coll.list_indexes().await.unwrap().try_collect().await.unwrap();
+    let find = |fields: &[&str]| {
+        indexes.iter().find(|i| i.keys.keys().map(String::as_str).eq(fields.iter().copied()))
+    };
+    let unique = find(&["tenant", "event_id"]).expect("unique (tenant, event_id) index");
+    assert_eq!(unique.options.as_ref().and_then(|o| o.unique), Some(true));
+    assert!(find(&["tenant", "timestamp"]).is_some(), "{indexes:?}");
+    assert!(find(&["tenant", "type", "timestamp"]).is_some(), "{indexes:?}");
+
+    let (status, body) = worker.get("/health/ready").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, metrics) = worker.get("/metrics").await;
+    assert!(metrics.contains("evp_worker_events_written_total 2"), "{metrics}");
+    assert!(metrics.contains("evp_worker_events_acked_total 2"), "{metrics}");
+    assert!(metrics.contains("evp_worker_write_duration_seconds_bucket"), "{metrics}");
+    assert!(metrics.contains("evp_worker_batch_events_bucket"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_bad_variable_stops_start_up_with_one_line_naming_it() {
+    for (k, v) in [("WORKER_BATCH_SIZE", "0"), ("WORKER_MAX_INFLIGHT", "x"), ("REDIS_URL", "nope")] {
+        let out = std::process::Command::new(crate::helpers::BIN).env_clear().env(k, v).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{k}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(k), "{stderr}");
+    }
+}
