@@ -22,7 +22,6 @@ pub struct Pipeline {
 }
 
 pub struct Worker {
-    pub name: String,
     pub port: u16,
     pub process: ChildGuard,
 }
@@ -66,7 +65,7 @@ impl Pipeline {
         let log = self.logs.path().join(format!("{name}.log"));
         let mut process = ChildGuard::spawn(name, cmd, &log).unwrap();
         process.wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20)).unwrap();
-        Worker { name: name.to_string(), port, process }
+        Worker { port, process }
     }
 
     /// Encodes `n` events exactly as the ingest does and XADDs them; returns their ids.
@@ -177,6 +176,16 @@ impl Pipeline {
             )
             .await;
         reply.keys.into_iter().flat_map(|k| k.ids).map(|id| id.id).collect()
+    }
+
+    /// Ids pending for `consumer`.
+    pub async fn read_ids_of(&self, consumer: &str) -> Vec<String> {
+        let reply: redis::streams::StreamPendingCountReply = self
+            .redis_query(
+                redis::cmd("XPENDING").arg(STREAM).arg(GROUP).arg("-").arg("+").arg(100_000).arg(consumer),
+            )
+            .await;
+        reply.ids.into_iter().map(|p| p.id).collect()
     }
 
     /// Runs `evp-worker` with arguments (the dlq subcommands) and returns (exit code, stdout).
