@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against real servers, installing what is missing first.
-# Integration tests start their own redis-server and MongoDB-protocol server on free ports.
+# Integration tests start their own redis-server and MongoDB-protocol server on free ports;
+# then a smoke of the load test runs the whole pipeline (load-tests/smoke.sh).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/deps.sh"
 cd "$EVP_ROOT"
@@ -9,3 +10,6 @@ ensure_redis
 if needs_nx MONGODB_TEST_URI; then ensure_nx; fi
 
 cargo test --workspace --locked "$@"
+
+# The whole pipeline end to end: 20k events through ingest and two workers, verified exactly.
+load-tests/smoke.sh

@@ -1,0 +1,172 @@
+//! The sender: `concurrency` tasks take request numbers from a shared counter; with a target rate,
+//! request `i` is not sent before `start + i × batch / rate`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::generator::Generator;
+
+/// How the run is driven.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub url: String,
+    pub key: String,
+    pub generator: Generator,
+    /// Events per second; 0 means as fast as the server answers.
+    pub rate: f64,
+    pub concurrency: usize,
+    /// Stop after this long (when the run is bounded by time).
+    pub duration: Option<Duration>,
+    /// Print a progress line every second.
+    pub progress: bool,
+}
+
+/// What the sender saw.
+#[derive(Debug)]
+pub struct Outcome {
+    pub sent: u64,
+    pub accepted: u64,
+    /// Events refused, by HTTP status.
+    pub rejected: BTreeMap<u16, u64>,
+    /// Events whose request failed without an HTTP answer.
+    pub errors: u64,
+    /// Request numbers answered with 202.
+    pub accepted_requests: Vec<u64>,
+    pub started: Instant,
+    pub elapsed: Duration,
+    /// Request latencies in microseconds.
+    pub latency_us: Histogram<u64>,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+}
+
+pub async fn run(plan: Plan) -> anyhow::Result<Outcome> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(plan.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let url = if plan.generator.batch > 1 {
+        format!("{}/events/batch", plan.url.trim_end_matches('/'))
+    } else {
+        format!("{}/events", plan.url.trim_end_matches('/'))
+    };
+    let next = Arc::new(AtomicU64::new(0));
+    let counters = Arc::new(Counters::default());
+    let started = Instant::now();
+    let deadline = plan.duration.map(|d| started + d);
+    let total_requests = plan.generator.requests().unwrap_or(u64::MAX);
+
+    let progress = plan.progress.then(|| {
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            let mut last = 0;
+            loop {
+                tick.tick().await;
+                let accepted = counters.accepted.load(Ordering::Relaxed);
+                eprintln!(
+                    "[{:>4.0}s] sent {:>9}  accepted {:>9}  refused {:>7}  {:>8} events/s",
+                    started.elapsed().as_secs_f64(),
+                    counters.sent.load(Ordering::Relaxed),
+                    accepted,
+                    counters.refused.load(Ordering::Relaxed),
+                    accepted - last
+                );
+                last = accepted;
+            }
+        })
+    });
+
+    let mut tasks = Vec::with_capacity(plan.concurrency);
+    for _ in 0..plan.concurrency {
+        let (client, url, plan, next, counters) =
+            (client.clone(), url.clone(), plan.clone(), next.clone(), counters.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut accepted_requests = Vec::new();
+            let mut rejected: BTreeMap<u16, u64> = BTreeMap::new();
+            let mut errors = 0;
+            loop {
+                let request = next.fetch_add(1, Ordering::Relaxed);
+                if request >= total_requests || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                if plan.rate > 0.0 {
+                    let due = started
+                        + Duration::from_secs_f64(request as f64 * plan.generator.batch as f64 / plan.rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let events = plan.generator.events_of(request).count() as u64;
+                let body = plan.generator.body(request);
+                counters.sent.fetch_add(events, Ordering::Relaxed);
+                let t0 = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("x-api-key", &plan.key)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match response {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let _ = response.bytes().await;
+                        let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+                        if status == 202 {
+                            counters.accepted.fetch_add(events, Ordering::Relaxed);
+                            accepted_requests.push(request);
+                        } else {
+                            counters.refused.fetch_add(events, Ordering::Relaxed);
+                            *rejected.entry(status).or_default() += events;
+                        }
+                    }
+                    Err(_) => {
+                        counters.refused.fetch_add(events, Ordering::Relaxed);
+                        errors += events;
+                    }
+                }
+            }
+            (hist, accepted_requests, rejected, errors)
+        }));
+    }
+
+    let mut outcome = Outcome {
+        sent: 0,
+        accepted: 0,
+        rejected: BTreeMap::new(),
+        errors: 0,
+        accepted_requests: Vec::new(),
+        started,
+        elapsed: Duration::ZERO,
+        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+    };
+    let merged = Mutex::new(&mut outcome);
+    for task in tasks {
+        let (hist, accepted, rejected, errors) = task.await?;
+        let mut o = merged.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        o.latency_us.add(&hist)?;
+        o.accepted_requests.extend(accepted);
+        for (status, n) in rejected {
+            *o.rejected.entry(status).or_default() += n;
+        }
+        o.errors += errors;
+    }
+    outcome.elapsed = started.elapsed();
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    outcome.sent = counters.sent.load(Ordering::Relaxed);
+    outcome.accepted = counters.accepted.load(Ordering::Relaxed);
+    outcome.accepted_requests.sort_unstable();
+    Ok(outcome)
+}

@@ -1,0 +1,16 @@
+//! `evp-loadtest`: drives `evp-ingest` at a target rate and proves every accepted event was stored
+//! exactly once.
+//!
+//! - [`generator`] builds request bodies whose ids identify the run and the event.
+//! - [`driver`] sends them with a fixed concurrency, on a schedule when a rate is set, recording
+//!   latencies in an HDR histogram and printing progress every second.
+//! - [`verify`] waits until MongoDB holds every accepted id, then checks for missing and duplicates.
+//! - [`mongo_bench`] measures the MongoDB server's own bulk-insert rate with the worker's document
+//!   shape and insert code, the ceiling the worker fleet is compared against.
+//! - [`report`] is the printed and JSON report.
+
+pub mod driver;
+pub mod generator;
+pub mod mongo_bench;
+pub mod report;
+pub mod verify;

@@ -1,0 +1,194 @@
+//! `evp-loadtest`: see `load-tests/README.md`.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use evp_loadtest::driver::{self, Plan};
+use evp_loadtest::generator::{Generator, event_id};
+use evp_loadtest::mongo_bench;
+use evp_loadtest::report::Report;
+use evp_loadtest::verify::{self, Target};
+
+/// Load generator and end-to-end verifier for evp. Without a subcommand it sends events to
+/// evp-ingest, prints sent / accepted / rejected, events/s and latency percentiles, and with
+/// --verify waits until MongoDB holds every accepted event exactly once. Exits 1 when an accepted
+/// event is missing or stored twice.
+#[derive(Parser, Debug)]
+#[command(name = "evp-loadtest", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Measure the MongoDB server's own bulk-insert rate with the worker's documents and batch size.
+    MongoInsert {
+        #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
+        mongodb_uri: String,
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+    },
+    /// Wait until MongoDB holds events 0..N of an earlier run, and print the processing rate.
+    Drain {
+        #[arg(long)]
+        run_id: String,
+        #[arg(long)]
+        events: u64,
+        #[command(flatten)]
+        mongo: MongoArgs,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// evp-ingest base URL.
+    #[arg(long, env = "EVP_URL", default_value = "http://127.0.0.1:3000")]
+    url: String,
+    /// API key to send as x-api-key.
+    #[arg(long, env = "EVP_API_KEY", default_value = "demo-key")]
+    key: String,
+    /// Total events to send.
+    #[arg(long, default_value_t = 10_000, conflicts_with = "duration")]
+    events: u64,
+    /// Send for this many seconds instead of a fixed count.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Target events per second; 0 sends as fast as the server answers.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Events per request; 1 uses POST /events, more use POST /events/batch.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    batch: u64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    concurrency: u64,
+    /// Bytes of padding in each event's data.
+    #[arg(long, default_value_t = 100)]
+    payload_bytes: usize,
+    /// Run id used in event ids and the event type (random by default).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Wait until MongoDB holds every accepted event exactly once; exit 1 otherwise.
+    #[arg(long)]
+    verify: bool,
+    #[command(flatten)]
+    mongo: MongoArgs,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct MongoArgs {
+    #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
+    mongodb_uri: String,
+    #[arg(long, env = "MONGODB_DATABASE", default_value = "evp")]
+    database: String,
+    /// Tenant the API key belongs to (where the events are stored).
+    #[arg(long, default_value = "demo")]
+    tenant: String,
+    /// Give up verifying after this many seconds without progress.
+    #[arg(long, default_value_t = 60)]
+    stall_timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run(cli.run).await,
+        Some(Command::MongoInsert { mongodb_uri, events, batch, concurrency, payload_bytes }) => {
+            mongo_bench::bulk_insert_rate(&mongodb_uri, events, batch, concurrency, payload_bytes).await.map(|rate| {
+                println!("mongodb bulk insert: {rate:.0} documents/s ({events} documents, batches of {batch}, {concurrency} writers)");
+                true
+            })
+        }
+        Some(Command::Drain { run_id, events, mongo, json }) => drain(&run_id, events, &mongo, json).await,
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("evp-loadtest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<bool> {
+    let run_id = args.run_id.clone().unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
+    let total = args.duration.is_none().then_some(args.events);
+    let generator = Generator::new(&run_id, args.batch, total, args.payload_bytes);
+    let plan = Plan {
+        url: args.url.clone(),
+        key: args.key.clone(),
+        generator: generator.clone(),
+        rate: args.rate,
+        concurrency: args.concurrency as usize,
+        duration: args.duration.map(Duration::from_secs_f64),
+        progress: !args.quiet,
+    };
+    let outcome = driver::run(plan).await?;
+    let sent_done = Instant::now();
+    let mut report =
+        Report::new(&run_id, &args.url, args.batch, args.concurrency as usize, args.rate, &outcome);
+    if args.verify {
+        let expected: Vec<String> = outcome
+            .accepted_requests
+            .iter()
+            .flat_map(|&r| generator.events_of(r))
+            .map(|n| event_id(&run_id, n))
+            .collect();
+        let target = Target {
+            mongodb_uri: &args.mongo.mongodb_uri,
+            database: &args.mongo.database,
+            tenant: &args.mongo.tenant,
+            run_id: &run_id,
+        };
+        let stall = Duration::from_secs(args.mongo.stall_timeout);
+        report.verify =
+            Some(verify::verify(&target, &expected, outcome.started, sent_done, stall, !args.quiet).await?);
+    }
+    report.print();
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(report.verify.as_ref().is_none_or(|v| v.ok()))
+}
+
+async fn drain(
+    run_id: &str,
+    events: u64,
+    mongo: &MongoArgs,
+    json: Option<std::path::PathBuf>,
+) -> anyhow::Result<bool> {
+    let target =
+        Target { mongodb_uri: &mongo.mongodb_uri, database: &mongo.database, tenant: &mongo.tenant, run_id };
+    let started = Instant::now();
+    let ids = verify::all_ids(run_id, events);
+    let v = verify::verify(&target, &ids, started, started, Duration::from_secs(mongo.stall_timeout), false)
+        .await?;
+    println!(
+        "drain {run_id}: {} of {} stored in {:.2}s = {:.0} events/s; missing {}, duplicates {}",
+        v.stored, v.expected, v.lag_s, v.processing_events_per_s, v.missing, v.duplicates
+    );
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_vec_pretty(&v)?)?;
+    }
+    Ok(v.ok())
+}

@@ -1,0 +1,62 @@
+//! The MongoDB server's own bulk-insert rate, measured the way the worker writes: the same
+//! documents (built by the worker's code from the same stream entries), the same indexes, the same
+//! unordered `insert_many`. The worker fleet's drain rate is judged against this number.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use evp_events::input::{Admission, Limits, admit_batch};
+use evp_worker::bulk_writer::EventStore;
+use evp_worker::document::to_document;
+use mongodb::bson::Document;
+
+use crate::generator::Generator;
+
+/// Inserts `events` documents in batches of `batch` with `concurrency` writers into a scratch
+/// database (dropped afterwards); returns documents per second.
+pub async fn bulk_insert_rate(
+    mongodb_uri: &str,
+    events: u64,
+    batch: usize,
+    concurrency: usize,
+    payload_bytes: usize,
+) -> anyhow::Result<f64> {
+    let run = format!("bench{:08x}", rand::random::<u32>());
+    let generator = Generator::new(&run, batch as u64, Some(events), payload_bytes);
+    let admission = Admission { tenant: "bench", received_at_ms: 0, limits: Limits::default() };
+    let mut batches = VecDeque::new();
+    for request in 0..generator.requests().unwrap_or(0) {
+        let docs: Vec<Document> = admit_batch(&generator.body(request), &admission)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .into_iter()
+            .map(|e| to_document(&vec![(evp_events::entry::FIELD.to_string(), e.payload)]))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        batches.push_back(docs);
+    }
+
+    let client = mongodb::Client::with_uri_str(mongodb_uri).await?;
+    let database = format!("evp_{run}");
+    let store = EventStore::new(client.clone(), &database);
+    store.ensure_indexes().await?;
+    let queue = Arc::new(Mutex::new(batches));
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for _ in 0..concurrency {
+        let (queue, store) = (queue.clone(), store.clone());
+        writers.push(tokio::spawn(async move {
+            loop {
+                let next = queue.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop_front();
+                let Some(docs) = next else { return anyhow::Ok(()) };
+                store.insert(&docs).await?;
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    client.database(&database).drop().await?;
+    Ok(rate)
+}

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Shared by smoke.sh and bench.sh: start a private pipeline (redis-server, a MongoDB-protocol
+# server, evp-ingest, workers) on free loopback ports in a temporary directory; everything started
+# is stopped on exit.
+set -euo pipefail
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/scripts/deps.sh"
+
+WORK="$(mktemp -d -t evp-load.XXXXXX)"
+PIDS=()
+WORKER_PIDS=()
+KEY="load-key"
+TENANT="load"
+
+stop_all() {
+    for pid in "${WORKER_PIDS[@]}" "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap stop_all EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+    echo "$2 did not start; log:" >&2; tail -20 "$3" >&2; exit 1
+}
+
+# $1: directory holding evp-ingest, evp-worker and evp-loadtest.
+start_servers() {
+    BIN="$1"
+    ensure_redis
+    REDIS_PORT=$(free_port)
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
+        > "$WORK/redis.log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$REDIS_PORT" redis-server "$WORK/redis.log"
+    export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+
+    if [ -n "${MONGODB_TEST_URI:-}" ]; then
+        export MONGODB_URI="$MONGODB_TEST_URI"
+    else
+        MONGO_PORT=$(free_port)
+        if command -v mongod >/dev/null; then
+            mkdir -p "$WORK/mongo"
+            mongod --port "$MONGO_PORT" --bind_ip 127.0.0.1 --dbpath "$WORK/mongo" > "$WORK/mongo.log" 2>&1 &
+        else
+            ensure_nx
+            "$EVP_ROOT/.venv/bin/nx-27017" --db "$WORK/nx.db" --pid-file "$WORK/nx.pid" --host 127.0.0.1 \
+                -p "$MONGO_PORT" > "$WORK/mongo.log" 2>&1 &
+        fi
+        PIDS+=($!)
+        wait_port "$MONGO_PORT" "MongoDB server" "$WORK/mongo.log"
+        export MONGODB_URI="mongodb://127.0.0.1:$MONGO_PORT"
+    fi
+    export MONGODB_DATABASE="evp_load_$$"
+    export LOG_FORMAT=json
+}
+
+start_ingest() {
+    INGEST_PORT=$(free_port)
+    API_KEYS="$TENANT:$KEY" PORT="$INGEST_PORT" STREAM_HIGH_WATER="${STREAM_HIGH_WATER:-100000000}" \
+        "$BIN/evp-ingest" > "$WORK/ingest.log" 2>&1 &
+    INGEST_PID=$!
+    PIDS+=($INGEST_PID)
+    wait_port "$INGEST_PORT" evp-ingest "$WORK/ingest.log"
+    INGEST_URL="http://127.0.0.1:$INGEST_PORT"
+}
+
+# $1: how many workers.
+start_workers() {
+    for i in $(seq 1 "$1"); do
+        CONSUMER_NAME="load-worker-$i-$RANDOM" WORKER_PORT=0 "$BIN/evp-worker" >> "$WORK/worker-$i.log" 2>&1 &
+        WORKER_PIDS+=($!)
+    done
+}
+
+stop_workers() {
+    for pid in "${WORKER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${WORKER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    WORKER_PIDS=()
+}
+
+loadtest() {
+    "$BIN/evp-loadtest" --url "$INGEST_URL" --key "$KEY" --tenant "$TENANT" "$@"
+}
