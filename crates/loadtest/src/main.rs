@@ -38,12 +38,19 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         payload_bytes: usize,
     },
-    /// Wait until MongoDB holds events 0..N of an earlier run, and print the processing rate.
+    /// Time workers draining events 0..N of an earlier run: wait until the consumer group has
+    /// acknowledged the whole stream, then check MongoDB holds every event exactly once.
     Drain {
         #[arg(long)]
         run_id: String,
         #[arg(long)]
         events: u64,
+        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+        #[arg(long, env = "EVENTS_STREAM", default_value = "events")]
+        stream: String,
+        #[arg(long, env = "CONSUMER_GROUP", default_value = "evp-workers-group")]
+        group: String,
         #[command(flatten)]
         mongo: MongoArgs,
         #[arg(long)]
@@ -118,7 +125,9 @@ async fn main() -> ExitCode {
                 true
             })
         }
-        Some(Command::Drain { run_id, events, mongo, json }) => drain(&run_id, events, &mongo, json).await,
+        Some(Command::Drain { run_id, events, redis_url, stream, group, mongo, json }) => {
+            drain(&run_id, events, (&redis_url, &stream, &group), &mongo, json).await
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -174,18 +183,22 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
 async fn drain(
     run_id: &str,
     events: u64,
+    (redis_url, stream, group): (&str, &str, &str),
     mongo: &MongoArgs,
     json: Option<std::path::PathBuf>,
 ) -> anyhow::Result<bool> {
     let target =
         Target { mongodb_uri: &mongo.mongodb_uri, database: &mongo.database, tenant: &mongo.tenant, run_id };
+    let stall = Duration::from_secs(mongo.stall_timeout);
     let started = Instant::now();
+    let done = verify::wait_acknowledged(redis_url, stream, group, stall).await?;
     let ids = verify::all_ids(run_id, events);
-    let v = verify::verify(&target, &ids, started, started, Duration::from_secs(mongo.stall_timeout), false)
-        .await?;
+    let mut v = verify::verify(&target, &ids, started, done, stall, false).await?;
+    let seconds = done.duration_since(started).as_secs_f64();
+    v.processing_events_per_s = events as f64 / seconds;
     println!(
-        "drain {run_id}: {} of {} stored in {:.2}s = {:.0} events/s; missing {}, duplicates {}",
-        v.stored, v.expected, v.lag_s, v.processing_events_per_s, v.missing, v.duplicates
+        "drain {run_id}: {} of {} stored in {seconds:.2}s = {:.0} events/s; missing {}, duplicates {}",
+        v.stored, v.expected, v.processing_events_per_s, v.missing, v.duplicates
     );
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_vec_pretty(&v)?)?;

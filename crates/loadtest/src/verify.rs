@@ -118,6 +118,38 @@ pub async fn verify(
     })
 }
 
+/// Waits until consumer group `group` has read and acknowledged everything in `stream`: the
+/// workers' own account of having stored it all. Cheap to poll, unlike counting in MongoDB, which
+/// would compete with the workers for the server. Returns when that happened.
+pub async fn wait_acknowledged(
+    redis_url: &str,
+    stream: &str,
+    group: &str,
+    stall: Duration,
+) -> anyhow::Result<Instant> {
+    let mut conn = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
+    let mut last = (u64::MAX, u64::MAX);
+    let mut last_change = Instant::now();
+    loop {
+        let groups: redis::streams::StreamInfoGroupsReply =
+            redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(&mut conn).await?;
+        if let Some(g) = groups.groups.iter().find(|g| g.name == group) {
+            let state = (g.pending as u64, g.lag.map_or(u64::MAX, |l| l as u64));
+            if state == (0, 0) {
+                return Ok(Instant::now());
+            }
+            if state != last {
+                last = state;
+                last_change = Instant::now();
+            }
+        }
+        if last_change.elapsed() > stall {
+            anyhow::bail!("group {group} made no progress for {stall:?} (pending, lag = {last:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The ids of events `0..n` of a run (for verifying a run whose events were all accepted).
 pub fn all_ids(run_id: &str, n: u64) -> Vec<String> {
     (0..n).map(|i| event_id(run_id, i)).collect()
