@@ -24,12 +24,21 @@ pub struct HealthState {
     pub started: Arc<AtomicBool>,
 }
 
+/// Liveness: the process is up.
+pub const LIVE_PATH: &str = "/health/live";
+/// Readiness: Redis and MongoDB answer and the worker is consuming (also served at `/health`).
+pub const READY_PATH: &str = "/health/ready";
+pub const HEALTH_PATH: &str = "/health";
+pub const METRICS_PATH: &str = "/metrics";
+/// Every path the listener serves.
+pub const PATHS: [&str; 4] = [LIVE_PATH, READY_PATH, HEALTH_PATH, METRICS_PATH];
+
 pub fn router(state: HealthState) -> Router {
     Router::new()
-        .route("/health/live", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/health/ready", get(ready))
-        .route("/health", get(ready))
-        .route("/metrics", get(metrics))
+        .route(LIVE_PATH, get(|| async { Json(json!({"status": "ok"})) }))
+        .route(READY_PATH, get(ready))
+        .route(HEALTH_PATH, get(ready))
+        .route(METRICS_PATH, get(metrics))
         .with_state(state)
 }
 
