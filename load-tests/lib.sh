@@ -5,6 +5,7 @@
 set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/scripts/deps.sh"
 
+command -v python3 > /dev/null || apt_install python3   # free ports and report arithmetic
 WORK="$(mktemp -d -t evp-load.XXXXXX)"
 PIDS=()
 WORKER_PIDS=()

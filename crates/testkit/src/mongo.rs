@@ -35,14 +35,21 @@ static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
 impl MongoServer {
     /// Starts (or, with `MONGODB_TEST_URI`, attaches to) a server and waits until it answers a ping.
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
         if let Ok(uri) = std::env::var("MONGODB_TEST_URI")
             && !uri.is_empty()
         {
+            let dir = tempfile::tempdir().expect("temp dir");
             let server = Self { kind: MongoKind::External, uri, port: 0, dir, process: None };
             server.wait_for_ping().await;
             return server;
         }
+        Self::start_owned().await
+    }
+
+    /// Starts a server of this test's own (a `mongod` on PATH, else nx-27017), even when
+    /// `MONGODB_TEST_URI` is set: for tests that stop and restart it.
+    pub async fn start_owned() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
         let kind = if which("mongod").is_some() { MongoKind::Mongod } else { MongoKind::Nx27017 };
         let port = free_port();
         let process = Some(Self::spawn(kind, port, &dir));

@@ -44,7 +44,8 @@ fn collect_after(text: &str, marker: &str, into: &mut BTreeSet<String>) {
         let rest = &text[at + marker.len()..];
         let rest = rest.find("(\"").filter(|_| marker.ends_with('<')).map_or(rest, |i| &rest[i + 2..]);
         let name: String = rest.chars().take_while(|c| *c != '"').collect();
-        if !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit()) {
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
+        {
             into.insert(name);
         }
     }
@@ -100,7 +101,9 @@ fn read(relative: &str) -> String {
 #[test]
 fn variables_are_found_in_the_source() {
     let ingest = program_variables("ingest");
-    for v in ["API_KEYS", "PORT", "REDIS_URL", "MONGODB_URI", "STREAM_HIGH_WATER", "MAX_BODY_BYTES", "LOG_FORMAT"] {
+    for v in
+        ["API_KEYS", "PORT", "REDIS_URL", "MONGODB_URI", "STREAM_HIGH_WATER", "MAX_BODY_BYTES", "LOG_FORMAT"]
+    {
         assert!(ingest.contains(v), "{v} not found among {ingest:?}");
     }
     let worker = program_variables("worker");
@@ -146,7 +149,10 @@ fn compose_names_existing_dockerfiles_read_variables_and_served_health_paths() {
         if let Some(test) = service.get("healthcheck").and_then(|h| h.get("test")) {
             let test: Vec<&str> = test.as_sequence().unwrap().iter().filter_map(|v| v.as_str()).collect();
             let path = url_path(&test.join(" ")).unwrap_or_else(|| panic!("{name}: health check has no URL"));
-            assert!(served_paths(program).contains(&path), "{name} probes {path}, which {program} does not serve");
+            assert!(
+                served_paths(program).contains(&path),
+                "{name} probes {path}, which {program} does not serve"
+            );
         }
     }
     assert_eq!(built, BTreeSet::from(["ingest", "worker", "loadtest"]));
@@ -158,7 +164,8 @@ fn compose_names_existing_dockerfiles_read_variables_and_served_health_paths() {
     }
     let redis = services[&serde_yaml_ng::Value::from("redis")]["command"].as_sequence().unwrap();
     let redis: Vec<&str> = redis.iter().filter_map(|v| v.as_str()).collect();
-    for pair in [["--appendonly", "yes"], ["--appendfsync", "everysec"], ["--maxmemory-policy", "noeviction"]] {
+    for pair in [["--appendonly", "yes"], ["--appendfsync", "everysec"], ["--maxmemory-policy", "noeviction"]]
+    {
         assert!(redis.windows(2).any(|w| w == pair), "redis must run with {pair:?}");
     }
     assert_eq!(services[&serde_yaml_ng::Value::from("mongo")]["image"], "mongo:7");
@@ -166,7 +173,9 @@ fn compose_names_existing_dockerfiles_read_variables_and_served_health_paths() {
 
 #[test]
 fn railway_configs_name_existing_dockerfiles_and_served_health_paths() {
-    for (file, expected_program) in [("railway.json", "ingest"), ("infrastructure/railway.worker.json", "worker")] {
+    for (file, expected_program) in
+        [("railway.json", "ingest"), ("infrastructure/railway.worker.json", "worker")]
+    {
         let config: serde_json::Value = serde_json::from_str(&read(file)).unwrap();
         assert_eq!(config["build"]["builder"], "DOCKERFILE", "{file}");
         let dockerfile = config["build"]["dockerfilePath"].as_str().unwrap();
@@ -191,7 +200,8 @@ fn dockerfiles_probe_served_paths_and_set_only_variables_the_program_reads() {
             assert!(program_variables(program).contains(name), "{program}: ENV {name} is not read");
         }
         if program != "loadtest" {
-            let check: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("HEALTHCHECK")).take(2).collect();
+            let check: Vec<&str> =
+                text.lines().skip_while(|l| !l.starts_with("HEALTHCHECK")).take(2).collect();
             let path = url_path(&check.join(" ")).unwrap_or_else(|| panic!("{program}: no HEALTHCHECK URL"));
             assert!(served_paths(program).contains(&path), "{program}: HEALTHCHECK probes {path}");
         }

@@ -112,23 +112,34 @@ async fn prepare(
     config: &WorkerConfig,
     shutdown: &CancellationToken,
 ) -> bool {
+    retry_until_ok("create MongoDB indexes", config, shutdown, || store.ensure_indexes()).await
+        && retry_until_ok("create the consumer group", config, shutdown, || stream.ensure_group()).await
+}
+
+/// Runs `op` until it succeeds (true) or shutdown comes first (false), backing off between tries.
+async fn retry_until_ok<F, Fut, E>(
+    what: &str,
+    config: &WorkerConfig,
+    shutdown: &CancellationToken,
+    mut op: F,
+) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut backoff = Backoff::new(config.backoff);
-    while let Err(e) = store.ensure_indexes().await {
-        let delay = backoff.next_delay();
-        tracing::warn!(error = %e, ?delay, "cannot create MongoDB indexes yet; retrying");
-        sleep_unless_cancelled(delay, shutdown).await;
-        if shutdown.is_cancelled() {
-            return false;
+    loop {
+        match op().await {
+            Ok(()) => return true,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, ?delay, "cannot {what} yet; retrying");
+                sleep_unless_cancelled(delay, shutdown).await;
+                if shutdown.is_cancelled() {
+                    return false;
+                }
+            }
         }
     }
-    let mut backoff = Backoff::new(config.backoff);
-    while let Err(e) = stream.ensure_group().await {
-        let delay = backoff.next_delay();
-        tracing::warn!(error = %e, ?delay, "cannot create the consumer group yet; retrying");
-        sleep_unless_cancelled(delay, shutdown).await;
-        if shutdown.is_cancelled() {
-            return false;
-        }
-    }
-    true
 }

@@ -47,7 +47,7 @@ async fn entries_pending_on_a_dead_consumer_are_claimed_after_the_idle_time() {
 
 #[tokio::test]
 async fn mongodb_outage_mid_stream_loses_nothing_and_no_worker_exits() {
-    let mut p = Pipeline::start().await;
+    let mut p = Pipeline::start_owning_mongo().await;
     let mut a = p.worker("a", &[("WORKER_BATCH_SIZE", "50")]);
     let mut b = p.worker("b", &[("WORKER_BATCH_SIZE", "50")]);
     p.publish("acme", "before", 300).await;
@@ -76,7 +76,7 @@ async fn mongodb_outage_mid_stream_loses_nothing_and_no_worker_exits() {
 
 #[tokio::test]
 async fn sigterm_writes_and_acknowledges_the_batch_in_flight_then_exits_0() {
-    let mut p = Pipeline::start().await;
+    let mut p = Pipeline::start_owning_mongo().await;
     let mut w = p.worker("w", &[]);
     assert!(eventually(WAIT, || async { w.get("/health/ready").await.0 == 200 }).await);
     // Hold the batch in flight: MongoDB is down when it is read.
@@ -102,7 +102,7 @@ async fn sigterm_writes_and_acknowledges_the_batch_in_flight_then_exits_0() {
 
 #[tokio::test]
 async fn no_reading_beyond_the_writes_in_flight() {
-    let mut p = Pipeline::start().await;
+    let mut p = Pipeline::start_owning_mongo().await;
     let w = p.worker("bounded", &[("WORKER_BATCH_SIZE", "10"), ("WORKER_MAX_INFLIGHT", "2")]);
     assert!(eventually(WAIT, || async { w.get("/health/ready").await.0 == 200 }).await);
     p.mongo.stop();

@@ -28,8 +28,16 @@ pub struct Worker {
 
 impl Pipeline {
     pub async fn start() -> Self {
+        Self::with_mongo(MongoServer::start().await)
+    }
+
+    /// With a MongoDB server of the test's own, for tests that stop and restart it.
+    pub async fn start_owning_mongo() -> Self {
+        Self::with_mongo(MongoServer::start_owned().await)
+    }
+
+    fn with_mongo(mongo: MongoServer) -> Self {
         let redis = RedisServer::start();
-        let mongo = MongoServer::start().await;
         let database = mongo.unique_database("fleet");
         Self { redis, mongo, database, logs: tempfile::tempdir().unwrap() }
     }
