@@ -13,7 +13,8 @@ use axum::routing::post;
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:3999".into());
-    let app = Router::new().route("/events", post(|body: Bytes| async move { (StatusCode::ACCEPTED, body.len().to_string()) }));
+    let app = Router::new()
+        .route("/events", post(|body: Bytes| async move { (StatusCode::ACCEPTED, body.len().to_string()) }));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     axum::serve(listener, app).await
 }
