@@ -153,6 +153,16 @@ pub fn admit_batch(body: &[u8], admission: &Admission<'_>) -> Result<Vec<Encoded
     admit_all(&raws, admission, true)
 }
 
+/// How many events a body holds as far as it parses, for counting refused events: 1 for a single
+/// event, the array length for a batch, 0 when the body is not JSON of the expected shape.
+pub fn count_events(body: &[u8], batch: bool) -> usize {
+    if batch {
+        split_batch(body).map_or(0, |events| events.len())
+    } else {
+        usize::from(serde_json::from_slice::<&RawValue>(body).is_ok_and(is_object))
+    }
+}
+
 fn split_batch(body: &[u8]) -> Result<Vec<&RawValue>, BodyError> {
     let shape = "expected a JSON array of events or an object {\"events\": [...]}";
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
@@ -410,6 +420,15 @@ mod tests {
         let p = problems(admit_batch(big.as_bytes(), &adm).unwrap_err());
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].index, Some(1));
+    }
+
+    #[test]
+    fn refused_bodies_are_counted_by_their_events() {
+        assert_eq!(count_events(br#"[{"type":"a"},{"type":"b c"},7]"#, true), 3);
+        assert_eq!(count_events(br#"{"events":[{"type":"a"}]}"#, true), 1);
+        assert_eq!(count_events(b"[", true), 0);
+        assert_eq!(count_events(br#"{"type":"bad type"}"#, false), 1);
+        assert_eq!(count_events(b"nope", false), 0);
     }
 
     #[test]

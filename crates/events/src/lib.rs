@@ -16,4 +16,4 @@ pub mod entry;
 pub mod input;
 
 pub use entry::{DecodeError, EncodedEvent, StoredEvent};
-pub use input::{Admission, BodyError, Limits, Problem, ValidEvent, admit_batch, admit_one};
+pub use input::{Admission, BodyError, Limits, Problem, ValidEvent, admit_batch, admit_one, count_events};

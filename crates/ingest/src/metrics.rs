@@ -13,6 +13,8 @@ pub const HTTP_REQUESTS: &str = "evp_ingest_http_requests_total";
 pub const HTTP_SECONDS: &str = "evp_ingest_http_request_duration_seconds";
 /// Counter: events written to the stream.
 pub const EVENTS_ACCEPTED: &str = "evp_ingest_events_accepted_total";
+/// Counter, label `reason` (the error code): events in refused requests, as far as the body parses.
+pub const EVENTS_REJECTED: &str = "evp_ingest_events_rejected_total";
 /// Counter, label `reason` (the error code): requests to the event endpoints that were refused;
 /// nothing of a refused request is enqueued.
 pub const REQUESTS_REJECTED: &str = "evp_ingest_requests_rejected_total";

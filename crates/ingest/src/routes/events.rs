@@ -132,7 +132,11 @@ async fn accept(
             metrics::counter!(m::EVENTS_ACCEPTED).increment(ids.len() as u64);
             metrics::histogram!(m::BATCH_EVENTS).record(ids.len() as f64);
         }
-        Err(e) => metrics::counter!(m::REQUESTS_REJECTED, "reason" => e.code()).increment(1),
+        Err(e) => {
+            metrics::counter!(m::REQUESTS_REJECTED, "reason" => e.code()).increment(1);
+            let events = evp_events::count_events(body, batch) as u64;
+            metrics::counter!(m::EVENTS_REJECTED, "reason" => e.code()).increment(events);
+        }
     }
     let ids = result?;
     Ok((StatusCode::ACCEPTED, Json(Accepted { accepted: ids.len(), ids })))

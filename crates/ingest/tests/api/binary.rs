@@ -93,13 +93,18 @@ async fn metrics_count_requests_and_events_and_responses_carry_a_request_id() {
     assert_eq!(resp.status(), 202);
     assert!(!resp.headers()["x-request-id"].is_empty());
     assert_eq!(post("/events", r#"{"type":"bad type"}"#).await.unwrap().status(), 400);
+    assert_eq!(
+        post("/events/batch", r#"[{"type":"ok"},{"type":"bad type"},{"type":"ok"}]"#).await.unwrap().status(),
+        400
+    );
     let echoed =
         http.get(format!("{base}/health/live")).header("x-request-id", "trace-me-42").send().await.unwrap();
     assert_eq!(echoed.headers()["x-request-id"], "trace-me-42");
 
     let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("evp_ingest_events_accepted_total 3"), "{text}");
-    assert!(text.contains(r#"evp_ingest_requests_rejected_total{reason="invalid_event"} 1"#), "{text}");
+    assert!(text.contains(r#"evp_ingest_requests_rejected_total{reason="invalid_event"} 2"#), "{text}");
+    assert!(text.contains(r#"evp_ingest_events_rejected_total{reason="invalid_event"} 4"#), "{text}");
     assert!(
         text.contains(
             r#"evp_ingest_http_requests_total{route="/events/batch",method="POST",status="202"} 1"#
