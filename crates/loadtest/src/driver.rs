@@ -2,8 +2,8 @@
 //! request `i` is not sent before `start + i × batch / rate`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -150,16 +150,14 @@ pub async fn run(plan: Plan) -> anyhow::Result<Outcome> {
         elapsed: Duration::ZERO,
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
     };
-    let merged = Mutex::new(&mut outcome);
     for task in tasks {
         let (hist, accepted, rejected, errors) = task.await?;
-        let mut o = merged.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        o.latency_us.add(&hist)?;
-        o.accepted_requests.extend(accepted);
+        outcome.latency_us.add(&hist)?;
+        outcome.accepted_requests.extend(accepted);
         for (status, n) in rejected {
-            *o.rejected.entry(status).or_default() += n;
+            *outcome.rejected.entry(status).or_default() += n;
         }
-        o.errors += errors;
+        outcome.errors += errors;
     }
     outcome.elapsed = started.elapsed();
     if let Some(progress) = progress {

@@ -104,10 +104,6 @@ impl MongoServer {
         &self.uri
     }
 
-    pub fn kind(&self) -> MongoKind {
-        self.kind
-    }
-
     /// A database name no other test of this process uses.
     pub fn unique_database(&self, prefix: &str) -> String {
         let n = DB_COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,6 @@
 //! claim, dead-letter, trim), and one dedicated connection per [`Reader`] for the blocking
 //! XREADGROUP, which would otherwise hold up every command queued behind it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,10 +80,6 @@ impl StreamClient {
             group: Arc::from(config.group.as_str()),
             consumer: Arc::from(config.consumer.as_str()),
         })
-    }
-
-    pub fn consumer(&self) -> &str {
-        &self.consumer
     }
 
     /// A reader on its own connection, for blocking reads of up to `block`.
@@ -350,11 +345,6 @@ pub fn parse_id(id: &str) -> Option<(u64, u64)> {
 /// The smallest id after `id`.
 pub fn next_id((ms, seq): (u64, u64)) -> (u64, u64) {
     if seq == u64::MAX { (ms + 1, 0) } else { (ms, seq + 1) }
-}
-
-/// Groups fields by name for reading dead letters.
-pub fn field_map(fields: &Fields) -> HashMap<&str, &[u8]> {
-    fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect()
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ fn a_bad_variable_stops_start_up_with_one_line_naming_it() {
     }
 }
 
-fn start(redis: &RedisServer, port: u16, dir: &tempfile_dir::Dir) -> ChildGuard {
+fn start(redis: &RedisServer, port: u16, dir: &tempfile::TempDir) -> ChildGuard {
     let cmd = ingest(&[
         ("API_KEYS", "acme:k1"),
         ("REDIS_URL", &redis.url()),
@@ -42,43 +42,16 @@ fn start(redis: &RedisServer, port: u16, dir: &tempfile_dir::Dir) -> ChildGuard 
         ("PORT", &port.to_string()),
         ("LOG_FORMAT", "json"),
     ]);
-    let mut child = ChildGuard::spawn("evp-ingest", cmd, &dir.path("ingest.log")).unwrap();
+    let mut child = ChildGuard::spawn("evp-ingest", cmd, &dir.path().join("ingest.log")).unwrap();
     child.wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(10)).unwrap();
     child
-}
-
-/// A throwaway directory for logs, removed on drop.
-mod tempfile_dir {
-    pub struct Dir(std::path::PathBuf);
-    impl Dir {
-        pub fn new() -> Self {
-            let p = std::env::temp_dir().join(format!(
-                "evp-ingest-test-{}-{}",
-                std::process::id(),
-                rand_suffix()
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-        pub fn path(&self, name: &str) -> std::path::PathBuf {
-            self.0.join(name)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    fn rand_suffix() -> u128 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-    }
 }
 
 #[tokio::test]
 async fn metrics_count_requests_and_events_and_responses_carry_a_request_id() {
     let redis = RedisServer::start();
     let port = free_port();
-    let dir = tempfile_dir::Dir::new();
+    let dir = tempfile::tempdir().unwrap();
     let _ingest = start(&redis, port, &dir);
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -118,7 +91,7 @@ async fn metrics_count_requests_and_events_and_responses_carry_a_request_id() {
 async fn sigterm_drains_the_request_in_flight_then_exits_0() {
     let redis = RedisServer::start();
     let port = free_port();
-    let dir = tempfile_dir::Dir::new();
+    let dir = tempfile::tempdir().unwrap();
     let mut ingest = start(&redis, port, &dir);
 
     // A request whose body is still arriving when SIGTERM lands.
