@@ -92,9 +92,22 @@ pub fn encode(event: &ValidEvent<'_>, tenant: &str, received_at_ms: i64) -> Enco
         causation_id: event.causation_id.as_deref(),
         data: event.data,
     };
-    // Serializing plain strings, integers and already-valid raw JSON cannot fail.
-    let payload = serde_json::to_vec(&out).unwrap_or_default();
+    // Sized for the common case (nothing to escape) so the buffer is allocated once: the field
+    // names and numbers take under 128 bytes.
+    let strings = [out.source, out.aggregate_id, out.correlation_id, out.causation_id]
+        .iter()
+        .flatten()
+        .map(|s| s.len() + 20)
+        .sum::<usize>();
+    let capacity = 128 + tenant.len() + out.id.len() + out.event_type.len() + strings + data_len(out.data);
+    let mut payload = Vec::with_capacity(capacity);
+    // Serializing plain strings, integers and already-valid raw JSON into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut payload, &out);
     EncodedEvent { id: event.id.clone().into_owned(), payload }
+}
+
+fn data_len(data: Option<&RawValue>) -> usize {
+    data.map_or(0, |d| d.get().len())
 }
 
 /// Decodes an entry payload written by [`encode`].

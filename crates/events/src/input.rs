@@ -120,6 +120,18 @@ struct Wrapped<'a> {
 
 /// Parses, validates and encodes the body of `POST /events`: one event object.
 pub fn admit_one(body: &[u8], admission: &Admission<'_>) -> Result<EncodedEvent, BodyError> {
+    // Fast path: a well-formed event object is parsed once, straight from the body. Anything else
+    // (not UTF-8, not an object, a syntax or field error) takes the general path below, which
+    // parses again to tell a body that is not JSON from an event that breaks the rules.
+    if let Ok(text) = std::str::from_utf8(body)
+        && text.trim_start().starts_with('{')
+        && let Ok(input) = serde_json::from_str::<EventIn<'_>>(text)
+    {
+        let mut admitted = Admitted::with_capacity(1);
+        let event = check(input, admission.received_at_ms, None, &mut admitted.problems);
+        admitted.add(Some(event), None, 0, admission);
+        return admitted.finish().map(|mut encoded| encoded.remove(0));
+    }
     let raw: &RawValue =
         serde_json::from_slice(body).map_err(|e| BodyError::InvalidJson(json_message(&e)))?;
     if !is_object(raw) {
@@ -190,39 +202,64 @@ fn admit_all(
     admission: &Admission<'_>,
     indexed: bool,
 ) -> Result<Vec<EncodedEvent>, BodyError> {
-    let mut problems = Vec::new();
-    let mut too_large = false;
-    let mut encoded = Vec::with_capacity(raws.len());
+    let mut admitted = Admitted::with_capacity(raws.len());
     for (i, raw) in raws.iter().enumerate() {
         let index = indexed.then_some(i);
-        let before = problems.len();
-        match validate(raw, admission.received_at_ms, index, &mut problems) {
-            Some(event) if problems.len() == before => {
-                let entry = entry::encode(&event, admission.tenant, admission.received_at_ms);
-                if entry.payload.len() > admission.limits.max_event_bytes {
-                    too_large = true;
-                    problems.push(Problem {
-                        index,
-                        field: None,
-                        message: format!(
-                            "the event is {} bytes encoded; at most {} are allowed (MAX_EVENT_BYTES)",
-                            entry.payload.len(),
-                            admission.limits.max_event_bytes
-                        ),
-                    });
-                } else if problems.is_empty() {
-                    encoded.push(entry);
-                }
-            }
-            _ => {}
+        let before = admitted.problems.len();
+        let event = validate(raw, admission.received_at_ms, index, &mut admitted.problems);
+        admitted.add(event, index, before, admission);
+    }
+    admitted.finish()
+}
+
+/// The outcome of a body so far: the encoded events, or every problem found.
+struct Admitted {
+    encoded: Vec<EncodedEvent>,
+    problems: Vec<Problem>,
+    too_large: bool,
+}
+
+impl Admitted {
+    fn with_capacity(events: usize) -> Self {
+        Self { encoded: Vec::with_capacity(events), problems: Vec::new(), too_large: false }
+    }
+
+    /// Encodes `event` (validated with `problems_before` problems already on the list) and checks
+    /// its size; once anything is wrong, only problems are collected.
+    fn add(
+        &mut self,
+        event: Option<ValidEvent<'_>>,
+        index: Option<usize>,
+        problems_before: usize,
+        admission: &Admission<'_>,
+    ) {
+        let Some(event) = event.filter(|_| self.problems.len() == problems_before) else { return };
+        let entry = entry::encode(&event, admission.tenant, admission.received_at_ms);
+        if entry.payload.len() > admission.limits.max_event_bytes {
+            self.too_large = true;
+            self.problems.push(Problem {
+                index,
+                field: None,
+                message: format!(
+                    "the event is {} bytes encoded; at most {} are allowed (MAX_EVENT_BYTES)",
+                    entry.payload.len(),
+                    admission.limits.max_event_bytes
+                ),
+            });
+        } else if self.problems.is_empty() {
+            self.encoded.push(entry);
         }
     }
-    match (problems.is_empty(), too_large) {
-        (true, _) => Ok(encoded),
-        (false, true) => {
-            Err(BodyError::TooLarge { message: "an event is larger than MAX_EVENT_BYTES".into(), problems })
+
+    fn finish(self) -> Result<Vec<EncodedEvent>, BodyError> {
+        match (self.problems.is_empty(), self.too_large) {
+            (true, _) => Ok(self.encoded),
+            (false, true) => Err(BodyError::TooLarge {
+                message: "an event is larger than MAX_EVENT_BYTES".into(),
+                problems: self.problems,
+            }),
+            (false, false) => Err(BodyError::InvalidEvents(self.problems)),
         }
-        (false, false) => Err(BodyError::InvalidEvents(problems)),
     }
 }
 
@@ -233,20 +270,29 @@ fn validate<'a>(
     index: Option<usize>,
     problems: &mut Vec<Problem>,
 ) -> Option<ValidEvent<'a>> {
-    let mut report =
-        |field: Option<&'static str>, message: String| problems.push(Problem { index, field, message });
     if !is_object(raw) {
-        report(None, "an event must be a JSON object".into());
+        problems.push(Problem { index, field: None, message: "an event must be a JSON object".into() });
         return None;
     }
-    let input: EventIn<'a> = match serde_json::from_str(raw.get()) {
-        Ok(input) => input,
+    match serde_json::from_str(raw.get()) {
+        Ok(input) => Some(check(input, received_at_ms, index, problems)),
         Err(e) => {
-            report(None, strip_position(&e));
-            return None;
+            problems.push(Problem { index, field: None, message: strip_position(&e) });
+            None
         }
-    };
+    }
+}
 
+/// Checks the fields of a parsed event, pushing each problem found, and fills in `id` and
+/// `timestamp`.
+fn check<'a>(
+    input: EventIn<'a>,
+    received_at_ms: i64,
+    index: Option<usize>,
+    problems: &mut Vec<Problem>,
+) -> ValidEvent<'a> {
+    let mut report =
+        |field: Option<&'static str>, message: String| problems.push(Problem { index, field, message });
     let t = &input.event_type;
     if t.is_empty() || t.chars().count() > MAX_TYPE_CHARS || !t.bytes().all(is_type_byte) {
         report(Some("type"), format!("type must be 1 to {MAX_TYPE_CHARS} characters of [A-Za-z0-9_.:-]"));
@@ -281,7 +327,7 @@ fn validate<'a>(
         report(Some("data"), "data must be a JSON object".into());
     }
 
-    Some(ValidEvent {
+    ValidEvent {
         id: input.id.unwrap_or_else(|| Cow::Owned(uuid::Uuid::now_v7().to_string())),
         event_type: input.event_type,
         timestamp_ms,
@@ -290,7 +336,7 @@ fn validate<'a>(
         correlation_id: input.correlation_id,
         causation_id: input.causation_id,
         data: input.data,
-    })
+    }
 }
 
 fn is_type_byte(b: u8) -> bool {
@@ -387,6 +433,8 @@ mod tests {
     fn malformed_json_and_wrong_shapes() {
         assert!(matches!(admit_one(b"{\"type\":", &admission()), Err(BodyError::InvalidJson(_))));
         assert!(matches!(admit_one(b"[]", &admission()), Err(BodyError::InvalidJson(_))));
+        assert!(matches!(admit_one(br#"{"type":"a"} {}"#, &admission()), Err(BodyError::InvalidJson(_))));
+        assert!(matches!(admit_one(b"{\"type\":\"a\xff\"}", &admission()), Err(BodyError::InvalidJson(_))));
         assert!(matches!(admit_batch(b"42", &admission()), Err(BodyError::InvalidJson(_))));
         assert!(matches!(admit_batch(b"", &admission()), Err(BodyError::InvalidJson(_))));
         assert!(matches!(admit_batch(br#"{"evnts":[]}"#, &admission()), Err(BodyError::InvalidJson(_))));
@@ -420,6 +468,10 @@ mod tests {
         let p = problems(admit_batch(big.as_bytes(), &adm).unwrap_err());
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].index, Some(1));
+        let one = serde_json::json!({"type": "b", "data": {"pad": "p".repeat(300)}}).to_string();
+        let p = problems(admit_one(one.as_bytes(), &adm).unwrap_err());
+        assert_eq!((p.len(), p[0].index), (1, None));
+        assert!(p[0].message.contains("MAX_EVENT_BYTES"), "{p:?}");
     }
 
     #[test]
