@@ -84,7 +84,12 @@ impl FromRequestParts<AppState> for Tenant {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let key =
             parts.headers.get(API_KEY_HEADER).ok_or(ApiError::Unauthorized("missing x-api-key header"))?;
-        state.api_keys.tenant_of(key.as_bytes()).map(Tenant).ok_or(ApiError::Unauthorized("unknown API key"))
+        state
+            .config
+            .api_keys
+            .tenant_of(key.as_bytes())
+            .map(Tenant)
+            .ok_or(ApiError::Unauthorized("unknown API key"))
     }
 }
 

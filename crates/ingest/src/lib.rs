@@ -24,8 +24,6 @@ pub mod routes;
 pub mod state;
 pub mod stream_publisher;
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -46,14 +44,15 @@ pub async fn build_state(
             .context("REDIS_URL")?;
     let mongo =
         evp_runtime::connect::mongo_client(&common.mongodb_uri, "evp-ingest").await.context("MONGODB_URI")?;
-    Ok(AppState {
-        api_keys: Arc::new(config.api_keys.clone()),
-        config: Arc::new(config),
+    let metrics_handles = metrics::IngestMetrics::register();
+    Ok(AppState::new(state::Shared {
+        config,
         publisher,
         mongo,
-        metrics,
+        prometheus: metrics,
+        metrics: metrics_handles,
         shutdown,
-    })
+    }))
 }
 
 /// Serves on `listener` until `shutdown` is cancelled, then stops accepting and waits for in-flight

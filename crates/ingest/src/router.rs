@@ -1,6 +1,8 @@
 //! Builds the router and the OpenAPI document together, from one list of handlers, so the
 //! document cannot drift from what is served.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderName, Uri};
@@ -18,7 +20,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::API_KEY_HEADER;
 use crate::error::ApiError;
-use crate::metrics::track_requests;
+use crate::metrics::{RequestMetrics, track_requests};
 use crate::routes::{events, health};
 use crate::state::AppState;
 
@@ -73,7 +75,7 @@ pub fn router(state: AppState) -> Router {
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
                     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    tracing::info_span!("request", request_id = id)
                 })
                 .on_request(())
                 .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
@@ -82,7 +84,7 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::new());
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(not_found)
-        .layer(middleware::from_fn(track_requests))
+        .layer(middleware::from_fn_with_state(Arc::new(RequestMetrics::default()), track_requests))
         .layer(layers)
         .with_state(state)
 }

@@ -1,10 +1,19 @@
 //! Appending accepted events to the Redis stream.
 //!
-//! One [`StreamPublisher`] is shared by all requests: it holds one multiplexed connection
+//! One [`StreamPublisher`] is shared by all requests. It holds one multiplexed connection
 //! (redis-rs `ConnectionManager`, which reconnects by itself after Redis comes back), so concurrent
-//! requests share a socket and every request costs exactly one round trip. A batch is sent as one
-//! MULTI/EXEC pipeline of XADDs: all of its entries land, or none do. Every call is bounded by a
-//! timeout, so an unreachable Redis turns into a quick 503, never a hanging request.
+//! requests share a socket. Every call is bounded by a timeout, so an unreachable Redis turns into
+//! a quick 503, never a hanging request.
+//!
+//! - A **batch** is one MULTI/EXEC pipeline of XADDs ([`StreamPublisher::publish_batch`]): all of
+//!   its entries land, or none do.
+//! - A **single event** ([`StreamPublisher::publish_one`]) goes through a coalescer: a task that
+//!   takes every single event queued at that moment and sends them as one pipeline of independent
+//!   XADDs, each with its own reply. Under load many requests share one round trip, which costs
+//!   Redis (single-threaded, shared by every ingest replica) far less CPU than one command per
+//!   round trip; when idle a pipeline holds one event, so nothing waits for a batch to fill. Each
+//!   request still gets the outcome of its own XADD, and an event whose request has already given
+//!   up (timed out, client gone) is not sent at all.
 //!
 //! The backlog monitor samples the stream length in the background for the high-water check, so
 //! that check adds nothing to a request's round trip.
@@ -16,17 +25,37 @@ use std::time::{Duration, Instant};
 use evp_events::EncodedEvent;
 use evp_events::entry::FIELD;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
 
+/// Most single events in one coalesced pipeline.
+const MAX_COALESCED: usize = 256;
+/// Coalesced pipelines in flight at once; further single events queue meanwhile and go out
+/// together in the next pipeline.
+const MAX_PIPELINES: usize = 8;
+/// Single events waiting for a pipeline before senders wait too (backpressure, still bounded by
+/// the request's timeout).
+const QUEUE: usize = 4 * MAX_COALESCED * MAX_PIPELINES;
+
 /// Why events could not be appended. Always a 503 for the client.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
     #[error("Redis error: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(Arc<redis::RedisError>),
+    #[error("Redis refused the XADD: {0}")]
+    Refused(String),
+    #[error("the publisher has stopped")]
+    Stopped,
+}
+
+impl From<redis::RedisError> for PublishError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Redis(Arc::new(e))
+    }
 }
 
 /// Shared handle for appending to the events stream.
@@ -37,6 +66,20 @@ pub struct StreamPublisher {
     timeout: Duration,
     backlog: Arc<AtomicU64>,
     reachable: Arc<AtomicBool>,
+    singles: mpsc::Sender<Single>,
+    metrics: PipelineMetrics,
+}
+
+/// One single event waiting for the coalescer, and where its outcome goes.
+struct Single {
+    payload: Vec<u8>,
+    reply: oneshot::Sender<Result<(), PublishError>>,
+}
+
+#[derive(Clone)]
+struct PipelineMetrics {
+    seconds: metrics::Histogram,
+    events: metrics::Histogram,
 }
 
 impl std::fmt::Debug for StreamPublisher {
@@ -47,7 +90,9 @@ impl std::fmt::Debug for StreamPublisher {
 
 impl StreamPublisher {
     /// Creates the publisher without connecting: the ingest starts (and reports itself not ready)
-    /// even while Redis is down, and connects on first use.
+    /// even while Redis is down, and connects on first use. Starts the coalescer task, so call it
+    /// inside the runtime, and after the metrics recorder is installed (it takes its metric
+    /// handles here). The coalescer stops once every clone of the publisher is dropped.
     pub fn new(redis_url: &str, stream: &str, timeout: Duration) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(redis_url)?;
         let config = ConnectionManagerConfig::new()
@@ -56,28 +101,51 @@ impl StreamPublisher {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let metrics = PipelineMetrics {
+            seconds: metrics::histogram!(m::XADD_SECONDS),
+            events: metrics::histogram!(m::PIPELINE_EVENTS),
+        };
+        let stream: Arc<str> = Arc::from(stream);
+        let (singles, queue) = mpsc::channel(QUEUE);
+        let coalescer =
+            Coalescer { conn: conn.clone(), stream: stream.clone(), timeout, metrics: metrics.clone() };
+        tokio::spawn(coalescer.run(queue));
         Ok(Self {
             conn,
-            stream: Arc::from(stream),
+            stream,
             timeout,
             backlog: Arc::new(AtomicU64::new(0)),
             reachable: Arc::new(AtomicBool::new(true)),
+            singles,
+            metrics,
         })
     }
 
-    /// Appends every event, atomically, in one round trip.
-    pub async fn publish(&self, events: &[EncodedEvent]) -> Result<(), PublishError> {
+    /// Appends every event of a batch, atomically (MULTI/EXEC), in one round trip.
+    pub async fn publish_batch(&self, events: &[EncodedEvent]) -> Result<(), PublishError> {
         let mut pipe = redis::pipe();
-        if events.len() > 1 {
-            pipe.atomic();
-        }
+        pipe.atomic();
         for event in events {
             pipe.cmd("XADD").arg(&*self.stream).arg("*").arg(FIELD).arg(&event.payload).ignore();
         }
         let started = Instant::now();
         let result = self.bounded(pipe.exec_async(&mut self.conn.clone())).await;
-        metrics::histogram!(m::XADD_SECONDS).record(started.elapsed().as_secs_f64());
+        self.metrics.seconds.record(started.elapsed().as_secs_f64());
+        self.metrics.events.record(events.len() as f64);
         result
+    }
+
+    /// Appends one event, sharing a pipeline with the single events of concurrent requests.
+    pub async fn publish_one(&self, payload: Vec<u8>) -> Result<(), PublishError> {
+        let (reply, outcome) = oneshot::channel();
+        let queued_and_answered = async {
+            self.singles.send(Single { payload, reply }).await.map_err(|_| PublishError::Stopped)?;
+            outcome.await.map_err(|_| PublishError::Stopped)?
+        };
+        match tokio::time::timeout(self.timeout, queued_and_answered).await {
+            Ok(result) => result,
+            Err(_) => Err(PublishError::Timeout(self.timeout)),
+        }
     }
 
     /// PING, for health and readiness.
@@ -129,9 +197,80 @@ impl StreamPublisher {
         &self,
         call: impl Future<Output = Result<T, redis::RedisError>>,
     ) -> Result<T, PublishError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(PublishError::Timeout(self.timeout)),
+        bounded(self.timeout, call).await
+    }
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, PublishError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(PublishError::Timeout(timeout)),
+    }
+}
+
+/// Sends queued single events as pipelines, at most [`MAX_PIPELINES`] at a time.
+struct Coalescer {
+    conn: ConnectionManager,
+    stream: Arc<str>,
+    timeout: Duration,
+    metrics: PipelineMetrics,
+}
+
+impl Coalescer {
+    async fn run(self, mut queue: mpsc::Receiver<Single>) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(MAX_PIPELINES));
+        loop {
+            // Take a pipeline slot first: while every slot is busy, events keep queueing and the
+            // next pipeline takes them all.
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let mut batch = Vec::with_capacity(MAX_COALESCED);
+            if queue.recv_many(&mut batch, MAX_COALESCED).await == 0 {
+                return; // every publisher is gone
+            }
+            let this = this.clone();
+            tokio::spawn(async move {
+                this.send(batch).await;
+                drop(slot);
+            });
+        }
+    }
+
+    async fn send(&self, mut batch: Vec<Single>) {
+        // A request that gave up (timed out, or its client went away) has answered 503 or
+        // nothing: its event must not be appended behind its back.
+        batch.retain(|single| !single.reply.is_closed());
+        if batch.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for single in &batch {
+            pipe.cmd("XADD").arg(&*self.stream).arg("*").arg(FIELD).arg(&single.payload);
+        }
+        let started = Instant::now();
+        let replies: Result<Vec<redis::Value>, PublishError> =
+            bounded(self.timeout, pipe.query_async(&mut self.conn.clone())).await;
+        self.metrics.seconds.record(started.elapsed().as_secs_f64());
+        self.metrics.events.record(batch.len() as f64);
+        match replies {
+            Ok(replies) if replies.len() == batch.len() => {
+                for (single, reply) in batch.into_iter().zip(replies) {
+                    let outcome = match reply {
+                        redis::Value::ServerError(e) => Err(PublishError::Refused(e.to_string())),
+                        _ => Ok(()),
+                    };
+                    let _ = single.reply.send(outcome);
+                }
+            }
+            Ok(replies) => {
+                let e = PublishError::Refused(format!("{} replies to {} XADDs", replies.len(), batch.len()));
+                batch.into_iter().for_each(|single| drop(single.reply.send(Err(e.clone()))));
+            }
+            Err(e) => batch.into_iter().for_each(|single| drop(single.reply.send(Err(e.clone())))),
         }
     }
 }

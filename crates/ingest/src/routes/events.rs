@@ -14,6 +14,7 @@ use crate::body::EventBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::metrics as m;
 use crate::state::AppState;
+use crate::stream_publisher::PublishError;
 
 /// An event as a client sends it. Only `type` is required.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -129,8 +130,8 @@ async fn accept(
     let result = admit_and_publish(state, tenant, body, batch).await;
     match &result {
         Ok(ids) => {
-            metrics::counter!(m::EVENTS_ACCEPTED).increment(ids.len() as u64);
-            metrics::histogram!(m::BATCH_EVENTS).record(ids.len() as f64);
+            state.metrics.events_accepted.increment(ids.len() as u64);
+            state.metrics.request_events.record(ids.len() as f64);
         }
         Err(e) => {
             metrics::counter!(m::REQUESTS_REJECTED, "reason" => e.code()).increment(1);
@@ -156,12 +157,19 @@ async fn admit_and_publish(
         )));
     }
     let admission = Admission { tenant: &tenant.0, received_at_ms: now_ms(), limits: state.config.limits };
-    let events = if batch { admit_batch(body, &admission)? } else { vec![admit_one(body, &admission)?] };
-    state.publisher.publish(&events).await.map_err(|e| {
-        tracing::warn!(error = %e, events = events.len(), "could not append to the stream");
+    let unavailable = |e: PublishError, events: usize| {
+        tracing::warn!(error = %e, events, "could not append to the stream");
         ApiError::Unavailable("the event store is unreachable; nothing was accepted, retry later".into())
-    })?;
-    Ok(events.into_iter().map(|e| e.id).collect())
+    };
+    if batch {
+        let events = admit_batch(body, &admission)?;
+        state.publisher.publish_batch(&events).await.map_err(|e| unavailable(e, events.len()))?;
+        Ok(events.into_iter().map(|e| e.id).collect())
+    } else {
+        let event = admit_one(body, &admission)?;
+        state.publisher.publish_one(event.payload).await.map_err(|e| unavailable(e, 1))?;
+        Ok(vec![event.id])
+    }
 }
 
 fn now_ms() -> i64 {

@@ -70,18 +70,28 @@ async fn metrics_count_requests_and_events_and_responses_carry_a_request_id() {
         post("/events/batch", r#"[{"type":"ok"},{"type":"bad type"},{"type":"ok"}]"#).await.unwrap().status(),
         400
     );
+    let singles = (0..50).map(|_| post("/events", r#"{"type":"single"}"#));
+    for resp in futures::future::join_all(singles).await {
+        assert_eq!(resp.unwrap().status(), 202);
+    }
     let echoed =
         http.get(format!("{base}/health/live")).header("x-request-id", "trace-me-42").send().await.unwrap();
     assert_eq!(echoed.headers()["x-request-id"], "trace-me-42");
 
     let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains("evp_ingest_events_accepted_total 3"), "{text}");
+    assert!(text.contains("evp_ingest_events_accepted_total 53"), "{text}");
+    // Every accepted event went through exactly one Redis pipeline.
+    assert!(text.contains("evp_ingest_redis_pipeline_events_sum 53"), "{text}");
     assert!(text.contains(r#"evp_ingest_requests_rejected_total{reason="invalid_event"} 2"#), "{text}");
     assert!(text.contains(r#"evp_ingest_events_rejected_total{reason="invalid_event"} 4"#), "{text}");
     assert!(
         text.contains(
             r#"evp_ingest_http_requests_total{route="/events/batch",method="POST",status="202"} 1"#
         ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"evp_ingest_http_requests_total{route="/events",method="POST",status="202"} 50"#),
         "{text}"
     );
     assert!(text.contains("evp_ingest_redis_xadd_duration_seconds_bucket"), "{text}");

@@ -29,6 +29,61 @@ async fn single_event_is_in_the_stream_before_202() {
 }
 
 #[tokio::test]
+async fn concurrent_single_events_each_land_once_with_their_own_outcome() {
+    // Single events from concurrent requests share Redis pipelines; each request must still get
+    // 202 only for its own event, and every event must be in the stream exactly once.
+    let app = TestApp::spawn().await;
+    let app = &app;
+    let requests = (0..300).map(|n| {
+        let body = json!({"type": "burst", "id": format!("c-{n}"), "data": {"n": n}}).to_string();
+        let key = if n % 2 == 0 { "key-acme" } else { "key-globex" };
+        async move { (n, app.post("/events", key, body).await) }
+    });
+    for (n, resp) in futures::future::join_all(requests).await {
+        assert_eq!(resp.status(), 202, "request {n}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body, json!({"accepted": 1, "ids": [format!("c-{n}")]}));
+    }
+    let mut stored: Vec<(String, String, i64)> = app
+        .entries()
+        .await
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_owned(),
+                e["tenant"].as_str().unwrap().to_owned(),
+                e["data"]["n"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    stored.sort_by_key(|(_, _, n)| *n);
+    let expected: Vec<(String, String, i64)> = (0..300)
+        .map(|n| (format!("c-{n}"), if n % 2 == 0 { "acme" } else { "globex" }.to_owned(), n))
+        .collect();
+    assert_eq!(stored, expected);
+}
+
+#[tokio::test]
+async fn an_xadd_redis_refuses_is_503_and_nothing_is_half_written() {
+    let app = TestApp::spawn().await;
+    let mut conn = app.redis.connection().await;
+    // The stream's key holding a string makes Redis refuse every XADD (WRONGTYPE).
+    let _: () = redis::cmd("SET").arg(&app.stream).arg("not a stream").query_async(&mut conn).await.unwrap();
+    let resp = app.post("/events", "key-acme", r#"{"type":"refused","id":"r-1"}"#).await;
+    expect_error(resp, 503, "service_unavailable").await;
+    let resp = app.post("/events/batch", "key-acme", r#"[{"type":"refused"},{"type":"refused"}]"#).await;
+    expect_error(resp, 503, "service_unavailable").await;
+    let kind: String = redis::cmd("TYPE").arg(&app.stream).query_async(&mut conn).await.unwrap();
+    assert_eq!(kind, "string", "nothing was written over the key");
+
+    let _: () = redis::cmd("DEL").arg(&app.stream).query_async(&mut conn).await.unwrap();
+    let resp = app.post("/events", "key-acme", r#"{"type":"accepted","id":"r-2"}"#).await;
+    assert_eq!(resp.status(), 202);
+    let ids: Vec<Value> = app.entries().await.iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(ids, [json!("r-2")]);
+}
+
+#[tokio::test]
 async fn generated_ids_are_uuid_v7_and_returned_in_order() {
     let app = TestApp::spawn().await;
     let resp = app
