@@ -34,7 +34,7 @@ xadd_rate() {
     redis-benchmark -p "$REDIS_PORT" -c "$1" -n "$2" -P "$3" -q XADD benchstream '*' e "$PAYLOAD" \
         | tr '\r' '\n' | awk '/requests per second/ {for (i=1;i<=NF;i++) if ($i ~ /^[0-9.]+$/) r=$i} END {print int(r)}'
 }
-XADD_P100=0; XADD_P1=0; BATCH_RATE=0; SINGLE_RATE=0; WRK_RATE=0; WRK_OK=0; CEIL_RATE=0
+XADD_P100=0; XADD_P1=0; BATCH_RATE=0; SINGLE_RATE=0; WRK_RATE=0; WRK_OK=0; CEIL_RATE=0; CEIL_XADD_RATE=0
 if phase redis; then
 echo "== redis-benchmark XADD"
 XADD_P100=$(xadd_rate 50 "$(n 1000000)" 100)
@@ -77,6 +77,15 @@ wait_port "$CEIL_PORT" http_ceiling "$WORK/ceiling.log"
 CEIL_RATE=$(wrk -t1 -c64 -d10s -s "$WORK/single.lua" "http://127.0.0.1:$CEIL_PORT/events" | awk '/Requests\/sec/ {print int($2)}')
 kill "$CEIL_PID"
 echo "   bare axum: $CEIL_RATE requests/s"
+echo "== ceiling of one request, one XADD: the same bare server appending each body to Redis"
+CEIL_PORT=$(free_port)
+"$EVP_ROOT/target/release/examples/http_ceiling" "127.0.0.1:$CEIL_PORT" "redis://127.0.0.1:$REDIS_PORT" > "$WORK/ceiling-xadd.log" 2>&1 &
+CEIL_PID=$!
+wait_port "$CEIL_PORT" http_ceiling "$WORK/ceiling-xadd.log"
+CEIL_XADD_RATE=$(wrk -t1 -c64 -d10s -s "$WORK/single.lua" "http://127.0.0.1:$CEIL_PORT/events" | awk '/Requests\/sec/ {print int($2)}')
+kill "$CEIL_PID"
+"${REDIS_CLI[@]}" del events > /dev/null
+echo "   bare axum + XADD: $CEIL_XADD_RATE requests/s"
 
 echo "== ingest latency at half of the maximum rate"
 loadtest --duration 10 --rate $((BATCH_RATE / 2)) --batch 100 --concurrency 32 --quiet --json "$WORK/batch-half.json"
@@ -118,8 +127,9 @@ settled_redis() {
     for _ in $(seq 600); do [ "$("${REDIS_CLI[@]}" xlen events)" -eq 0 ] && break; sleep 0.1; done
     redis_mem
 }
-# Warm-up, not measured: allocators and connection buffers grow to their working size first.
-loadtest --events "$(n 30000)" --rate "$FLOW_RATE" --batch 100 --concurrency 16 --quiet > /dev/null
+# Warm-up, not measured: allocators, connection and batch buffers grow to their working size
+# first (a worker's RSS levels off after about 100k events of its own; two workers share these).
+loadtest --events "$(n 300000)" --rate "$FLOW_RATE" --batch 100 --concurrency 16 --quiet > /dev/null
 loadtest --events "$(n 100000)" --rate "$FLOW_RATE" --batch 100 --concurrency 16 --quiet > /dev/null
 AT_100K=$(sample)
 DRAINED_100K=$(settled_redis)
@@ -139,12 +149,13 @@ cat <<REPORT
 Redis XADD ceiling          pipelined -P 100: $XADD_P100/s   unpipelined, 50 clients: $XADD_P1/s
 Ingest, 100 per request     $BATCH_RATE events/s  = $(ratio "$BATCH_RATE" "$XADD_P100") of pipelined XADD   ($(p batch))
 Ingest, single events       $SINGLE_RATE events/s  = $(ratio "$SINGLE_RATE" "$XADD_P1") of unpipelined XADD   ($(p single))
-  same, driven by wrk       $WRK_RATE events/s  = $(ratio "$WRK_RATE" "$XADD_P1") of unpipelined XADD, $(ratio "$WRK_RATE" "$CEIL_RATE") of the HTTP ceiling
+  same, driven by wrk       $WRK_RATE events/s  = $(ratio "$WRK_RATE" "$XADD_P1") of unpipelined XADD, $(ratio "$WRK_RATE" "$CEIL_XADD_RATE") of the request+XADD ceiling, $(ratio "$WRK_RATE" "$CEIL_RATE") of the HTTP ceiling
 HTTP ceiling (bare axum)    $CEIL_RATE requests/s with the same wrk run (no auth, validation, Redis, metrics)
+Request+XADD ceiling        $CEIL_XADD_RATE requests/s: the same bare server with one XADD per request (same Redis client)
 Latency at half rate        batches: $(p batch-half);  single events: $(p single-half)
 MongoDB bulk insert         4 writers: ${MONGO[1]}/s   8 writers: ${MONGO[2]}/s   16 writers: ${MONGO[4]}/s (the server's own rate, same documents, batches of 500)
 Worker drain                1: ${DRAIN[1]}/s ($(ratio "${DRAIN[1]}" "${MONGO[1]}"))   2: ${DRAIN[2]}/s ($(ratio "${DRAIN[2]}" "${MONGO[2]}"))   4: ${DRAIN[4]}/s ($(ratio "${DRAIN[4]}" "${MONGO[4]}")) of MongoDB's rate at the same number of writers
-Memory at 100k events (after a 30k warm-up)
+Memory at 100k events (after a 300k warm-up)
                             ingest RSS ${I1} kB, worker RSS ${W1}/${V1} kB, Redis used_memory $R1 B, stream length $L1
 Memory at 1M events         ingest RSS ${I2} kB, worker RSS ${W2}/${V2} kB, Redis used_memory $R2 B, stream length $L2
 Redis after the backlog drained: $DRAINED_100K B at 100k, $DRAINED_1M B at 1M
