@@ -129,7 +129,7 @@ impl StreamPublisher {
             pipe.cmd("XADD").arg(&*self.stream).arg("*").arg(FIELD).arg(&event.payload).ignore();
         }
         let started = Instant::now();
-        let result = self.bounded(pipe.exec_async(&mut self.conn.clone())).await;
+        let result = bounded(self.timeout, pipe.exec_async(&mut self.conn.clone())).await;
         self.metrics.seconds.record(started.elapsed().as_secs_f64());
         self.metrics.events.record(events.len() as f64);
         result
@@ -150,13 +150,13 @@ impl StreamPublisher {
 
     /// PING, for health and readiness.
     pub async fn ping(&self) -> Result<(), PublishError> {
-        self.bounded(redis::cmd("PING").exec_async(&mut self.conn.clone())).await
+        bounded(self.timeout, redis::cmd("PING").exec_async(&mut self.conn.clone())).await
     }
 
     /// Entries in the stream: acknowledged entries are trimmed by the workers, so this is the
     /// backlog of entries not yet stored.
     pub async fn stream_length(&self) -> Result<u64, PublishError> {
-        self.bounded(redis::cmd("XLEN").arg(&*self.stream).query_async(&mut self.conn.clone())).await
+        bounded(self.timeout, redis::cmd("XLEN").arg(&*self.stream).query_async(&mut self.conn.clone())).await
     }
 
     /// The last sampled backlog, for the high-water check.
@@ -191,13 +191,6 @@ impl StreamPublisher {
                 }
             }
         });
-    }
-
-    async fn bounded<T>(
-        &self,
-        call: impl Future<Output = Result<T, redis::RedisError>>,
-    ) -> Result<T, PublishError> {
-        bounded(self.timeout, call).await
     }
 }
 
@@ -272,5 +265,42 @@ impl Coalescer {
             }
             Err(e) => batch.into_iter().for_each(|single| drop(single.reply.send(Err(e.clone())))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use evp_testkit::RedisServer;
+
+    use super::*;
+
+    fn single(payload: &str) -> (Single, oneshot::Receiver<Result<(), PublishError>>) {
+        let (reply, outcome) = oneshot::channel();
+        (Single { payload: payload.as_bytes().to_vec(), reply }, outcome)
+    }
+
+    #[tokio::test]
+    async fn an_event_whose_request_gave_up_is_not_sent_and_the_others_get_their_own_replies() {
+        let redis = RedisServer::start();
+        let publisher = StreamPublisher::new(&redis.url(), "events", Duration::from_secs(2)).unwrap();
+        let coalescer = Coalescer {
+            conn: publisher.conn.clone(),
+            stream: publisher.stream.clone(),
+            timeout: publisher.timeout,
+            metrics: publisher.metrics.clone(),
+        };
+        let (kept, kept_outcome) = single("kept");
+        let (abandoned, abandoned_outcome) = single("abandoned");
+        drop(abandoned_outcome); // the request timed out or its client went away
+        let (also_kept, also_kept_outcome) = single("also kept");
+        coalescer.send(vec![kept, abandoned, also_kept]).await;
+
+        assert!(kept_outcome.await.unwrap().is_ok());
+        assert!(also_kept_outcome.await.unwrap().is_ok());
+        let mut conn = redis.connection().await;
+        let entries: Vec<(String, Vec<(String, String)>)> =
+            redis::cmd("XRANGE").arg("events").arg("-").arg("+").query_async(&mut conn).await.unwrap();
+        let payloads: Vec<&str> = entries.iter().map(|(_, fields)| fields[0].1.as_str()).collect();
+        assert_eq!(payloads, ["kept", "also kept"]);
     }
 }
