@@ -68,6 +68,12 @@ pub async fn run(plan: Plan) -> anyhow::Result<Outcome> {
         Client::builder(TokioExecutor::new()).pool_max_idle_per_host(plan.concurrency).build_http();
     let path = if plan.generator.batch > 1 { "events/batch" } else { "events" };
     let url: Uri = format!("{}/{path}", plan.url.trim_end_matches('/')).parse()?;
+    anyhow::ensure!(
+        url.scheme_str() == Some("http"),
+        "--url must be an http:// URL (evp-loadtest speaks plain HTTP; put it next to the ingest or behind \
+         a TLS-terminating proxy), got {}",
+        plan.url
+    );
     let key = HeaderValue::from_str(&plan.key)?;
     let next = Arc::new(AtomicU64::new(0));
     let counters = Arc::new(Counters::default());
@@ -185,4 +191,24 @@ pub async fn run(plan: Plan) -> anyhow::Result<Outcome> {
     outcome.accepted = counters.accepted.load(Ordering::Relaxed);
     outcome.accepted_requests.sort_unstable();
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_https_url_is_refused_before_anything_is_sent() {
+        let plan = Plan {
+            url: "https://ingest.example.com".into(),
+            key: "k".into(),
+            generator: Generator::new("r", 1, Some(1), 0),
+            rate: 0.0,
+            concurrency: 1,
+            duration: None,
+            progress: false,
+        };
+        let err = run(plan).await.unwrap_err().to_string();
+        assert!(err.contains("must be an http:// URL"), "{err}");
+    }
 }
