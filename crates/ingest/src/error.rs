@@ -2,7 +2,8 @@
 //!
 //! Every refusal a client can see is an [`ApiError`]; [`ApiError::into_response`] is the only place
 //! that decides statuses. Bodies are `{"error":{"code","message","details"}}`. Internal causes
-//! (Redis errors) are logged where they happen and never put in a response.
+//! (Redis errors) travel with the response as a [`FailureCause`] extension, which the request
+//! logging middleware writes to the log; they are never put in a response body.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -10,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use evp_events::{BodyError, Problem};
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::metrics::FailureCause;
 
 /// Seconds a client is asked to wait after a 503.
 pub const RETRY_AFTER_SECS: u64 = 1;
@@ -28,6 +31,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Redis refused the append or did not answer in time. The cause is logged with the request,
+    /// never sent to the client.
+    #[error("the event store is unreachable; nothing was accepted, retry later")]
+    StoreUnreachable { cause: String },
     #[error("no route for {0}")]
     NotFound(String),
 }
@@ -41,7 +48,9 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            Self::Unavailable(_) | Self::StoreUnreachable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
+            }
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         }
     }
@@ -104,14 +113,22 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let message = self.to_string();
+        let mut cause = None;
         let details = match self {
             Self::InvalidEvent { details, .. } | Self::PayloadTooLarge { details, .. } => details,
+            Self::StoreUnreachable { cause: c } => {
+                cause = Some(FailureCause(c));
+                Vec::new()
+            }
             _ => Vec::new(),
         };
         let mut response =
             (status, Json(ErrorResponse { error: ErrorBody { code, message, details } })).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        if let Some(cause) = cause {
+            response.extensions_mut().insert(cause);
         }
         response
     }

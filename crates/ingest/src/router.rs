@@ -4,14 +4,11 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::Request;
 use axum::http::{HeaderName, Uri};
 use axum::middleware;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -20,7 +17,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::API_KEY_HEADER;
 use crate::error::ApiError;
-use crate::metrics::{RequestMetrics, track_requests};
+use crate::metrics::{REQUEST_ID, RequestMetrics, track_requests};
 use crate::routes::{events, health};
 use crate::state::AppState;
 
@@ -64,31 +61,66 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
 }
 
-/// The complete application: API routes, Swagger UI at `/docs`, the JSON 404, and the layers for
-/// request ids, tracing, panics and metrics.
+/// The complete application: API routes, Swagger UI at `/docs`, the JSON 404, and the layers.
+///
+/// Outermost, the request id is set (when the client sent none) and echoed on the response. Then,
+/// per route, [`track_requests`] counts, times and logs the request; inside it a panic becomes a
+/// 500 (so it is counted and logged like any other response).
 pub fn router(state: AppState) -> Router {
     let (api, openapi) = api_routes().split_for_parts();
-    let request_id = HeaderName::from_static("x-request-id");
-    let layers = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request| {
-                    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!("request", request_id = id)
-                })
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
-        )
-        .layer(PropagateRequestIdLayer::new(request_id))
-        .layer(CatchPanicLayer::new());
-    api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(Arc::new(RequestMetrics::default()), track_requests))
-        .layer(layers)
+    with_layers(api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi)).fallback(not_found))
         .with_state(state)
+}
+
+fn with_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+    let request_id = HeaderName::from_static(REQUEST_ID);
+    let per_route = ServiceBuilder::new()
+        .layer(middleware::from_fn_with_state(Arc::new(RequestMetrics::default()), track_requests))
+        .layer(CatchPanicLayer::new());
+    let outer = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(request_id));
+    routes.layer(per_route).layer(outer)
 }
 
 async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(uri.path().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    async fn call(app: Router, request: Request<Body>) -> axum::response::Response {
+        app.oneshot(request).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_the_request_id() {
+        let app = with_layers(Router::new().route("/boom", get(boom)));
+        let resp =
+            call(app, Request::get("/boom").header(REQUEST_ID, "p-1").body(Body::empty()).unwrap()).await;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.headers()[REQUEST_ID], "p-1");
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_id_gets_a_fresh_one() {
+        let app = with_layers(Router::new().route("/ok", get(|| async { "ok" })));
+        let first = call(app.clone(), Request::get("/ok").body(Body::empty()).unwrap()).await;
+        let second = call(app, Request::get("/ok").body(Body::empty()).unwrap()).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        let (a, b) = (&first.headers()[REQUEST_ID], &second.headers()[REQUEST_ID]);
+        assert_eq!(a.len(), 36, "{a:?}");
+        assert_ne!(a, b);
+    }
 }

@@ -157,9 +157,8 @@ async fn admit_and_publish(
         )));
     }
     let admission = Admission { tenant: &tenant.0, received_at_ms: now_ms(), limits: state.config.limits };
-    let unavailable = |e: PublishError, events: usize| {
-        tracing::warn!(error = %e, events, "could not append to the stream");
-        ApiError::Unavailable("the event store is unreachable; nothing was accepted, retry later".into())
+    let unavailable = |e: PublishError, events: usize| ApiError::StoreUnreachable {
+        cause: format!("could not append {events} event(s) to the stream: {e}"),
     };
     if batch {
         let events = admit_batch(body, &admission)?;

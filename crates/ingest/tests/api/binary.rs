@@ -98,6 +98,53 @@ async fn metrics_count_requests_and_events_and_responses_carry_a_request_id() {
 }
 
 #[tokio::test]
+async fn a_failed_request_is_logged_once_with_its_request_id_route_and_cause() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = start(&redis, port, &dir);
+    // The stream's key holding a string makes Redis refuse every XADD (WRONGTYPE).
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("SET").arg("events").arg("not a stream").query_async(&mut conn).await.unwrap();
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("http://127.0.0.1:{port}/events"))
+        .header("x-api-key", "k1")
+        .header("content-type", "application/json")
+        .header("x-request-id", "failing-request-7")
+        .body(r#"{"type":"refused"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = resp.text().await.unwrap();
+    assert!(!body.contains("WRONGTYPE"), "the internal cause must not reach the client: {body}");
+    let ok = http.get(format!("http://127.0.0.1:{port}/health/live")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+
+    let log = ingest.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.contains("failing-request-7"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line per failed request:\n{log}");
+    let line = &lines[0];
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["request_id"], "failing-request-7", "{line}");
+    assert_eq!(line["method"], "POST", "{line}");
+    assert_eq!(line["route"], "/events", "{line}");
+    assert_eq!(line["status"], 503, "{line}");
+    assert!(line["latency_ms"].as_f64().is_some(), "{line}");
+    assert!(
+        line["error"].as_str().is_some_and(|e| e.contains("WRONGTYPE") && e.contains("1 event")),
+        "{line}"
+    );
+    // Successful requests are logged at debug only, so not at the default level.
+    assert!(!log.contains("/health/live"), "{log}");
+}
+
+#[tokio::test]
 async fn sigterm_drains_the_request_in_flight_then_exits_0() {
     let redis = RedisServer::start();
     let port = free_port();
