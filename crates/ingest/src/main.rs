@@ -5,12 +5,6 @@ use std::process::ExitCode;
 use evp_ingest::IngestConfig;
 use evp_runtime::config::Env;
 
-/// mimalloc instead of the system allocator: a single-event request makes about 58 allocations,
-/// and with glibc's malloc they took 15% of the ingest's CPU time (perf) and 12% of its instructions
-/// per request (callgrind: 67.5k -> 59.6k, `load-tests/instructions.sh`).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match IngestConfig::from_env(&Env::process()) {
