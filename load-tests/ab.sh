@@ -14,16 +14,10 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [ $# -eq 2 ] || { echo "usage: $0 A_BINARY B_BINARY" >&2; exit 2; }
 [ "$(nproc)" -ge 2 ] || { echo "ab.sh pins to CPUs 0 and 1: needs 2 cores" >&2; exit 2; }
-command -v wrk > /dev/null || apt_install wrk
 ensure_redis
 ROUNDS="${ROUNDS:-5}"
 SECONDS_EACH="${SECONDS_EACH:-6}"
-cat > "$WORK/single.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["content-type"] = "application/json"
-wrk.headers["x-api-key"] = "load-key"
-wrk.body = '{"type":"loadtest.wrk","source":"wrk","data":{"seq":1,"path":"/pricing","user":"u-1","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}'
-LUA
+wrk_script "$WORK/single.lua"
 
 # $1: binary. Prints requests/s.
 measure() {

@@ -57,13 +57,7 @@ SINGLE_RATE=$(json "$WORK/single.json" "int(d['events_per_s'])")
 "${REDIS_CLI[@]}" del events > /dev/null
 
 echo "== ingest, single-event requests from wrk (a C client that needs less of the shared CPU)"
-command -v wrk > /dev/null || apt_install wrk
-cat > "$WORK/single.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["content-type"] = "application/json"
-wrk.headers["x-api-key"] = "load-key"
-wrk.body = '{"type":"loadtest.wrk","source":"wrk","data":{"seq":1,"path":"/pricing","user":"u-1","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}'
-LUA
+wrk_script "$WORK/single.lua"
 WRK_RATE=$(wrk -t1 -c64 -d10s -s "$WORK/single.lua" "$INGEST_URL/events" | awk '/Requests\/sec/ {print int($2)}')
 WRK_OK=$("${REDIS_CLI[@]}" xlen events)
 "${REDIS_CLI[@]}" del events > /dev/null

@@ -80,6 +80,18 @@ stop_workers() {
     WORKER_PIDS=()
 }
 
+# $1: file to write. A wrk script that posts one single event per request with \$KEY
+# (installs wrk when missing).
+wrk_script() {
+    command -v wrk > /dev/null || apt_install wrk
+    cat > "$1" <<LUA
+wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+wrk.headers["x-api-key"] = "$KEY"
+wrk.body = '{"type":"loadtest.wrk","source":"wrk","data":{"seq":1,"path":"/pricing","user":"u-1","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}'
+LUA
+}
+
 loadtest() {
     "$BIN/evp-loadtest" --url "$INGEST_URL" --key "$KEY" --tenant "$TENANT" "$@"
 }
