@@ -35,6 +35,20 @@ xadd_rate() {
         | tr '\r' '\n' | awk '/requests per second/ {for (i=1;i<=NF;i++) if ($i ~ /^[0-9.]+$/) r=$i} END {print int(r)}'
 }
 XADD_P100=0; XADD_P1=0; BATCH_RATE=0; SINGLE_RATE=0; WRK_RATE=0; WRK_OK=0; CEIL_RATE=0; CEIL_XADD_RATE=0
+WRK_US=n/a; CEIL_US=n/a; CEIL_XADD_US=n/a; WRK_CPU=n/a; CEIL_CPU=n/a; CEIL_XADD_CPU=n/a
+# $1: URL, $2: the server's pid. 10 s of single-event requests from wrk, 64 connections; sets
+# WRK_RPS, WRK_CPU_LINE (where all the machine's CPU time went) and WRK_US_LINE (the server's and
+# Redis's CPU time per request).
+wrk_single() {
+    local out requests
+    cpu_begin "$2" "$REDIS_PID"
+    out=$(wrk -t1 -c64 -d10s -s "$WORK/single.lua" "$1")
+    cpu_end
+    WRK_RPS=$(awk '/Requests\/sec/ {print int($2)}' <<< "$out")
+    requests=$(awk '/requests in/ {print $1}' <<< "$out")
+    WRK_CPU_LINE="CPU of both cores: server ${CPU_SHARES[0]}, Redis ${CPU_SHARES[1]}, wrk and the rest ${CPU_SHARES[2]}, stolen ${CPU_SHARES[3]}, idle ${CPU_SHARES[4]}"
+    WRK_US_LINE=$(python3 -c "print(f'{${CPU_US[0]} / $requests:.1f} / {${CPU_US[1]} / $requests:.1f}')")
+}
 if phase redis; then
 echo "== redis-benchmark XADD"
 XADD_P100=$(xadd_rate 50 "$(n 1000000)" 100)
@@ -58,28 +72,34 @@ SINGLE_RATE=$(json "$WORK/single.json" "int(d['events_per_s'])")
 
 echo "== ingest, single-event requests from wrk (a C client that needs less of the shared CPU)"
 wrk_script "$WORK/single.lua"
-WRK_RATE=$(wrk -t1 -c64 -d10s -s "$WORK/single.lua" "$INGEST_URL/events" | awk '/Requests\/sec/ {print int($2)}')
+wrk_single "$INGEST_URL/events" "$INGEST_PID"
+WRK_RATE=$WRK_RPS; WRK_CPU=$WRK_CPU_LINE; WRK_US=$WRK_US_LINE
 WRK_OK=$("${REDIS_CLI[@]}" xlen events)
 "${REDIS_CLI[@]}" del events > /dev/null
 echo "   wrk: $WRK_RATE requests/s ($WRK_OK events in the stream)"
+echo "   $WRK_CPU"
 
 echo "== this machine's HTTP ceiling: a bare axum server answering 202, same wrk run"
 CEIL_PORT=$(free_port)
 "$EVP_ROOT/target/release/examples/http_ceiling" "127.0.0.1:$CEIL_PORT" > "$WORK/ceiling.log" 2>&1 &
 CEIL_PID=$!
 wait_port "$CEIL_PORT" http_ceiling "$WORK/ceiling.log"
-CEIL_RATE=$(wrk -t1 -c64 -d10s -s "$WORK/single.lua" "http://127.0.0.1:$CEIL_PORT/events" | awk '/Requests\/sec/ {print int($2)}')
+wrk_single "http://127.0.0.1:$CEIL_PORT/events" "$CEIL_PID"
+CEIL_RATE=$WRK_RPS; CEIL_CPU=$WRK_CPU_LINE; CEIL_US=$WRK_US_LINE
 kill "$CEIL_PID"
 echo "   bare axum: $CEIL_RATE requests/s"
+echo "   $CEIL_CPU"
 echo "== ceiling of one request, one XADD: the same bare server appending each body to Redis"
 CEIL_PORT=$(free_port)
 "$EVP_ROOT/target/release/examples/http_ceiling" "127.0.0.1:$CEIL_PORT" "redis://127.0.0.1:$REDIS_PORT" > "$WORK/ceiling-xadd.log" 2>&1 &
 CEIL_PID=$!
 wait_port "$CEIL_PORT" http_ceiling "$WORK/ceiling-xadd.log"
-CEIL_XADD_RATE=$(wrk -t1 -c64 -d10s -s "$WORK/single.lua" "http://127.0.0.1:$CEIL_PORT/events" | awk '/Requests\/sec/ {print int($2)}')
+wrk_single "http://127.0.0.1:$CEIL_PORT/events" "$CEIL_PID"
+CEIL_XADD_RATE=$WRK_RPS; CEIL_XADD_CPU=$WRK_CPU_LINE; CEIL_XADD_US=$WRK_US_LINE
 kill "$CEIL_PID"
 "${REDIS_CLI[@]}" del events > /dev/null
 echo "   bare axum + XADD: $CEIL_XADD_RATE requests/s"
+echo "   $CEIL_XADD_CPU"
 
 echo "== ingest latency at half of the maximum rate"
 loadtest --duration 10 --rate $((BATCH_RATE / 2)) --batch 100 --concurrency 32 --quiet --json "$WORK/batch-half.json"
@@ -146,6 +166,9 @@ Ingest, single events       $SINGLE_RATE events/s  = $(ratio "$SINGLE_RATE" "$XA
   same, driven by wrk       $WRK_RATE events/s  = $(ratio "$WRK_RATE" "$XADD_P1") of unpipelined XADD, $(ratio "$WRK_RATE" "$CEIL_XADD_RATE") of the request+XADD ceiling, $(ratio "$WRK_RATE" "$CEIL_RATE") of the HTTP ceiling
 HTTP ceiling (bare axum)    $CEIL_RATE requests/s with the same wrk run (no auth, validation, Redis, metrics)
 Request+XADD ceiling        $CEIL_XADD_RATE requests/s: the same bare server with one XADD per request (same Redis client)
+CPU per single-event request, server / Redis, in µs: ingest $WRK_US, bare axum + XADD $CEIL_XADD_US, bare axum $CEIL_US
+  during the ingest's wrk run: $WRK_CPU
+  during the request+XADD ceiling's run: $CEIL_XADD_CPU
 Latency at half rate        batches: $(p batch-half);  single events: $(p single-half)
 MongoDB bulk insert         4 writers: ${MONGO[1]}/s   8 writers: ${MONGO[2]}/s   16 writers: ${MONGO[4]}/s (the server's own rate, same documents, batches of 500)
 Worker drain                1: ${DRAIN[1]}/s ($(ratio "${DRAIN[1]}" "${MONGO[1]}"))   2: ${DRAIN[2]}/s ($(ratio "${DRAIN[2]}" "${MONGO[2]}"))   4: ${DRAIN[4]}/s ($(ratio "${DRAIN[4]}" "${MONGO[4]}")) of MongoDB's rate at the same number of writers

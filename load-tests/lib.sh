@@ -32,7 +32,8 @@ start_servers() {
     REDIS_PORT=$(free_port)
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
         > "$WORK/redis.log" 2>&1 &
-    PIDS+=($!)
+    REDIS_PID=$!
+    PIDS+=($REDIS_PID)
     wait_port "$REDIS_PORT" redis-server "$WORK/redis.log"
     export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 
@@ -90,6 +91,35 @@ wrk.headers["content-type"] = "application/json"
 wrk.headers["x-api-key"] = "$KEY"
 wrk.body = '{"type":"loadtest.wrk","source":"wrk","data":{"seq":1,"path":"/pricing","user":"u-1","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}'
 LUA
+}
+
+# Where the machine's CPU time goes while a command runs. `cpu_begin PID...` snapshots the CPU
+# time of those processes (all their threads) and of the whole machine; `cpu_end` then sets
+# CPU_SHARES to each process's share of all cores' time, followed by the rest of the busy time
+# (the load generator, the kernel's softirq work, anything else), time stolen by the hypervisor and
+# idle time, and CPU_US[i] to the i-th process's CPU time in microseconds.
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks
+machine_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8, $9, $5+$6}' /proc/stat; }   # busy steal idle
+cpu_begin() {
+    CPU_PIDS=("$@")
+    CPU_T0=()
+    for pid in "$@"; do CPU_T0+=("$(proc_ticks "$pid")"); done
+    read -r CPU_BUSY0 CPU_STEAL0 CPU_IDLE0 <<< "$(machine_ticks)"
+}
+cpu_end() {
+    local busy steal idle total rest i d hz
+    read -r busy steal idle <<< "$(machine_ticks)"
+    hz=$(getconf CLK_TCK)
+    busy=$((busy - CPU_BUSY0)); steal=$((steal - CPU_STEAL0)); idle=$((idle - CPU_IDLE0))
+    total=$((busy + steal + idle)); rest=$busy
+    CPU_SHARES=(); CPU_US=()
+    for i in "${!CPU_PIDS[@]}"; do
+        d=$(($(proc_ticks "${CPU_PIDS[$i]}") - CPU_T0[i]))
+        rest=$((rest - d))
+        CPU_SHARES+=("$((100 * d / total))%")
+        CPU_US+=("$((d * 1000000 / hz))")
+    done
+    CPU_SHARES+=("$((100 * rest / total))%" "$((100 * steal / total))%" "$((100 * idle / total))%")
 }
 
 loadtest() {
