@@ -25,6 +25,7 @@ pub mod state;
 pub mod stream_publisher;
 
 use anyhow::Context;
+use axum::extract::Request;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -68,7 +69,8 @@ pub async fn run(
     state.publisher.spawn_backlog_monitor(state.config.backlog_poll, shutdown.clone());
     let app = router::router(state);
     tracing::info!(addr = %listener.local_addr()?, "evp-ingest listening; Swagger UI at /docs");
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(app))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     tokio::select! {
         result = server.into_future() => result.context("HTTP server")?,
         _ = async { shutdown.cancelled().await; tokio::time::sleep(drain_timeout).await } => {

@@ -8,7 +8,9 @@ use axum::http::{HeaderName, Uri};
 use axum::middleware;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestId, PropagateRequestIdLayer, SetRequestId, SetRequestIdLayer,
+};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -61,26 +63,43 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
 }
 
+/// The complete application, as served: API routes, Swagger UI at `/docs`, the JSON 404, and the
+/// layers.
+pub type App = SetRequestId<PropagateRequestId<Router>, MakeRequestUuid>;
+
 /// The complete application: API routes, Swagger UI at `/docs`, the JSON 404, and the layers.
 ///
-/// Outermost, the request id is set (when the client sent none) and echoed on the response. Then,
-/// per route, [`track_requests`] counts, times and logs the request; inside it a panic becomes a
-/// 500 (so it is counted and logged like any other response).
-pub fn router(state: AppState) -> Router {
+/// Outermost, around the whole router, the request id is set (when the client sent none) and
+/// echoed on the response. Then, per route, [`track_requests`] counts, times and logs the request;
+/// inside it a panic becomes a 500 (so it is counted and logged like any other response).
+pub fn router(state: AppState) -> App {
     let (api, openapi) = api_routes().split_for_parts();
-    with_layers(api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi)).fallback(not_found))
-        .with_state(state)
+    with_request_id(
+        per_route_layers(
+            api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi)).fallback(not_found),
+        )
+        .with_state(state),
+    )
 }
 
-fn with_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+/// Wraps every route (and the fallback) in the metrics middleware and the panic catcher. These
+/// must sit inside the routing: the middleware labels requests with the matched route.
+fn per_route_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+    routes.layer(
+        ServiceBuilder::new()
+            .layer(middleware::from_fn_with_state(Arc::new(RequestMetrics::default()), track_requests))
+            .layer(CatchPanicLayer::new()),
+    )
+}
+
+/// Wraps the router once, not per route as `Router::layer` would: each layer a route gets costs a
+/// boxed future and a service clone per request.
+fn with_request_id(router: Router) -> App {
     let request_id = HeaderName::from_static(REQUEST_ID);
-    let per_route = ServiceBuilder::new()
-        .layer(middleware::from_fn_with_state(Arc::new(RequestMetrics::default()), track_requests))
-        .layer(CatchPanicLayer::new());
-    let outer = ServiceBuilder::new()
+    ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-        .layer(PropagateRequestIdLayer::new(request_id));
-    routes.layer(per_route).layer(outer)
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .service(router)
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -100,13 +119,13 @@ mod tests {
         panic!("boom")
     }
 
-    async fn call(app: Router, request: Request<Body>) -> axum::response::Response {
+    async fn call(app: App, request: Request<Body>) -> axum::response::Response {
         app.oneshot(request).await.unwrap()
     }
 
     #[tokio::test]
     async fn a_panicking_handler_answers_500_with_the_request_id() {
-        let app = with_layers(Router::new().route("/boom", get(boom)));
+        let app = with_request_id(per_route_layers(Router::new().route("/boom", get(boom))));
         let resp =
             call(app, Request::get("/boom").header(REQUEST_ID, "p-1").body(Body::empty()).unwrap()).await;
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -115,7 +134,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_without_an_id_gets_a_fresh_one() {
-        let app = with_layers(Router::new().route("/ok", get(|| async { "ok" })));
+        let app = with_request_id(per_route_layers(Router::new().route("/ok", get(|| async { "ok" }))));
         let first = call(app.clone(), Request::get("/ok").body(Body::empty()).unwrap()).await;
         let second = call(app, Request::get("/ok").body(Body::empty()).unwrap()).await;
         assert_eq!(first.status(), StatusCode::OK);
