@@ -132,6 +132,13 @@ AT_100K="0 0 0 0 0"; AT_1M="0 0 0 0 0"; DRAINED_100K=0; DRAINED_1M=0
 if phase memory; then
 FLOW_RATE=$(python3 -c "print(int(0.8 * ${DRAIN[2]})) if ${DRAIN[2]} else print(1500)")
 echo "== memory under steady flow at $FLOW_RATE events/s with 2 workers"
+# Warm-up, not measured: allocators, connections and buffers grow to their working size first.
+# A worker's working size is its in-flight window: WORKER_MAX_INFLIGHT batches of entries and their
+# documents, and a MongoDB connection per write in flight. Under a steady flow it first fills that
+# window whenever MongoDB happens to stall, which showed as a step of up to 2 MB at a random point
+# of a run; so the workers start on a backlog, which fills the window at once, and then run a
+# steady flow (a worker's RSS levels off after about 100k events of its own; two share these).
+loadtest --events "$(n 20000)" --batch 100 --concurrency 16 --quiet > /dev/null
 start_workers 2
 sample() {
     local w=("${WORKER_PIDS[@]}")
@@ -141,8 +148,6 @@ settled_redis() {
     for _ in $(seq 600); do [ "$("${REDIS_CLI[@]}" xlen events)" -eq 0 ] && break; sleep 0.1; done
     redis_mem
 }
-# Warm-up, not measured: allocators, connection and batch buffers grow to their working size
-# first (a worker's RSS levels off after about 100k events of its own; two workers share these).
 loadtest --events "$(n 300000)" --rate "$FLOW_RATE" --batch 100 --concurrency 16 --quiet > /dev/null
 loadtest --events "$(n 100000)" --rate "$FLOW_RATE" --batch 100 --concurrency 16 --quiet > /dev/null
 AT_100K=$(sample)
@@ -172,7 +177,7 @@ CPU per single-event request, server / Redis, in µs: ingest $WRK_US, bare axum 
 Latency at half rate        batches: $(p batch-half);  single events: $(p single-half)
 MongoDB bulk insert         4 writers: ${MONGO[1]}/s   8 writers: ${MONGO[2]}/s   16 writers: ${MONGO[4]}/s (the server's own rate, same documents, batches of 500)
 Worker drain                1: ${DRAIN[1]}/s ($(ratio "${DRAIN[1]}" "${MONGO[1]}"))   2: ${DRAIN[2]}/s ($(ratio "${DRAIN[2]}" "${MONGO[2]}"))   4: ${DRAIN[4]}/s ($(ratio "${DRAIN[4]}" "${MONGO[4]}")) of MongoDB's rate at the same number of writers
-Memory at 100k events (after a 300k warm-up)
+Memory at 100k events (after a 20k backlog and a 300k warm-up)
                             ingest RSS ${I1} kB, worker RSS ${W1}/${V1} kB, Redis used_memory $R1 B, stream length $L1
 Memory at 1M events         ingest RSS ${I2} kB, worker RSS ${W2}/${V2} kB, Redis used_memory $R2 B, stream length $L2
 Redis after the backlog drained: $DRAINED_100K B at 100k, $DRAINED_1M B at 1M
