@@ -3,7 +3,7 @@
 //! A request flows through these modules, in order:
 //!
 //! - [`router`] builds the axum router and the OpenAPI document from one list of handlers, and adds
-//!   request ids, request metrics and logging ([`metrics::track_requests`]) and panic catching.
+//!   request ids, request metrics and logging ([`metrics::TrackRequests`]) and panic catching.
 //! - [`auth`] turns `x-api-key` into a [`auth::Tenant`] (401 otherwise).
 //! - [`body`] reads the body: JSON content type, size cap, gzip with a cap on the decompressed size.
 //! - [`routes::events`] validates with `evp_events` (all or nothing) and hands the encoded entries to

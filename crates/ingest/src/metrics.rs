@@ -9,14 +9,16 @@
 //! recorder is installed (handles taken before it record nowhere).
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::MatchedPath;
+use axum::http::{HeaderValue, Method, Request, Response, StatusCode};
 use metrics::{Counter, Histogram};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 use tracing::Level;
 
 /// The request-id header: set by the router's outermost layer when the client sent none, echoed
@@ -66,7 +68,7 @@ impl IngestMetrics {
 /// up the number of series.
 const UNMATCHED: &str = "unmatched";
 
-/// Per-route handles for [`track_requests`], created on a route's first request.
+/// Per-route handles for [`TrackRequests`], created on a route's first request.
 #[derive(Debug, Default)]
 pub struct RequestMetrics {
     routes: RwLock<HashMap<String, Arc<RouteMetrics>>>,
@@ -118,7 +120,7 @@ impl RouteMetrics {
     }
 }
 
-/// The internal cause of a failed response, for [`track_requests`] to log: responses carry
+/// The internal cause of a failed response, for [`TrackRequests`] to log: responses carry
 /// only a public message, the log line carries what went wrong.
 #[derive(Debug, Clone)]
 pub struct FailureCause(pub String);
@@ -128,27 +130,88 @@ pub struct FailureCause(pub String);
 /// every response at `debug`. Each line carries the request's `request_id`, method, route, status
 /// and latency, so this is the one place a request is logged (no per-request span: creating,
 /// entering and closing one cost about a tenth of the ingest's throughput on single events).
-pub async fn track_requests(State(cache): State<Arc<RequestMetrics>>, req: Request, next: Next) -> Response {
-    let route = cache.route(req.extensions().get::<MatchedPath>().map_or(UNMATCHED, |p| p.as_str()));
-    let method = req.method().clone();
-    let request_id = req.headers().get(REQUEST_ID).cloned();
-    let started = Instant::now();
-    let response = next.run(req).await;
-    let elapsed = started.elapsed();
-    let status = response.status();
-    route.requests(&method, status).increment(1);
-    route.duration.record(elapsed.as_secs_f64());
-    if status.is_server_error() || tracing::enabled!(Level::DEBUG) {
-        log_response(&route.route, &method, request_id.as_ref(), &response, elapsed);
-    }
-    response
+///
+/// Applied per route (it needs the matched route). A plain tower layer rather than
+/// `axum::middleware::from_fn`: that boxes the middleware's future and clones the inner service
+/// into a boxed `Next` on every request.
+#[derive(Debug, Clone, Default)]
+pub struct TrackRequestsLayer {
+    cache: Arc<RequestMetrics>,
 }
 
-fn log_response(
+impl<S> Layer<S> for TrackRequestsLayer {
+    type Service = TrackRequests<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TrackRequests { inner, cache: self.cache.clone() }
+    }
+}
+
+/// The service of [`TrackRequestsLayer`].
+#[derive(Debug, Clone)]
+pub struct TrackRequests<S> {
+    inner: S,
+    cache: Arc<RequestMetrics>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for TrackRequests<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Tracked<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let route = self.cache.route(req.extensions().get::<MatchedPath>().map_or(UNMATCHED, |p| p.as_str()));
+        let method = req.method().clone();
+        let request_id = req.headers().get(REQUEST_ID).cloned();
+        Tracked { inner: self.inner.call(req), route, method, request_id, started: Instant::now() }
+    }
+}
+
+pin_project! {
+    /// The response future of [`TrackRequests`]: records and logs once the response is ready.
+    #[derive(Debug)]
+    pub struct Tracked<F> {
+        #[pin]
+        inner: F,
+        route: Arc<RouteMetrics>,
+        method: Method,
+        request_id: Option<HeaderValue>,
+        started: Instant,
+    }
+}
+
+impl<F, B, E> Future for Tracked<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        let elapsed = this.started.elapsed();
+        let status = response.status();
+        this.route.requests(this.method, status).increment(1);
+        this.route.duration.record(elapsed.as_secs_f64());
+        if status.is_server_error() || tracing::enabled!(Level::DEBUG) {
+            log_response(&this.route.route, this.method, this.request_id.as_ref(), &response, elapsed);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+fn log_response<B>(
     route: &str,
     method: &Method,
     request_id: Option<&HeaderValue>,
-    response: &Response,
+    response: &Response<B>,
     elapsed: Duration,
 ) {
     let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");

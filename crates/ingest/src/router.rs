@@ -1,11 +1,8 @@
 //! Builds the router and the OpenAPI document together, from one list of handlers, so the
 //! document cannot drift from what is served.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::http::{HeaderName, Uri};
-use axum::middleware;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
@@ -19,7 +16,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::API_KEY_HEADER;
 use crate::error::ApiError;
-use crate::metrics::{REQUEST_ID, RequestMetrics, track_requests};
+use crate::metrics::{REQUEST_ID, TrackRequestsLayer};
 use crate::routes::{events, health};
 use crate::state::AppState;
 
@@ -70,7 +67,7 @@ pub type App = SetRequestId<PropagateRequestId<Router>, MakeRequestUuid>;
 /// The complete application: API routes, Swagger UI at `/docs`, the JSON 404, and the layers.
 ///
 /// Outermost, around the whole router, the request id is set (when the client sent none) and
-/// echoed on the response. Then, per route, [`track_requests`] counts, times and logs the request;
+/// echoed on the response. Then, per route, [`TrackRequests`](crate::metrics::TrackRequests) counts, times and logs the request;
 /// inside it a panic becomes a 500 (so it is counted and logged like any other response).
 pub fn router(state: AppState) -> App {
     let (api, openapi) = api_routes().split_for_parts();
@@ -85,11 +82,7 @@ pub fn router(state: AppState) -> App {
 /// Wraps every route (and the fallback) in the metrics middleware and the panic catcher. These
 /// must sit inside the routing: the middleware labels requests with the matched route.
 fn per_route_layers<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
-    routes.layer(
-        ServiceBuilder::new()
-            .layer(middleware::from_fn_with_state(Arc::new(RequestMetrics::default()), track_requests))
-            .layer(CatchPanicLayer::new()),
-    )
+    routes.layer(ServiceBuilder::new().layer(TrackRequestsLayer::default()).layer(CatchPanicLayer::new()))
 }
 
 /// Wraps the router once, not per route as `Router::layer` would: each layer a route gets costs a
