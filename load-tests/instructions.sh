@@ -20,11 +20,7 @@ echo "== building (release)"
 cargo build --release --locked -q -p evp-ingest -p evp-loadtest
 cargo build --release --locked -q -p evp-ingest --example http_ceiling
 BIN="$EVP_ROOT/target/release"
-ensure_redis
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" > "$WORK/redis.log" 2>&1 &
-PIDS+=($!)
-wait_port "$REDIS_PORT" redis-server "$WORK/redis.log"
+start_redis
 
 # $1: label; the rest: the server command, in which {port} stands for the port to listen on.
 count() {
@@ -32,7 +28,7 @@ count() {
     local port out pid before after
     port=$(free_port)
     out="$WORK/callgrind.$(echo "$label" | tr -c 'a-z0-9\n' '-')"
-    REDIS_URL="redis://127.0.0.1:$REDIS_PORT" MONGODB_URI="mongodb://127.0.0.1:9" API_KEYS="$TENANT:$KEY" \
+    MONGODB_URI="mongodb://127.0.0.1:9" API_KEYS="$TENANT:$KEY" \
         PORT="$port" LOG_FORMAT=json valgrind --tool=callgrind --callgrind-out-file="$out" "${@//\{port\}/$port}" \
         > "$out.log" 2>&1 &
     pid=$!
@@ -61,7 +57,7 @@ count() {
 echo "== single-event requests, user-space instructions per request (callgrind)"
 count "bare axum" "$BIN/examples/http_ceiling" "127.0.0.1:{port}"
 BARE=$RESULT
-count "bare axum + one XADD" "$BIN/examples/http_ceiling" "127.0.0.1:{port}" "redis://127.0.0.1:$REDIS_PORT"
+count "bare axum + one XADD" "$BIN/examples/http_ceiling" "127.0.0.1:{port}" "$REDIS_URL"
 XADD=$RESULT
 count "evp-ingest" "$BIN/evp-ingest"
 INGEST=$RESULT

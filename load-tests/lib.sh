@@ -25,9 +25,8 @@ wait_port() {
     echo "$2 did not start; log:" >&2; tail -20 "$3" >&2; exit 1
 }
 
-# $1: directory holding evp-ingest, evp-worker and evp-loadtest.
-start_servers() {
-    BIN="$1"
+# A private redis-server without persistence; sets REDIS_PORT, REDIS_PID and REDIS_URL.
+start_redis() {
     ensure_redis
     REDIS_PORT=$(free_port)
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
@@ -36,6 +35,12 @@ start_servers() {
     PIDS+=($REDIS_PID)
     wait_port "$REDIS_PORT" redis-server "$WORK/redis.log"
     export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+}
+
+# $1: directory holding evp-ingest, evp-worker and evp-loadtest.
+start_servers() {
+    BIN="$1"
+    start_redis
 
     if [ -n "${MONGODB_TEST_URI:-}" ]; then
         export MONGODB_URI="$MONGODB_TEST_URI"
@@ -101,6 +106,7 @@ LUA
 proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks
 machine_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8, $9, $5+$6}' /proc/stat; }   # busy steal idle
 cpu_begin() {
+    local pid
     CPU_PIDS=("$@")
     CPU_T0=()
     for pid in "$@"; do CPU_T0+=("$(proc_ticks "$pid")"); done

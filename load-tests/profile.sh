@@ -21,11 +21,7 @@ echo "== building (release)"
 cargo build --release --locked -q -p evp-ingest
 cargo build --release --locked -q -p evp-ingest --example http_ceiling
 BIN="$EVP_ROOT/target/release"
-ensure_redis
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" > "$WORK/redis.log" 2>&1 &
-PIDS+=($!)
-wait_port "$REDIS_PORT" redis-server "$WORK/redis.log"
+start_redis
 wrk_script "$WORK/single.lua"
 
 # $1: label; the rest: the server command, in which {port} stands for the port to listen on.
@@ -33,7 +29,7 @@ profile() {
     local label="$1"; shift
     local port pid data graph=()
     port=$(free_port)
-    REDIS_URL="redis://127.0.0.1:$REDIS_PORT" MONGODB_URI="mongodb://127.0.0.1:9" API_KEYS="$TENANT:$KEY" \
+    MONGODB_URI="mongodb://127.0.0.1:9" API_KEYS="$TENANT:$KEY" \
         PORT="$port" LOG_FORMAT=json "${@//\{port\}/$port}" > "$WORK/$label.log" 2>&1 &
     pid=$!
     PIDS+=($pid)
@@ -90,7 +86,7 @@ PY
 }
 
 profile ingest "$BIN/evp-ingest"
-profile ceiling "$BIN/examples/http_ceiling" "127.0.0.1:{port}" "redis://127.0.0.1:$REDIS_PORT"
+profile ceiling "$BIN/examples/http_ceiling" "127.0.0.1:{port}" "$REDIS_URL"
 
 echo "== CPU per request by where it is spent, in µs (perf's shares of each server's measured CPU time)"
 python3 - "$WORK/ingest.groups" "$WORK/ceiling.groups" <<'PY'
