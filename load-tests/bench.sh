@@ -36,19 +36,6 @@ xadd_rate() {
 }
 XADD_P100=0; XADD_P1=0; BATCH_RATE=0; SINGLE_RATE=0; WRK_RATE=0; WRK_OK=0; CEIL_RATE=0; CEIL_XADD_RATE=0
 WRK_US=n/a; CEIL_US=n/a; CEIL_XADD_US=n/a; WRK_CPU=n/a; CEIL_CPU=n/a; CEIL_XADD_CPU=n/a
-# $1: URL, $2: the server's pid. 10 s of single-event requests from wrk, 64 connections; sets
-# WRK_RPS, WRK_CPU_LINE (where all the machine's CPU time went) and WRK_US_LINE (the server's and
-# Redis's CPU time per request).
-wrk_single() {
-    local out requests
-    cpu_begin "$2" "$REDIS_PID"
-    out=$(wrk -t1 -c64 -d10s -s "$WORK/single.lua" "$1")
-    cpu_end
-    WRK_RPS=$(awk '/Requests\/sec/ {print int($2)}' <<< "$out")
-    requests=$(awk '/requests in/ {print $1}' <<< "$out")
-    WRK_CPU_LINE="CPU of both cores: server ${CPU_SHARES[0]}, Redis ${CPU_SHARES[1]}, wrk and the rest ${CPU_SHARES[2]}, stolen ${CPU_SHARES[3]}, idle ${CPU_SHARES[4]}"
-    WRK_US_LINE=$(python3 -c "print(f'{${CPU_US[0]} / $requests:.1f} / {${CPU_US[1]} / $requests:.1f}')")
-}
 if phase redis; then
 echo "== redis-benchmark XADD"
 XADD_P100=$(xadd_rate 50 "$(n 1000000)" 100)

@@ -128,6 +128,24 @@ cpu_end() {
     CPU_SHARES+=("$((100 * rest / total))%" "$((100 * steal / total))%" "$((100 * idle / total))%")
 }
 
+# $1: URL, $2: the server's pid, $3: seconds (10 unless given). Single-event requests from wrk,
+# 64 connections, while the CPU time of the server and of Redis ($REDIS_PID) is measured. Sets
+# WRK_RPS, WRK_REFUSED (non-2xx answers: 0 or 1), WRK_SERVER_US (the server's CPU time per
+# request, in µs), WRK_US_LINE ("server / Redis" µs per request) and WRK_CPU_LINE (where all the
+# machine's CPU time went). Expects the script written by `wrk_script "$WORK/single.lua"`.
+wrk_single() {
+    local out requests
+    cpu_begin "$2" "$REDIS_PID"
+    out=$(wrk -t1 -c64 -d"${3:-10}s" -s "$WORK/single.lua" "$1")
+    cpu_end
+    WRK_RPS=$(awk '/Requests\/sec/ {print int($2)}' <<< "$out")
+    WRK_REFUSED=$(grep -c Non-2xx <<< "$out" || true)
+    requests=$(awk '/requests in/ {print $1}' <<< "$out")
+    WRK_SERVER_US=$(python3 -c "print(f'{${CPU_US[0]} / $requests:.1f}')")
+    WRK_US_LINE="$WRK_SERVER_US / $(python3 -c "print(f'{${CPU_US[1]} / $requests:.1f}')")"
+    WRK_CPU_LINE="CPU of both cores: server ${CPU_SHARES[0]}, Redis ${CPU_SHARES[1]}, wrk and the rest ${CPU_SHARES[2]}, stolen ${CPU_SHARES[3]}, idle ${CPU_SHARES[4]}"
+}
+
 loadtest() {
     "$BIN/evp-loadtest" --url "$INGEST_URL" --key "$KEY" --tenant "$TENANT" "$@"
 }

@@ -39,17 +39,12 @@ profile() {
     wrk -t1 -c64 -d2s -s "$WORK/single.lua" "http://127.0.0.1:$port/events" > /dev/null
     perf record -q -F 999 "${graph[@]}" -p "$pid" -o "$data" -- sleep "$SECONDS_EACH" > /dev/null 2>&1 &
     local perf_pid=$!
-    cpu_begin "$pid"
-    wrk -t1 -c64 -d"${SECONDS_EACH}s" -s "$WORK/single.lua" "http://127.0.0.1:$port/events" > "$WORK/$label.wrk"
-    cpu_end
+    wrk_single "http://127.0.0.1:$port/events" "$pid" "$SECONDS_EACH"
     wait "$perf_pid" || { echo "perf record failed (needs root or kernel.perf_event_paranoid <= 0)" >&2; exit 1; }
-    grep -q Non-2xx "$WORK/$label.wrk" && { echo "$label refused requests" >&2; exit 1; }
-    local requests us
-    requests=$(awk '/requests in/ {print $1}' "$WORK/$label.wrk")
-    us=$(python3 -c "print(f'{${CPU_US[0]} / $requests:.1f}')")
-    echo "== $label: $(awk '/Requests\/sec/ {print int($2)}' "$WORK/$label.wrk") requests/s under perf, $us µs of CPU per request"
+    [ "$WRK_REFUSED" = 0 ] || { echo "$label refused requests; log:" >&2; tail -5 "$WORK/$label.log" >&2; exit 1; }
+    echo "== $label: $WRK_RPS requests/s under perf, $WRK_SERVER_US µs of CPU per request"
     perf report -i "$data" --no-children --sort dso,sym --stdio -q 2> /dev/null > "$WORK/$label.report"
-    python3 - "$WORK/$label.report" "$label" "$us" "$WORK/$label.groups" <<'PY'
+    python3 - "$WORK/$label.report" "$label" "$WRK_SERVER_US" "$WORK/$label.groups" <<'PY'
 import json, re, sys
 path, label, us, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 groups = {}

@@ -60,15 +60,15 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
 }
 
-/// The complete application, as served: API routes, Swagger UI at `/docs`, the JSON 404, and the
-/// layers.
+/// What [`router`] returns: the router wrapped in the request-id layers.
 pub type App = SetRequestId<PropagateRequestId<Router>, MakeRequestUuid>;
 
 /// The complete application: API routes, Swagger UI at `/docs`, the JSON 404, and the layers.
 ///
 /// Outermost, around the whole router, the request id is set (when the client sent none) and
-/// echoed on the response. Then, per route, [`TrackRequests`](crate::metrics::TrackRequests) counts, times and logs the request;
-/// inside it a panic becomes a 500 (so it is counted and logged like any other response).
+/// echoed on the response. Then, per route, [`TrackRequests`](crate::metrics::TrackRequests)
+/// counts, times and logs the request; inside it a panic becomes a 500 (so it is counted and
+/// logged like any other response).
 pub fn router(state: AppState) -> App {
     let (api, openapi) = api_routes().split_for_parts();
     with_request_id(
