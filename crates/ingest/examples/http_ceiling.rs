@@ -6,6 +6,9 @@
 //!   the same redis-rs `ConnectionManager` the ingest uses: the ceiling of "one HTTP request, one
 //!   Redis append" on this machine, before any of evp's own work.
 //!
+//! It serves the way the ingest does: one server thread per CPU (or `TOKIO_WORKER_THREADS`), each
+//! with its own single-threaded runtime and, with Redis, its own connection (`evp_ingest::shards`).
+//!
 //! `load-tests/bench.sh` drives both with the same wrk run as the ingest, so the ratios between
 //! them say what the HTTP stack, the Redis append and evp's own work each cost.
 //!
@@ -17,21 +20,30 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use redis::aio::ConnectionManager;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:3999".into());
-    let app = match args.next() {
-        None => Router::new().route("/events", post(|body: Bytes| async move { accepted(&body) })),
-        Some(redis_url) => {
-            let conn = ConnectionManager::new(redis::Client::open(redis_url)?).await?;
-            Router::new().route("/events", post(append)).with_state(conn)
-        }
+    let redis = args.next().map(redis::Client::open).transpose()?;
+    let threads = match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(n) => n.parse()?,
+        Err(_) => std::thread::available_parallelism()?.get(),
+    };
+    // Called on each server thread: the Redis connection's tasks run on that thread's runtime.
+    let make_app = move || {
+        Ok(match &redis {
+            None => Router::new().route("/events", post(|body: Bytes| async move { accepted(&body) })),
+            Some(client) => {
+                let conn = ConnectionManager::new_lazy_with_config(client.clone(), Default::default())?;
+                Router::new().route("/events", post(append)).with_state(conn)
+            }
+        })
     };
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    axum::serve(listener, app).await?;
-    Ok(())
+    evp_ingest::shards::serve(listener, threads, make_app, CancellationToken::new(), Duration::ZERO).await
 }
 
 async fn append(State(mut conn): State<ConnectionManager>, body: Bytes) -> (StatusCode, String) {

@@ -23,6 +23,9 @@ pub struct IngestConfig {
     pub limits: Limits,
     /// `MAX_BODY_BYTES`, default 5,242,880, applied to the body after gzip decompression too.
     pub max_body_bytes: usize,
+    /// `TOKIO_WORKER_THREADS`, default the number of CPUs: server threads, each serving its share of
+    /// the connections on a single-threaded runtime ([`crate::shards`]).
+    pub threads: usize,
     /// Longest a request waits on Redis before it gets 503 (not an env variable).
     pub redis_timeout: Duration,
     /// How often the stream backlog is sampled for the high-water check (not an env variable).
@@ -48,6 +51,7 @@ impl IngestConfig {
             stream_high_water: env.positive("STREAM_HIGH_WATER", Self::DEFAULT_HIGH_WATER)?,
             limits,
             max_body_bytes: env.positive("MAX_BODY_BYTES", 5_242_880)?,
+            threads: env.positive("TOKIO_WORKER_THREADS", default_threads())?,
             redis_timeout: Duration::from_secs(2),
             backlog_poll: Duration::from_millis(250),
             drain_timeout: Duration::from_secs(25),
@@ -61,8 +65,14 @@ impl IngestConfig {
         let mut config = Self::from_env(&env).expect("test config");
         config.redis_timeout = Duration::from_millis(500);
         config.backlog_poll = Duration::from_millis(50);
+        // More than one, whatever the machine, so every test crosses threads.
+        config.threads = 2;
         config
     }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 #[cfg(test)]

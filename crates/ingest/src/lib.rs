@@ -21,11 +21,11 @@ pub mod error;
 pub mod metrics;
 pub mod router;
 pub mod routes;
+pub mod shards;
 pub mod state;
 pub mod stream_publisher;
 
 use anyhow::Context;
-use axum::extract::Request;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -57,26 +57,21 @@ pub async fn build_state(
 }
 
 /// Serves on `listener` until `shutdown` is cancelled, then stops accepting and waits for in-flight
-/// requests (at most the configured drain timeout).
+/// requests (at most the configured drain timeout). Requests are served on `config.threads` server
+/// threads of their own ([`shards`]); the caller's runtime accepts connections and keeps the
+/// shared clients and the backlog monitor.
 pub async fn run(
     config: IngestConfig,
     listener: TcpListener,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let drain_timeout = config.drain_timeout;
+    let (drain_timeout, threads) = (config.drain_timeout, config.threads);
     let state = build_state(config, metrics, shutdown.clone()).await?;
     state.publisher.spawn_backlog_monitor(state.config.backlog_poll, shutdown.clone());
-    let app = router::router(state);
-    tracing::info!(addr = %listener.local_addr()?, "evp-ingest listening; Swagger UI at /docs");
-    let server = axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(app))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    tokio::select! {
-        result = server.into_future() => result.context("HTTP server")?,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(drain_timeout).await } => {
-            tracing::warn!(?drain_timeout, "in-flight requests did not finish in time; exiting anyway");
-        }
-    }
+    tracing::info!(addr = %listener.local_addr()?, threads, "evp-ingest listening; Swagger UI at /docs");
+    let make_app = move || Ok(router::router(state.on_this_runtime().context("REDIS_URL")?));
+    shards::serve(listener, threads, make_app, shutdown, drain_timeout).await?;
     tracing::info!("evp-ingest stopped");
     Ok(())
 }

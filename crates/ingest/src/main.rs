@@ -1,11 +1,14 @@
 //! `evp-ingest`: config, telemetry, bind, run.
+//!
+//! The main thread's runtime accepts connections, handles signals and keeps the shared clients;
+//! requests are served on server threads of their own ([`evp_ingest::shards`]).
 
 use std::process::ExitCode;
 
 use evp_ingest::IngestConfig;
 use evp_runtime::config::Env;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let config = match IngestConfig::from_env(&Env::process()) {
         Ok(config) => config,

@@ -37,6 +37,19 @@ impl AppState {
     pub fn new(shared: Shared) -> Self {
         Self(Arc::new(shared))
     }
+
+    /// The state for a server thread: the same configuration, clients and metrics, with a Redis
+    /// publisher on the calling thread's runtime ([`StreamPublisher::on_this_runtime`]).
+    pub fn on_this_runtime(&self) -> Result<Self, redis::RedisError> {
+        Ok(Self::new(Shared {
+            config: self.config.clone(),
+            publisher: self.publisher.on_this_runtime()?,
+            mongo: self.mongo.clone(),
+            prometheus: self.prometheus.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+        }))
+    }
 }
 
 impl Deref for AppState {

@@ -1,8 +1,9 @@
 //! Appending accepted events to the Redis stream.
 //!
-//! One [`StreamPublisher`] is shared by all requests. It holds one multiplexed connection
-//! (redis-rs `ConnectionManager`, which reconnects by itself after Redis comes back), so concurrent
-//! requests share a socket. Every call is bounded by a timeout, so an unreachable Redis turns into
+//! One [`StreamPublisher`] is shared by all requests of a server thread ([`crate::shards`]; each
+//! thread has its own, made with [`StreamPublisher::on_this_runtime`]). It holds one multiplexed
+//! connection (redis-rs `ConnectionManager`, which reconnects by itself after Redis comes back), so
+//! concurrent requests share a socket. Every call is bounded by a timeout, so an unreachable Redis turns into
 //! a quick 503, never a hanging request.
 //!
 //! - A **batch** is one MULTI/EXEC pipeline of XADDs ([`StreamPublisher::publish_batch`]): all of
@@ -61,6 +62,8 @@ impl From<redis::RedisError> for PublishError {
 /// Shared handle for appending to the events stream.
 #[derive(Clone)]
 pub struct StreamPublisher {
+    client: redis::Client,
+    conn_config: ConnectionManagerConfig,
     conn: ConnectionManager,
     stream: Arc<str>,
     timeout: Duration,
@@ -95,30 +98,51 @@ impl StreamPublisher {
     /// handles here). The coalescer stops once every clone of the publisher is dropped.
     pub fn new(redis_url: &str, stream: &str, timeout: Duration) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(redis_url)?;
-        let config = ConnectionManagerConfig::new()
+        let conn_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), conn_config.clone())?;
         let metrics = PipelineMetrics {
             seconds: metrics::histogram!(m::XADD_SECONDS),
             events: metrics::histogram!(m::PIPELINE_EVENTS),
         };
-        let stream: Arc<str> = Arc::from(stream);
         let (singles, queue) = mpsc::channel(QUEUE);
-        let coalescer =
-            Coalescer { conn: conn.clone(), stream: stream.clone(), timeout, metrics: metrics.clone() };
-        tokio::spawn(coalescer.run(queue));
-        Ok(Self {
+        let this = Self {
+            client,
+            conn_config,
             conn,
-            stream,
+            stream: Arc::from(stream),
             timeout,
             backlog: Arc::new(AtomicU64::new(0)),
             reachable: Arc::new(AtomicBool::new(true)),
             singles,
             metrics,
-        })
+        };
+        tokio::spawn(this.coalescer().run(queue));
+        Ok(this)
+    }
+
+    /// A publisher for the runtime this is called on, with its own connection and coalescer, that
+    /// shares the backlog sample with `self`. A connection's tasks run on the runtime that made
+    /// it, so each server thread appends through a publisher of its own rather than waking
+    /// another thread for every request.
+    pub fn on_this_runtime(&self) -> Result<Self, redis::RedisError> {
+        let conn = ConnectionManager::new_lazy_with_config(self.client.clone(), self.conn_config.clone())?;
+        let (singles, queue) = mpsc::channel(QUEUE);
+        let this = Self { conn, singles, ..self.clone() };
+        tokio::spawn(this.coalescer().run(queue));
+        Ok(this)
+    }
+
+    fn coalescer(&self) -> Coalescer {
+        Coalescer {
+            conn: self.conn.clone(),
+            stream: self.stream.clone(),
+            timeout: self.timeout,
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// Appends every event of a batch, atomically (MULTI/EXEC), in one round trip.
@@ -283,12 +307,7 @@ mod tests {
     async fn an_event_whose_request_gave_up_is_not_sent_and_the_others_get_their_own_replies() {
         let redis = RedisServer::start();
         let publisher = StreamPublisher::new(&redis.url(), "events", Duration::from_secs(2)).unwrap();
-        let coalescer = Coalescer {
-            conn: publisher.conn.clone(),
-            stream: publisher.stream.clone(),
-            timeout: publisher.timeout,
-            metrics: publisher.metrics.clone(),
-        };
+        let coalescer = publisher.coalescer();
         let (kept, kept_outcome) = single("kept");
         let (abandoned, abandoned_outcome) = single("abandoned");
         drop(abandoned_outcome); // the request timed out or its client went away
