@@ -56,8 +56,8 @@ impl FromRequest<AppState> for EventBody {
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+    let essence = value.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") || is_json_suffix_type(essence) {
         Ok(())
     } else if value.is_empty() {
         Err(ApiError::UnsupportedMediaType("Content-Type must be application/json (none was sent)".into()))
@@ -66,13 +66,69 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// `application/<anything>+json`, in any case (compared without allocating: this runs on every
+/// request).
+fn is_json_suffix_type(essence: &str) -> bool {
+    let (prefix, suffix) = ("application/", "+json");
+    essence.len() >= prefix.len() + suffix.len()
+        && essence.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+        && essence.get(essence.len() - suffix.len()..).is_some_and(|s| s.eq_ignore_ascii_case(suffix))
+}
+
 fn is_gzip(headers: &HeaderMap) -> Result<bool, ApiError> {
     let Some(value) = headers.get(header::CONTENT_ENCODING) else { return Ok(false) };
-    match value.to_str().unwrap_or("").trim().to_ascii_lowercase().as_str() {
-        "" | "identity" => Ok(false),
-        "gzip" | "x-gzip" => Ok(true),
-        other => Err(ApiError::UnsupportedMediaType(format!(
-            "Content-Encoding {other:?} is not supported; use gzip or none"
-        ))),
+    let value = value.to_str().unwrap_or("").trim();
+    if value.is_empty() || value.eq_ignore_ascii_case("identity") {
+        Ok(false)
+    } else if value.eq_ignore_ascii_case("gzip") || value.eq_ignore_ascii_case("x-gzip") {
+        Ok(true)
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Encoding {:?} is not supported; use gzip or none",
+            value.to_ascii_lowercase()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(name: header::HeaderName, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn json_content_types_are_recognised_in_any_case_and_with_parameters() {
+        for accepted in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            " application/json ;charset=UTF-8",
+            "application/cloudevents+json",
+            "APPLICATION/VND.ACME+JSON",
+        ] {
+            assert!(check_content_type(&headers(header::CONTENT_TYPE, accepted)).is_ok(), "{accepted}");
+        }
+        for refused in
+            ["text/plain", "application/jsonx", "application/+jso", "text/x+json", "json", "application/"]
+        {
+            let error = check_content_type(&headers(header::CONTENT_TYPE, refused)).unwrap_err();
+            assert!(matches!(error, ApiError::UnsupportedMediaType(_)), "{refused}");
+        }
+        assert!(check_content_type(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn gzip_and_identity_encodings_are_recognised_in_any_case() {
+        let gzip = |value: &str| is_gzip(&headers(header::CONTENT_ENCODING, value)).ok();
+        assert_eq!(is_gzip(&HeaderMap::new()).ok(), Some(false));
+        assert_eq!((gzip("identity"), gzip(""), gzip(" IDENTITY ")), (Some(false), Some(false), Some(false)));
+        assert_eq!((gzip("gzip"), gzip("GZip"), gzip("x-gzip")), (Some(true), Some(true), Some(true)));
+        assert_eq!((gzip("br"), gzip("deflate"), gzip("gzip, br")), (None, None, None));
     }
 }
