@@ -147,10 +147,10 @@ impl StreamPublisher {
 
     /// Appends every event of a batch, atomically (MULTI/EXEC), in one round trip.
     pub async fn publish_batch(&self, events: &[EncodedEvent]) -> Result<(), PublishError> {
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(events.len());
         pipe.atomic();
         for event in events {
-            pipe.cmd("XADD").arg(&*self.stream).arg("*").arg(FIELD).arg(&event.payload).ignore();
+            pipe.add_command(xadd(&self.stream, &event.payload)).ignore();
         }
         let started = Instant::now();
         let result = bounded(self.timeout, pipe.exec_async(&mut self.conn.clone())).await;
@@ -218,6 +218,14 @@ impl StreamPublisher {
     }
 }
 
+/// `XADD <stream> * e <payload>`, its buffer sized once: built argument by argument, a command's
+/// buffer grows (and copies the payload) several times.
+fn xadd(stream: &str, payload: &[u8]) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(5, "XADD*".len() + stream.len() + FIELD.len() + payload.len());
+    cmd.arg("XADD").arg(stream).arg("*").arg(FIELD).arg(payload);
+    cmd
+}
+
 async fn bounded<T>(
     timeout: Duration,
     call: impl Future<Output = Result<T, redis::RedisError>>,
@@ -263,10 +271,10 @@ impl Coalescer {
         if batch.is_empty() {
             return;
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(batch.len());
         pipe.ignore_errors();
         for single in &batch {
-            pipe.cmd("XADD").arg(&*self.stream).arg("*").arg(FIELD).arg(&single.payload);
+            pipe.add_command(xadd(&self.stream, &single.payload));
         }
         let started = Instant::now();
         let replies: Result<Vec<redis::Value>, PublishError> =
