@@ -5,6 +5,7 @@
 #   load-tests/bench.sh            # the figures in docs/PERFORMANCE.md
 #   BENCH_SCALE=0.1 load-tests/bench.sh   # a tenth of the events, for a quick look
 #   BENCH_PHASES="drain" load-tests/bench.sh   # only some of: redis ingest drain memory
+#   BENCH_ROUNDS=5 load-tests/bench.sh    # rounds of the single-event comparison (3)
 #
 # Everything runs on this machine over loopback: load generator, Redis, ingest, workers, MongoDB.
 set -euo pipefail
@@ -34,15 +35,14 @@ xadd_rate() {
     redis-benchmark -p "$REDIS_PORT" -c "$1" -n "$2" -P "$3" -q XADD benchstream '*' e "$PAYLOAD" \
         | tr '\r' '\n' | awk '/requests per second/ {for (i=1;i<=NF;i++) if ($i ~ /^[0-9.]+$/) r=$i} END {print int(r)}'
 }
-XADD_P100=0; XADD_P1=0; BATCH_RATE=0; SINGLE_RATE=0; WRK_RATE=0; WRK_OK=0; CEIL_RATE=0; CEIL_XADD_RATE=0
-WRK_US=n/a; CEIL_US=n/a; CEIL_XADD_US=n/a; WRK_CPU=n/a; CEIL_CPU=n/a; CEIL_XADD_CPU=n/a
+XADD_P100=0; XADD_P1=0; BATCH_RATE=0; SINGLE_RATE=0; WRK_RATE=0; CEIL_RATE=0; CEIL_XADD_RATE=0
+WRK_US=n/a; CEIL_US=n/a; CEIL_XADD_US=n/a; TO_CEIL_XADD=n/a; TO_XADD_P1=n/a; TO_CEIL=n/a
+ROUNDS="${BENCH_ROUNDS:-3}"
 if phase redis; then
-echo "== redis-benchmark XADD"
+echo "== redis-benchmark XADD, pipelined (the unpipelined rate is measured with the single events below)"
 XADD_P100=$(xadd_rate 50 "$(n 1000000)" 100)
 "${REDIS_CLI[@]}" del benchstream > /dev/null
-XADD_P1=$(xadd_rate 50 "$(n 300000)" 1)
-"${REDIS_CLI[@]}" del benchstream > /dev/null
-echo "   pipelined (-P 100, 50 clients): $XADD_P100 XADD/s;  unpipelined (50 clients): $XADD_P1 XADD/s"
+echo "   pipelined (-P 100, 50 clients): $XADD_P100 XADD/s"
 fi
 
 # --- Ingest alone (no workers): batches of 100, then single events --------------------------
@@ -57,36 +57,64 @@ loadtest --events "$(n 300000)" --batch 1 --concurrency 64 --quiet --json "$WORK
 SINGLE_RATE=$(json "$WORK/single.json" "int(d['events_per_s'])")
 "${REDIS_CLI[@]}" del events > /dev/null
 
-echo "== ingest, single-event requests from wrk (a C client that needs less of the shared CPU)"
+# Single events from wrk (a C client that needs less of the shared CPU than evp-loadtest) against
+# the ingest and the two ceilings, and redis-benchmark's unpipelined XADD, in alternating rounds:
+# this machine's speed drifts by tens of per cent within minutes, so each round's ratios compare
+# figures taken within a minute of each other, and the report gives the median of each.
+echo "== single-event requests, $ROUNDS rounds of: unpipelined XADD (redis-benchmark, 50 clients), then wrk"
+echo "   (64 connections) against the ingest, the request+XADD ceiling and the HTTP ceiling"
+echo "   (the ceilings: the bare axum server of examples/http_ceiling.rs, serving as the ingest does,"
+echo "   with one XADD per request through the same Redis client, and answering 202 with nothing else)"
 wrk_script "$WORK/single.lua"
-wrk_single "$INGEST_URL/events" "$INGEST_PID"
-WRK_RATE=$WRK_RPS; WRK_CPU=$WRK_CPU_LINE; WRK_US=$WRK_US_LINE
-WRK_OK=$("${REDIS_CLI[@]}" xlen events)
-"${REDIS_CLI[@]}" del events > /dev/null
-echo "   wrk: $WRK_RATE requests/s ($WRK_OK events in the stream)"
-echo "   $WRK_CPU"
-
-echo "== this machine's HTTP ceiling: a bare axum server answering 202, same wrk run"
-CEIL_PORT=$(free_port)
+CEIL_PORT=$(free_port); CEIL_XADD_PORT=$(free_port)
 "$EVP_ROOT/target/release/examples/http_ceiling" "127.0.0.1:$CEIL_PORT" > "$WORK/ceiling.log" 2>&1 &
 CEIL_PID=$!
+"$EVP_ROOT/target/release/examples/http_ceiling" "127.0.0.1:$CEIL_XADD_PORT" "$REDIS_URL" \
+    > "$WORK/ceiling-xadd.log" 2>&1 &
+CEIL_XADD_PID=$!
 wait_port "$CEIL_PORT" http_ceiling "$WORK/ceiling.log"
-wrk_single "http://127.0.0.1:$CEIL_PORT/events" "$CEIL_PID"
-CEIL_RATE=$WRK_RPS; CEIL_CPU=$WRK_CPU_LINE; CEIL_US=$WRK_US_LINE
-kill "$CEIL_PID"
-echo "   bare axum: $CEIL_RATE requests/s"
-echo "   $CEIL_CPU"
-echo "== ceiling of one request, one XADD: the same bare server appending each body to Redis"
-CEIL_PORT=$(free_port)
-"$EVP_ROOT/target/release/examples/http_ceiling" "127.0.0.1:$CEIL_PORT" "redis://127.0.0.1:$REDIS_PORT" > "$WORK/ceiling-xadd.log" 2>&1 &
-CEIL_PID=$!
-wait_port "$CEIL_PORT" http_ceiling "$WORK/ceiling-xadd.log"
-wrk_single "http://127.0.0.1:$CEIL_PORT/events" "$CEIL_PID"
-CEIL_XADD_RATE=$WRK_RPS; CEIL_XADD_CPU=$WRK_CPU_LINE; CEIL_XADD_US=$WRK_US_LINE
-kill "$CEIL_PID"
-"${REDIS_CLI[@]}" del events > /dev/null
-echo "   bare axum + XADD: $CEIL_XADD_RATE requests/s"
-echo "   $CEIL_XADD_CPU"
+wait_port "$CEIL_XADD_PORT" http_ceiling "$WORK/ceiling-xadd.log"
+R_P1=(); R_ING=(); R_ING_US=(); R_CX=(); R_CX_US=(); R_C=(); R_C_US=()
+for round in $(seq "$ROUNDS"); do
+    R_P1+=("$(xadd_rate 50 "$(n 300000)" 1)")
+    "${REDIS_CLI[@]}" del benchstream > /dev/null
+    wrk_single "$INGEST_URL/events" "$INGEST_PID"
+    [ "$WRK_REFUSED" = 0 ] || echo "   the ingest refused requests (non-2xx): see its log" >&2
+    R_ING+=("$WRK_RPS"); R_ING_US+=("$WRK_SERVER_US"); ING_LINE="$WRK_US_LINE µs; $WRK_CPU_LINE"
+    stored=$("${REDIS_CLI[@]}" xlen events)
+    "${REDIS_CLI[@]}" del events > /dev/null
+    wrk_single "http://127.0.0.1:$CEIL_XADD_PORT/events" "$CEIL_XADD_PID"
+    R_CX+=("$WRK_RPS"); R_CX_US+=("$WRK_SERVER_US"); CX_LINE="$WRK_US_LINE µs"
+    "${REDIS_CLI[@]}" del events > /dev/null
+    wrk_single "http://127.0.0.1:$CEIL_PORT/events" "$CEIL_PID"
+    R_C+=("$WRK_RPS"); R_C_US+=("$WRK_SERVER_US")
+    i=$((round - 1))
+    echo "   round $round: unpipelined XADD ${R_P1[$i]}/s; ingest ${R_ING[$i]}/s ($stored events in the stream);" \
+        "request+XADD ceiling ${R_CX[$i]}/s; HTTP ceiling ${R_C[$i]}/s"
+    echo "     ingest = $(ratio "${R_ING[$i]}" "${R_CX[$i]}") of the request+XADD ceiling," \
+        "$(ratio "${R_ING[$i]}" "${R_P1[$i]}") of unpipelined XADD"
+    echo "     CPU per request, server / Redis: ingest $ING_LINE"
+    echo "     request+XADD ceiling $CX_LINE, HTTP ceiling $WRK_SERVER_US µs"
+done
+kill "$CEIL_PID" "$CEIL_XADD_PID"
+# The median of a list of rates (a whole number) or of µs (one decimal); `rounds A B`: the median
+# and each round of A[i] / B[i], in per cent.
+median() { python3 -c "import statistics, sys; print(int(statistics.median(map(float, sys.argv[1:]))))" "$@"; }
+median_us() { python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.1f}')" "$@"; }
+rounds() {
+    python3 - "$1" "$2" <<'PY'
+import statistics, sys
+a, b = ([float(x) for x in arg.split()] for arg in sys.argv[1:])
+r = [100 * x / y for x, y in zip(a, b)]
+print(f"{statistics.median(r):.0f}% (rounds: {', '.join(f'{x:.0f}%' for x in r)})")
+PY
+}
+XADD_P1=$(median "${R_P1[@]}"); WRK_RATE=$(median "${R_ING[@]}")
+CEIL_XADD_RATE=$(median "${R_CX[@]}"); CEIL_RATE=$(median "${R_C[@]}")
+WRK_US=$(median_us "${R_ING_US[@]}"); CEIL_XADD_US=$(median_us "${R_CX_US[@]}"); CEIL_US=$(median_us "${R_C_US[@]}")
+TO_CEIL_XADD=$(rounds "${R_ING[*]}" "${R_CX[*]}")
+TO_XADD_P1=$(rounds "${R_ING[*]}" "${R_P1[*]}")
+TO_CEIL=$(rounds "${R_ING[*]}" "${R_C[*]}")
 
 echo "== ingest latency at half of the maximum rate"
 loadtest --duration 10 --rate $((BATCH_RATE / 2)) --batch 100 --concurrency 32 --quiet --json "$WORK/batch-half.json"
@@ -152,15 +180,17 @@ read -r I2 W2 V2 R2 L2 <<< "$AT_1M"
 cat <<REPORT
 
 ================ evp benchmark (scale $SCALE) ================
-Redis XADD ceiling          pipelined -P 100: $XADD_P100/s   unpipelined, 50 clients: $XADD_P1/s
+Redis XADD ceiling          pipelined -P 100: $XADD_P100/s   unpipelined, 50 clients: $XADD_P1/s (median of $ROUNDS rounds)
 Ingest, 100 per request     $BATCH_RATE events/s  = $(ratio "$BATCH_RATE" "$XADD_P100") of pipelined XADD   ($(p batch))
-Ingest, single events       $SINGLE_RATE events/s  = $(ratio "$SINGLE_RATE" "$XADD_P1") of unpipelined XADD   ($(p single))
-  same, driven by wrk       $WRK_RATE events/s  = $(ratio "$WRK_RATE" "$XADD_P1") of unpipelined XADD, $(ratio "$WRK_RATE" "$CEIL_XADD_RATE") of the request+XADD ceiling, $(ratio "$WRK_RATE" "$CEIL_RATE") of the HTTP ceiling
-HTTP ceiling (bare axum)    $CEIL_RATE requests/s with the same wrk run (no auth, validation, Redis, metrics)
-Request+XADD ceiling        $CEIL_XADD_RATE requests/s: the same bare server with one XADD per request (same Redis client)
-CPU per single-event request, server / Redis, in µs: ingest $WRK_US, bare axum + XADD $CEIL_XADD_US, bare axum $CEIL_US
-  during the ingest's wrk run: $WRK_CPU
-  during the request+XADD ceiling's run: $CEIL_XADD_CPU
+Ingest, single events       $SINGLE_RATE events/s from evp-loadtest = $(ratio "$SINGLE_RATE" "$XADD_P1") of unpipelined XADD   ($(p single))
+Single events from wrk, median of $ROUNDS alternating rounds:
+  ingest                    $WRK_RATE events/s
+                            = $TO_CEIL_XADD of the request+XADD ceiling
+                            = $TO_XADD_P1 of unpipelined XADD
+                            = $TO_CEIL of the HTTP ceiling
+  request+XADD ceiling      $CEIL_XADD_RATE requests/s: the bare server with one XADD per request (same Redis client)
+  HTTP ceiling              $CEIL_RATE requests/s: the bare server answering 202 (no auth, validation, Redis, metrics)
+  CPU per request, server   ingest $WRK_US µs, request+XADD ceiling $CEIL_XADD_US µs, HTTP ceiling $CEIL_US µs
 Latency at half rate        batches: $(p batch-half);  single events: $(p single-half)
 MongoDB bulk insert         4 writers: ${MONGO[1]}/s   8 writers: ${MONGO[2]}/s   16 writers: ${MONGO[4]}/s (the server's own rate, same documents, batches of 500)
 Worker drain                1: ${DRAIN[1]}/s ($(ratio "${DRAIN[1]}" "${MONGO[1]}"))   2: ${DRAIN[2]}/s ($(ratio "${DRAIN[2]}" "${MONGO[2]}"))   4: ${DRAIN[4]}/s ($(ratio "${DRAIN[4]}" "${MONGO[4]}")) of MongoDB's rate at the same number of writers
