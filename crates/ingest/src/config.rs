@@ -88,6 +88,10 @@ mod tests {
             (65_536, 1_000, 5_242_880)
         );
         assert_eq!(c.stream_high_water, IngestConfig::DEFAULT_HIGH_WATER);
+        assert_eq!(c.threads, std::thread::available_parallelism().unwrap().get());
+        let one =
+            IngestConfig::from_env(&Env::from_pairs([("API_KEYS", "k"), ("TOKIO_WORKER_THREADS", "1")]));
+        assert_eq!(one.unwrap().threads, 1);
     }
 
     #[test]
@@ -102,6 +106,8 @@ mod tests {
         assert_eq!(bad("LOG_FORMAT", "xml"), "LOG_FORMAT");
         assert_eq!(bad("MONGODB_URI", "postgres://x"), "MONGODB_URI");
         assert_eq!(bad("API_KEYS", "a:b:c"), "API_KEYS");
+        assert_eq!(bad("TOKIO_WORKER_THREADS", "0"), "TOKIO_WORKER_THREADS");
+        assert_eq!(bad("TOKIO_WORKER_THREADS", "all"), "TOKIO_WORKER_THREADS");
         let missing = IngestConfig::from_env(&Env::from_pairs::<[(&str, &str); 0], _, _>([])).unwrap_err();
         assert_eq!(missing.variable, "API_KEYS");
     }
