@@ -9,10 +9,12 @@
 //! It serves the way the ingest does: one server thread per CPU (or `TOKIO_WORKER_THREADS`), each
 //! with its own single-threaded runtime and, with Redis, its own connection (`evp_ingest::shards`).
 //!
-//! `load-tests/bench.sh` drives both with the same wrk run as the ingest, so the ratios between
+//! `load-tests/bench.sh` drives both with the same wrk rounds as the ingest, so the ratios between
 //! them say what the HTTP stack, the Redis append and evp's own work each cost.
 //!
 //!   cargo run --release -p evp-ingest --example http_ceiling -- 127.0.0.1:3999 [redis://127.0.0.1:6379]
+
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -20,7 +22,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use redis::aio::ConnectionManager;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main(flavor = "current_thread")]

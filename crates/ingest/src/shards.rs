@@ -59,18 +59,19 @@ where
         let (handoff, connections) = mpsc::channel(HANDOFF_QUEUE);
         let (done, finished) = oneshot::channel();
         let incoming = Handoff { connections, local };
-        let (make_app, shutdown) = (make_app.clone(), shutdown.clone());
-        std::thread::Builder::new()
-            .name(format!("evp-ingest-{i}"))
-            .spawn(move || {
-                let result = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("server thread runtime")
-                    .and_then(|rt| rt.block_on(serve_thread(incoming, &*make_app, shutdown, drain_timeout)));
-                let _ = done.send(result);
-            })
-            .context("cannot start a server thread")?;
+        let (make_app, stop) = (make_app.clone(), shutdown.clone());
+        let spawned = std::thread::Builder::new().name(format!("evp-ingest-{i}")).spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("server thread runtime")
+                .and_then(|rt| rt.block_on(serve_thread(incoming, &*make_app, stop, drain_timeout)));
+            let _ = done.send(result);
+        });
+        if let Err(e) = spawned {
+            shutdown.cancel(); // the threads already started stop too
+            return Err(e).context("cannot start a server thread");
+        }
         handoffs.push(handoff);
         stopped.push(finished);
     }

@@ -3,8 +3,8 @@
 //! One [`StreamPublisher`] is shared by all requests of a server thread ([`crate::shards`]; each
 //! thread has its own, made with [`StreamPublisher::on_this_runtime`]). It holds one multiplexed
 //! connection (redis-rs `ConnectionManager`, which reconnects by itself after Redis comes back), so
-//! concurrent requests share a socket. Every call is bounded by a timeout, so an unreachable Redis turns into
-//! a quick 503, never a hanging request.
+//! concurrent requests share a socket. Every call is bounded by a timeout, so an unreachable Redis
+//! turns into a quick 503, never a hanging request.
 //!
 //! - A **batch** is one MULTI/EXEC pipeline of XADDs ([`StreamPublisher::publish_batch`]): all of
 //!   its entries land, or none do.
