@@ -4,6 +4,7 @@
 #   - redis-server, from Debian's packages
 #   - a MongoDB-protocol server: a mongod on PATH or MONGODB_URI/MONGODB_TEST_URI when given,
 #     else nx-27017 (pinned, from PyPI) in the project-local venv .venv/
+#   - Schemathesis (pinned, from PyPI) in .venv/, for scripts/api-fuzz.sh
 set -euo pipefail
 
 EVP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,16 +33,23 @@ needs_nx() {
     [ -z "$given" ] && ! command -v mongod >/dev/null
 }
 
-ensure_nx() {
-    local venv="$EVP_ROOT/.venv"
-    if [ -x "$venv/bin/nx-27017" ] && "$venv/bin/pip" freeze 2>/dev/null | grep -qx 'nx-27017==0.8.1'; then
-        return 0
+# The project-local venv .venv/ with every pinned tool of scripts/requirements-test.txt (the
+# nx-27017 server, Schemathesis); installs when any pin is missing.
+ensure_venv() {
+    local venv="$EVP_ROOT/.venv" pins missing
+    pins=$(grep -E '^[A-Za-z0-9_.-]+==' "$EVP_ROOT/scripts/requirements-test.txt")
+    if [ -x "$venv/bin/pip" ]; then
+        missing=$(comm -23 <(echo "$pins" | tr 'A-Z_' 'a-z-' | sort) \
+            <("$venv/bin/pip" freeze 2>/dev/null | tr 'A-Z_' 'a-z-' | sort))
+        [ -z "$missing" ] && return 0
     fi
     command -v python3 >/dev/null || apt_install python3 python3-venv
     if ! python3 -m venv "$venv" >/dev/null 2>&1; then
         apt_install python3-venv
         python3 -m venv "$venv"
     fi
-    echo "evp: installing nx-27017 into .venv (pip)" >&2
+    echo "evp: installing the pinned test tools into .venv (pip)" >&2
     "$venv/bin/pip" install -q --disable-pip-version-check -r "$EVP_ROOT/scripts/requirements-test.txt"
 }
+
+ensure_nx() { ensure_venv; }

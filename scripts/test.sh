@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against real servers, installing what is missing first.
 # Integration tests start their own redis-server and MongoDB-protocol server on free ports;
-# then a smoke of the load test runs the whole pipeline (load-tests/smoke.sh).
+# then a smoke of the load test runs the whole pipeline (load-tests/smoke.sh), and Schemathesis
+# tests the HTTP API against its OpenAPI document (scripts/api-fuzz.sh).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/deps.sh"
 cd "$EVP_ROOT"
 
 ensure_redis
-if needs_nx MONGODB_TEST_URI; then ensure_nx; fi
+ensure_venv
 
 cargo test --workspace --locked "$@"
 
 # The whole pipeline end to end: 20k events through ingest and two workers, verified exactly.
 load-tests/smoke.sh
+
+# The HTTP API against its own OpenAPI document (Schemathesis, every check).
+scripts/api-fuzz.sh

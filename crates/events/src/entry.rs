@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::input::ValidEvent;
+use std::borrow::Cow;
 
 /// Name of the stream-entry field holding the encoded event.
 pub const FIELD: &str = "e";
@@ -20,6 +20,21 @@ pub const VERSION: u8 = 1;
 pub struct EncodedEvent {
     pub id: String,
     pub payload: Vec<u8>,
+}
+
+/// An event that passed validation ([`crate::input`]); `id` and `timestamp` are filled in.
+#[derive(Debug, Clone)]
+pub struct ValidEvent<'a> {
+    pub id: Cow<'a, str>,
+    pub event_type: Cow<'a, str>,
+    /// Event time in Unix milliseconds (BSON dates have millisecond precision).
+    pub timestamp_ms: i64,
+    pub source: Option<Cow<'a, str>>,
+    pub aggregate_id: Option<Cow<'a, str>>,
+    pub correlation_id: Option<Cow<'a, str>>,
+    pub causation_id: Option<Cow<'a, str>>,
+    /// Raw JSON object; `None` means `{}`.
+    pub data: Option<&'a RawValue>,
 }
 
 #[derive(Serialize)]
@@ -128,7 +143,7 @@ mod tests {
     fn round_trip_keeps_every_field() {
         let body = br#"{"type":"order.placed","id":"o-1","timestamp":"2024-01-01T00:00:00Z","source":"web",
             "aggregate_id":"agg","correlation_id":"cor","causation_id":"cau","data":{"n":1,"nested":{"a":[1,2]}}}"#;
-        let adm = Admission { tenant: "t1", received_at_ms: 5, limits: Limits::default() };
+        let adm = Admission::new("t1", 5, Limits::default());
         let e = admit_one(body, &adm).unwrap();
         let s = decode(&e.payload).unwrap();
         assert_eq!((s.tenant.as_str(), s.id.as_str(), s.event_type.as_str()), ("t1", "o-1", "order.placed"));

@@ -12,7 +12,8 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::entry::{self, EncodedEvent};
+use crate::data;
+use crate::entry::{self, EncodedEvent, ValidEvent};
 
 /// Longest accepted `type` and `id`, in characters.
 pub const MAX_TYPE_CHARS: usize = 128;
@@ -20,6 +21,8 @@ pub const MAX_TYPE_CHARS: usize = 128;
 pub const MAX_ID_CHARS: usize = 128;
 /// Longest accepted optional string (`source`, `aggregate_id`, ...), in characters.
 pub const MAX_OPTIONAL_CHARS: usize = 256;
+/// Longest accepted `Idempotency-Key` header, in characters.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 128;
 
 /// Size limits that are configuration, not contract constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,17 +47,67 @@ pub struct Admission<'a> {
     /// Time the request was received, in Unix milliseconds; the default `timestamp`.
     pub received_at_ms: i64,
     pub limits: Limits,
+    /// The request's `Idempotency-Key` (already checked with [`check_idempotency_key`]): events
+    /// without an `id` get one derived from the tenant, this key and their index
+    /// ([`derived_id`]), so a retried request stores each event once.
+    pub idempotency_key: Option<&'a str>,
 }
 
-/// One thing wrong with one event (or with the batch as a whole when `index` is `None`).
+impl<'a> Admission<'a> {
+    /// An admission without an idempotency key.
+    pub fn new(tenant: &'a str, received_at_ms: i64, limits: Limits) -> Self {
+        Self { tenant, received_at_ms, limits, idempotency_key: None }
+    }
+
+    /// The id of an event sent without one, at `index` in its request (0 for a single event).
+    fn default_id(&self, index: usize) -> String {
+        match self.idempotency_key {
+            Some(key) => derived_id(self.tenant, key, index),
+            None => uuid::Uuid::now_v7().to_string(),
+        }
+    }
+}
+
+/// Namespace of the ids derived from an `Idempotency-Key` (a fixed random UUID).
+const IDEMPOTENCY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f0e_4c1b_9a7d_4e52_b1c3_8d2f_5a60_e917);
+
+/// The id given to the event at `index` of a request sent by `tenant` with `Idempotency-Key: key`
+/// and no `id` of its own: a UUIDv5 of the three, so the same request sent again gets the same ids.
+pub fn derived_id(tenant: &str, key: &str, index: usize) -> String {
+    let name = format!("{tenant}\n{key}\n{index}");
+    uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// Checks an `Idempotency-Key` header value: 1 to 128 visible ASCII characters.
+pub fn check_idempotency_key(value: &[u8]) -> Result<&str, Problem> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_IDEMPOTENCY_KEY_CHARS
+        && value.iter().all(|b| (0x20..0x7f).contains(b));
+    match std::str::from_utf8(value) {
+        Ok(key) if ok => Ok(key),
+        _ => Err(Problem {
+            index: None,
+            field: Some("Idempotency-Key"),
+            message: format!(
+                "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"
+            ),
+        }),
+    }
+}
+
+/// One thing wrong with one event (or with the request as a whole when `index` is `None`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// Position of the event in the batch; absent for single-event requests.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub index: Option<usize>,
-    /// The offending field, when one field is to blame.
+    /// The offending field (or request header, or query parameter), when one is to blame.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub field: Option<&'static str>,
+    /// What is wrong, for a person.
     pub message: String,
 }
 
@@ -73,40 +126,53 @@ pub enum BodyError {
     TooLarge { message: String, problems: Vec<Problem> },
 }
 
-/// An event as sent, borrowed from the body.
+/// An event as a client sends it. Only `type` is required.
+///
+/// This is the type the parser reads, borrowing from the request body; the OpenAPI document's
+/// schema is derived from it, so the two cannot drift.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = EventRequest, example = json!({"type": "page_view",
+    "id": "0192f0c4-7b1e-7cc3-9a52-3f5e8d2b1a10", "timestamp": "2026-11-22T10:15:00Z", "source": "web",
+    "aggregate_id": "user-42", "data": {"path": "/pricing", "referrer": "https://example.com"}})))]
 #[serde(deny_unknown_fields)]
-struct EventIn<'a> {
+pub struct EventIn<'a> {
+    /// Event type: 1 to 128 characters of `[A-Za-z0-9_.:-]`.
     #[serde(rename = "type", borrow)]
-    event_type: Cow<'a, str>,
-    #[serde(default, borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    timestamp: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    source: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    aggregate_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    correlation_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    causation_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    data: Option<&'a RawValue>,
-}
-
-/// An event that passed validation; `id` and `timestamp` are filled in.
-#[derive(Debug, Clone)]
-pub struct ValidEvent<'a> {
-    pub id: Cow<'a, str>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[A-Za-z0-9_.:-]{1,128}$",
+        example = "page_view"))]
     pub event_type: Cow<'a, str>,
-    /// Event time in Unix milliseconds (BSON dates have millisecond precision).
-    pub timestamp_ms: i64,
+    /// Idempotency key, 1 to 128 characters: an event sent twice with the same id is stored once.
+    /// When absent, the id is derived from the request's `Idempotency-Key` header if it has one,
+    /// else a UUIDv7 is generated.
+    #[serde(default, borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, min_length = 1, max_length = 128))]
+    pub id: Option<Cow<'a, str>>,
+    /// When the event happened, RFC 3339; defaults to the time it was received.
+    #[serde(default, borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub timestamp: Option<Cow<'a, str>>,
+    /// Where the event came from; at most 256 characters.
+    #[serde(default, borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, max_length = 256))]
     pub source: Option<Cow<'a, str>>,
+    /// The entity the event is about; at most 256 characters.
+    #[serde(default, borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, max_length = 256))]
     pub aggregate_id: Option<Cow<'a, str>>,
+    /// Ties events of one flow together; at most 256 characters.
+    #[serde(default, borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, max_length = 256))]
     pub correlation_id: Option<Cow<'a, str>>,
+    /// The id of the event that caused this one; at most 256 characters.
+    #[serde(default, borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, max_length = 256))]
     pub causation_id: Option<Cow<'a, str>>,
-    /// Raw JSON object; `None` means `{}`.
+    /// Any JSON object (`null` or absent: `{}`), stored exactly as sent: numbers must fit a
+    /// signed 64-bit integer or be finite doubles, nesting at most 100 levels, and no key may
+    /// contain a NUL character.
+    #[serde(default, borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::data::StorableObject>))]
     pub data: Option<&'a RawValue>,
 }
 
@@ -128,7 +194,7 @@ pub fn admit_one(body: &[u8], admission: &Admission<'_>) -> Result<EncodedEvent,
         && let Ok(input) = serde_json::from_str::<EventIn<'_>>(text)
     {
         let mut admitted = Admitted::with_capacity(1);
-        let event = check(input, admission.received_at_ms, None, &mut admitted.problems);
+        let event = check(input, admission, 0, None, &mut admitted.problems);
         admitted.add(Some(event), None, 0, admission);
         return admitted.finish().map(|mut encoded| encoded.remove(0));
     }
@@ -206,7 +272,7 @@ fn admit_all(
     for (i, raw) in raws.iter().enumerate() {
         let index = indexed.then_some(i);
         let before = admitted.problems.len();
-        let event = validate(raw, admission.received_at_ms, index, &mut admitted.problems);
+        let event = validate(raw, admission, i, index, &mut admitted.problems);
         admitted.add(event, index, before, admission);
     }
     admitted.finish()
@@ -266,7 +332,8 @@ impl Admitted {
 /// Checks one event, pushing each problem found; returns the event when it parsed at all.
 fn validate<'a>(
     raw: &'a RawValue,
-    received_at_ms: i64,
+    admission: &Admission<'_>,
+    position: usize,
     index: Option<usize>,
     problems: &mut Vec<Problem>,
 ) -> Option<ValidEvent<'a>> {
@@ -275,7 +342,7 @@ fn validate<'a>(
         return None;
     }
     match serde_json::from_str(raw.get()) {
-        Ok(input) => Some(check(input, received_at_ms, index, problems)),
+        Ok(input) => Some(check(input, admission, position, index, problems)),
         Err(e) => {
             problems.push(Problem { index, field: None, message: strip_position(&e) });
             None
@@ -284,10 +351,11 @@ fn validate<'a>(
 }
 
 /// Checks the fields of a parsed event, pushing each problem found, and fills in `id` and
-/// `timestamp`.
+/// `timestamp`. `position` is the event's place in its request (0 for a single event).
 fn check<'a>(
     input: EventIn<'a>,
-    received_at_ms: i64,
+    admission: &Admission<'_>,
+    position: usize,
     index: Option<usize>,
     problems: &mut Vec<Problem>,
 ) -> ValidEvent<'a> {
@@ -303,6 +371,7 @@ fn check<'a>(
             report(Some("id"), format!("id must be 1 to {MAX_ID_CHARS} characters"));
         }
     }
+    let received_at_ms = admission.received_at_ms;
     let timestamp_ms = match &input.timestamp {
         None => received_at_ms,
         Some(s) => match OffsetDateTime::parse(s, &Rfc3339) {
@@ -323,12 +392,16 @@ fn check<'a>(
             report(Some(field), format!("{field} must be at most {MAX_OPTIONAL_CHARS} characters"));
         }
     }
-    if input.data.is_some_and(|d| !is_object(d)) {
-        report(Some("data"), "data must be a JSON object".into());
+    if let Some(data) = input.data {
+        if !is_object(data) {
+            report(Some("data"), "data must be a JSON object".into());
+        } else if let Err(message) = data::check(data.get()) {
+            report(Some("data"), message);
+        }
     }
 
     ValidEvent {
-        id: input.id.unwrap_or_else(|| Cow::Owned(uuid::Uuid::now_v7().to_string())),
+        id: input.id.unwrap_or_else(|| Cow::Owned(admission.default_id(position))),
         event_type: input.event_type,
         timestamp_ms,
         source: input.source,
@@ -369,7 +442,7 @@ mod tests {
     const NOW: i64 = 1_700_000_000_000;
 
     fn admission() -> Admission<'static> {
-        Admission { tenant: "acme", received_at_ms: NOW, limits: Limits::default() }
+        Admission::new("acme", NOW, Limits::default())
     }
 
     fn problems(err: BodyError) -> Vec<Problem> {
@@ -491,5 +564,55 @@ mod tests {
         assert_eq!(stored.source.as_deref(), Some("line\nbreak"));
         assert_eq!(stored.aggregate_id, None);
         assert!(stored.data.is_none());
+    }
+
+    #[test]
+    fn data_mongodb_cannot_store_exactly_is_an_invalid_event() {
+        for (body, expected) in [
+            (r#"{"type":"x","data":{"a\u0000b":1}}"#, "contains a NUL character"),
+            (r#"{"type":"x","data":{"n":1e400}}"#, "number out of range"),
+            (r#"{"type":"x","data":{"n":18446744073709551615}}"#, "does not fit a signed 64-bit"),
+        ] {
+            let p = problems(admit_one(body.as_bytes(), &admission()).unwrap_err());
+            assert_eq!((p.len(), p[0].field), (1, Some("data")), "{body}: {p:?}");
+            assert!(p[0].message.contains(expected), "{body}: {p:?}");
+        }
+        let deep = format!(
+            r#"[{{"type":"ok"}},{{"type":"x","data":{}1{}}}]"#,
+            "{\"a\":".repeat(150),
+            "}".repeat(150)
+        );
+        let p = problems(admit_batch(deep.as_bytes(), &admission()).unwrap_err());
+        assert_eq!((p.len(), p[0].index, p[0].field), (1, Some(1), Some("data")), "{p:?}");
+        assert!(p[0].message.contains("nested more than 100 levels"), "{p:?}");
+    }
+
+    #[test]
+    fn an_idempotency_key_derives_the_same_ids_for_the_same_request() {
+        let body = br#"[{"type":"a"},{"type":"b","id":"own"},{"type":"c"}]"#;
+        let keyed = |tenant, key| Admission {
+            idempotency_key: Some(key),
+            ..Admission::new(tenant, NOW, Limits::default())
+        };
+        let ids = |adm: &Admission<'_>| {
+            admit_batch(body, adm).unwrap().into_iter().map(|e| e.id).collect::<Vec<_>>()
+        };
+        let first = ids(&keyed("acme", "req-1"));
+        assert_eq!(first, ids(&keyed("acme", "req-1")), "a retry gets the same ids");
+        assert_eq!(first[1], "own", "an event's own id wins");
+        assert_ne!(first[0], first[2], "each index its own id");
+        assert_ne!(first, ids(&keyed("acme", "req-2")));
+        assert_ne!(first[0], ids(&keyed("other", "req-1"))[0], "tenants never share derived ids");
+        let single = admit_one(br#"{"type":"a"}"#, &keyed("acme", "req-1")).unwrap();
+        assert_eq!(single.id, first[0], "a single event is index 0");
+        assert_ne!(ids(&admission()), ids(&admission()), "without a key, fresh ids each time");
+    }
+
+    #[test]
+    fn idempotency_keys_are_checked() {
+        assert_eq!(check_idempotency_key(b"abc-123 x").unwrap(), "abc-123 x");
+        for bad in [&b""[..], &[b'k'; 129][..], b"caf\xc3\xa9", b"tab\there"] {
+            assert_eq!(check_idempotency_key(bad).unwrap_err().field, Some("Idempotency-Key"), "{bad:?}");
+        }
     }
 }

@@ -90,23 +90,12 @@ pub struct ErrorResponse {
 pub struct ErrorBody {
     /// Stable machine-readable code: `invalid_json`, `invalid_event`, `unauthorized`,
     /// `payload_too_large`, `unsupported_media_type`, `service_unavailable`, `not_found`.
+    #[schema(value_type = String)]
     pub code: &'static str,
     /// Human-readable explanation.
     pub message: String,
     /// One entry per problem; for batches, `index` is the position of the offending event.
-    #[schema(value_type = Vec<ProblemSchema>)]
     pub details: Vec<Problem>,
-}
-
-/// One problem with one event (documentation shape of [`Problem`]).
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct ProblemSchema {
-    /// Position of the event in the batch; absent for `POST /events`.
-    index: Option<usize>,
-    /// The offending field, when one field is to blame.
-    field: Option<String>,
-    message: String,
 }
 
 impl IntoResponse for ApiError {

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use evp_events::EncodedEvent;
 use evp_events::entry::FIELD;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use evp_runtime::connect::redis_manager;
+use redis::aio::ConnectionManager;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +64,6 @@ impl From<redis::RedisError> for PublishError {
 #[derive(Clone)]
 pub struct StreamPublisher {
     client: redis::Client,
-    conn_config: ConnectionManagerConfig,
     conn: ConnectionManager,
     stream: Arc<str>,
     timeout: Duration,
@@ -98,12 +98,7 @@ impl StreamPublisher {
     /// handles here). The coalescer stops once every clone of the publisher is dropped.
     pub fn new(redis_url: &str, stream: &str, timeout: Duration) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(redis_url)?;
-        let conn_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), conn_config.clone())?;
+        let conn = redis_manager(&client, timeout)?;
         let metrics = PipelineMetrics {
             seconds: metrics::histogram!(m::XADD_SECONDS),
             events: metrics::histogram!(m::PIPELINE_EVENTS),
@@ -111,7 +106,6 @@ impl StreamPublisher {
         let (singles, queue) = mpsc::channel(QUEUE);
         let this = Self {
             client,
-            conn_config,
             conn,
             stream: Arc::from(stream),
             timeout,
@@ -129,7 +123,7 @@ impl StreamPublisher {
     /// it, so each server thread appends through a publisher of its own rather than waking
     /// another thread for every request.
     pub fn on_this_runtime(&self) -> Result<Self, redis::RedisError> {
-        let conn = ConnectionManager::new_lazy_with_config(self.client.clone(), self.conn_config.clone())?;
+        let conn = redis_manager(&self.client, self.timeout)?;
         let (singles, queue) = mpsc::channel(QUEUE);
         let this = Self { conn, singles, ..self.clone() };
         tokio::spawn(this.coalescer().run(queue));
@@ -174,7 +168,7 @@ impl StreamPublisher {
 
     /// PING, for health and readiness.
     pub async fn ping(&self) -> Result<(), PublishError> {
-        bounded(self.timeout, redis::cmd("PING").exec_async(&mut self.conn.clone())).await
+        bounded(self.timeout, evp_runtime::connect::redis_ping(&self.conn)).await
     }
 
     /// Entries in the stream: acknowledged entries are trimmed by the workers, so this is the

@@ -109,7 +109,7 @@ mod tests {
     fn bodies_are_valid_for_the_ingest_and_cover_every_event_once() {
         let g = Generator::new("r1", 3, Some(7), 10);
         assert_eq!(g.requests(), Some(3));
-        let adm = Admission { tenant: "t", received_at_ms: 0, limits: Limits::default() };
+        let adm = Admission::new("t", 0, Limits::default());
         let mut ids = Vec::new();
         for r in 0..3 {
             ids.extend(admit_batch(&g.body(r), &adm).unwrap().into_iter().map(|e| e.id));

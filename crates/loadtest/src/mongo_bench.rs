@@ -7,9 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use evp_events::input::{Admission, Limits, admit_batch};
-use evp_worker::bulk_writer::EventStore;
-use evp_worker::document::to_document;
-use mongodb::bson::Document;
+use evp_store::{EventStore, to_document};
+use mongodb::bson::RawDocumentBuf;
 
 use crate::generator::Generator;
 
@@ -24,15 +23,15 @@ pub async fn bulk_insert_rate(
 ) -> anyhow::Result<f64> {
     let run = format!("bench{:08x}", rand::random::<u32>());
     let generator = Generator::new(&run, batch as u64, Some(events), payload_bytes);
-    let admission = Admission { tenant: "bench", received_at_ms: 0, limits: Limits::default() };
+    let admission = Admission::new("bench", 0, Limits::default());
     let mut batches = VecDeque::new();
     for request in 0..generator.requests().unwrap_or(0) {
-        let docs: Vec<Document> = admit_batch(&generator.body(request), &admission)
+        let docs: Vec<RawDocumentBuf> = admit_batch(&generator.body(request), &admission)
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .into_iter()
             .map(|e| to_document(&vec![(evp_events::entry::FIELD.to_string(), e.payload)]))
             .collect::<Result<_, _>>()
-            .map_err(|e| anyhow::anyhow!(e))?;
+            .map_err(|e| anyhow::anyhow!(e.reason))?;
         batches.push_back(docs);
     }
 
@@ -49,7 +48,7 @@ pub async fn bulk_insert_rate(
             loop {
                 let next = queue.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop_front();
                 let Some(docs) = next else { return anyhow::Ok(()) };
-                store.insert(&docs).await?;
+                store.insert(&docs.iter().collect::<Vec<_>>()).await?;
             }
         }));
     }

@@ -1,13 +1,16 @@
 //! Process plumbing shared by the evp programs, so each `main.rs` stays a few lines.
 //!
 //! - [`config`]: typed reading of environment variables; an error names the variable and the fault.
-//! - [`connect`]: MongoDB clients with bounded timeouts, the same way in every program.
+//! - [`connect`]: MongoDB clients and Redis connections with bounded timeouts, and their pings,
+//!   the same way in every program.
+//! - [`health`]: the one health report (`/health`) and `/metrics` response every program serves.
 //! - [`telemetry`]: the tracing subscriber (`LOG_FORMAT=json|pretty`), installed once per process.
 //! - [`metrics`]: the Prometheus recorder, installed once per process by `main` (never by tests).
 //! - [`shutdown`]: SIGTERM / SIGINT turned into a cancellation token that every task watches.
 
 pub mod config;
 pub mod connect;
+pub mod health;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;

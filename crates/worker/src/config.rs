@@ -31,6 +31,8 @@ pub struct WorkerConfig {
     pub trim_every: Duration,
     /// First and largest delay between retries of a failed write.
     pub backoff: (Duration, Duration),
+    /// `EVP_TEST_PANIC_ON_EVENT_ID`, for tests only: a batch holding this event id panics.
+    pub test_panic_on_event_id: Option<String>,
 }
 
 impl WorkerConfig {
@@ -65,6 +67,7 @@ impl WorkerConfig {
             shutdown_grace: Duration::from_secs(20),
             trim_every: Duration::from_secs(1),
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            test_panic_on_event_id: env.get("EVP_TEST_PANIC_ON_EVENT_ID"),
         })
     }
 

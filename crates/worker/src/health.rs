@@ -2,18 +2,19 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
+use evp_runtime::connect::mongo_ping;
+use evp_runtime::health::{self, HealthReport};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::bulk_writer::EventStore;
 use crate::stream::StreamClient;
+use evp_store::EventStore;
 
 #[derive(Clone, Debug)]
 pub struct HealthState {
@@ -43,26 +44,11 @@ pub fn router(state: HealthState) -> Router {
 }
 
 /// 200 when Redis and MongoDB answer and the worker is consuming; 503 otherwise.
-async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<Value>) {
-    let timeout = Duration::from_secs(2);
-    let (redis, mongodb) = tokio::join!(
-        tokio::time::timeout(timeout, state.stream.ping()),
-        tokio::time::timeout(timeout, state.store.ping())
-    );
-    let redis_up = matches!(redis, Ok(Ok(())));
-    let mongodb_up = matches!(mongodb, Ok(Ok(())));
+async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<HealthReport>) {
     let started = state.started.load(Ordering::Relaxed);
-    let ok = redis_up && mongodb_up && started;
-    let word = |up: bool| if up { "up" } else { "down" };
-    let body = json!({
-        "status": if ok { "ok" } else { "unavailable" },
-        "consuming": started,
-        "dependencies": {"redis": {"status": word(redis_up)}, "mongodb": {"status": word(mongodb_up)}},
-    });
-    (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+    health::report(state.stream.ping(), mongo_ping(state.store.client()), Some(started)).await
 }
 
 async fn metrics(State(state): State<HealthState>) -> Response {
-    let body = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    health::metrics_response(state.metrics.as_ref())
 }

@@ -4,10 +4,11 @@
 //!
 //! - [`stream_reader`] reads new entries with XREADGROUP, but only when a write slot is free
 //!   (a semaphore of `WORKER_MAX_INFLIGHT` permits): that is the backpressure.
-//! - [`processor`] takes one batch from entries to acknowledgement: [`document`] decodes each
-//!   entry, [`bulk_writer`] inserts them unordered into MongoDB (duplicates count as stored, so
-//!   redelivery is harmless), retrying with [`backoff`] while MongoDB is down and renewing its claim
-//!   on the entries meanwhile; then one XACK covers every stored entry.
+//! - [`processor`] takes one batch from entries to acknowledgement: `evp_store` turns each entry
+//!   into a document and bulk-writes them unordered, giving each a verdict (duplicates count as
+//!   stored, so redelivery is harmless); transient failures are retried with [`backoff`] while the
+//!   batch renews its claim on the entries; a document refused for good, or one that cannot be
+//!   built, is dead-lettered alone; then one XACK covers every stored entry.
 //! - [`pending_reclaimer`] claims entries idle longer than `WORKER_CLAIM_IDLE_MS` (their consumer
 //!   died) and dead-letters those delivered `WORKER_MAX_DELIVERIES` times.
 //! - [`trimmer`] trims entries every group has acknowledged, and publishes pending and lag.
@@ -18,10 +19,8 @@
 //! down: retried for a grace period, then left pending for another worker); then `run` returns.
 
 pub mod backoff;
-pub mod bulk_writer;
 pub mod config;
 pub mod dlq;
-pub mod document;
 pub mod health;
 pub mod metrics;
 pub mod pending_reclaimer;
@@ -42,10 +41,10 @@ use tokio_util::sync::CancellationToken;
 pub use config::WorkerConfig;
 
 use crate::backoff::Backoff;
-use crate::bulk_writer::EventStore;
 use crate::processor::Processor;
 use crate::stream::StreamClient;
 use crate::stream_reader::sleep_unless_cancelled;
+use evp_store::EventStore;
 
 /// Runs a worker until `shutdown` is cancelled and its batches in flight are done. `listener`
 /// serves health and metrics (`None` when `WORKER_PORT=0`).

@@ -6,9 +6,10 @@ pub const EVENTS_READ: &str = "evp_worker_events_read_total";
 pub const EVENTS_WRITTEN: &str = "evp_worker_events_written_total";
 /// Counter: entries whose document was already stored (redelivery).
 pub const EVENTS_DUPLICATE: &str = "evp_worker_events_duplicate_total";
-/// Counter: documents MongoDB refused for a reason of their own; they stay pending.
+/// Counter: documents MongoDB refused for good (each is dead-lettered with reason `refused`).
 pub const EVENTS_FAILED: &str = "evp_worker_events_failed_total";
-/// Counter, label `reason` (`undecodable`, `max_deliveries`): entries moved to the dead-letter stream.
+/// Counter, label `reason` (`undecodable`, `unstorable`, `refused`, `max_deliveries`): entries
+/// moved to the dead-letter stream.
 pub const EVENTS_DEAD_LETTERED: &str = "evp_worker_events_dead_lettered_total";
 /// Counter: entries acknowledged.
 pub const EVENTS_ACKED: &str = "evp_worker_events_acked_total";
@@ -31,3 +32,7 @@ pub const BACKPRESSURE_SECONDS: &str = "evp_worker_backpressure_wait_seconds";
 pub const GROUP_PENDING: &str = "evp_worker_group_pending";
 /// Gauge: entries not yet delivered to the group.
 pub const GROUP_LAG: &str = "evp_worker_group_lag";
+/// Counter: trim rounds completed (whether or not anything was trimmed): proof that the trimmer runs.
+pub const TRIM_RUNS: &str = "evp_worker_trim_runs_total";
+/// Counter: upkeep that failed (trim, consumer cleanup, claim renewal), by `task`; each is also a warning.
+pub const MAINTENANCE_FAILURES: &str = "evp_worker_maintenance_failures_total";

@@ -55,7 +55,7 @@ pub async fn run(processor: Processor, inflight: Arc<Semaphore>) {
                 let entry = to_entry(id, before + 1);
                 if before >= config.max_deliveries {
                     let reason = format!("not stored after {before} deliveries");
-                    exhausted.push(DeadLetter { entry, reason });
+                    exhausted.push(DeadLetter { entry, reason, kind: "max_deliveries" });
                 } else {
                     retry.push(entry);
                 }
@@ -64,7 +64,7 @@ pub async fn run(processor: Processor, inflight: Arc<Semaphore>) {
                 tracing::info!(entries = retry.len(), "claimed idle pending entries");
             }
             if !exhausted.is_empty() {
-                processor.dead_letter(exhausted, "max_deliveries").await;
+                processor.dead_letter(exhausted).await;
             }
             if !retry.is_empty() {
                 metrics::counter!(m::EVENTS_READ).increment(retry.len() as u64);

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{
     StreamClaimReply, StreamId, StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingCountReply,
     StreamPendingId, StreamPendingReply, StreamReadReply,
@@ -15,7 +15,7 @@ use redis::streams::{
 use redis::{AsyncConnectionConfig, RedisResult, Value};
 
 use crate::config::WorkerConfig;
-use crate::document::Fields;
+use evp_store::Fields;
 
 /// A stream entry as read: its id, its fields, and how often it has been delivered so far.
 #[derive(Debug, Clone)]
@@ -29,9 +29,32 @@ pub struct Entry {
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub entry: Entry,
+    /// Stored with the entry as `dlq_reason`: what went wrong, for a person.
     pub reason: String,
+    /// The metric label: `undecodable`, `unstorable`, `refused` or `max_deliveries`.
+    pub kind: &'static str,
 }
 
+/// Renews a consumer's claim on some of its pending entries, atomically skipping any that another
+/// consumer has claimed since: XCLAIM with min-idle 0 alone would take those back.
+/// KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] lowest id, ARGV[4] highest id,
+/// ARGV[5] how many of the consumer's entries to look at in that range, ARGV[6..] the ids.
+const RENEW_SCRIPT: &str = r"
+local wanted = {}
+for i = 6, #ARGV do wanted[ARGV[i]] = true end
+local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[2])
+local keep = {}
+for _, p in ipairs(mine) do
+  if wanted[p[1]] then keep[#keep + 1] = p[1] end
+end
+for i = 1, #keep, 1000 do
+  local args = {KEYS[1], ARGV[1], ARGV[2], 0}
+  for j = i, math.min(i + 999, #keep) do args[#args + 1] = keep[j] end
+  args[#args + 1] = 'JUSTID'
+  redis.call('XCLAIM', unpack(args))
+end
+return #keep
+";
 /// Prefix of the fields the dead-letter stream adds to an entry's original fields.
 pub const DLQ_PREFIX: &str = "dlq_";
 
@@ -55,6 +78,9 @@ pub struct StreamClient {
     dlq: Arc<str>,
     group: Arc<str>,
     consumer: Arc<str>,
+    renew_script: Arc<redis::Script>,
+    /// Most entries this consumer holds at once (batches in flight × batch size).
+    holds_at_most: usize,
 }
 
 impl std::fmt::Debug for StreamClient {
@@ -67,11 +93,7 @@ impl StreamClient {
     /// Creates the client; connects on first use, so a worker starts even while Redis is down.
     pub fn new(config: &WorkerConfig) -> RedisResult<Self> {
         let client = redis::Client::open(config.common.redis_url.as_str())?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
+        let conn = evp_runtime::connect::redis_manager(&client, Duration::from_secs(5))?;
         Ok(Self {
             client,
             conn,
@@ -79,6 +101,8 @@ impl StreamClient {
             dlq: Arc::from(config.common.dead_letter_stream().as_str()),
             group: Arc::from(config.group.as_str()),
             consumer: Arc::from(config.consumer.as_str()),
+            renew_script: Arc::new(redis::Script::new(RENEW_SCRIPT)),
+            holds_at_most: config.max_inflight * config.batch_size,
         })
     }
 
@@ -97,7 +121,7 @@ impl StreamClient {
     }
 
     pub async fn ping(&self) -> RedisResult<()> {
-        redis::cmd("PING").exec_async(&mut self.conn.clone()).await
+        evp_runtime::connect::redis_ping(&self.conn).await
     }
 
     /// Creates the consumer group at the start of the stream (and the stream itself) when missing.
@@ -130,17 +154,23 @@ impl StreamClient {
     }
 
     /// Resets the idle time of entries this worker is still writing, without counting a
-    /// delivery (XCLAIM ... JUSTID), so no other worker claims them meanwhile.
-    pub async fn renew(&self, ids: &[String]) -> RedisResult<()> {
-        redis::cmd("XCLAIM")
-            .arg(&*self.stream)
+    /// delivery (XCLAIM ... JUSTID), so no other worker claims them meanwhile. Entries another
+    /// worker has claimed since are left to it. Returns how many were renewed.
+    pub async fn renew(&self, ids: &[String]) -> RedisResult<u64> {
+        let mut parsed = ids.iter().filter_map(|id| parse_id(id));
+        let Some(first) = parsed.next() else { return Ok(0) };
+        let (low, high) = parsed.fold((first, first), |(lo, hi), id| (lo.min(id), hi.max(id)));
+        // Every entry this consumer holds in the range: its batches in flight, at most.
+        let look_at = ids.len() + self.holds_at_most;
+        let mut invocation = self.renew_script.key(&*self.stream);
+        invocation
             .arg(&*self.group)
             .arg(&*self.consumer)
-            .arg(0)
-            .arg(ids)
-            .arg("JUSTID")
-            .exec_async(&mut self.conn.clone())
-            .await
+            .arg(format!("{}-{}", low.0, low.1))
+            .arg(format!("{}-{}", high.0, high.1))
+            .arg(look_at)
+            .arg(ids);
+        invocation.invoke_async(&mut self.conn.clone()).await
     }
 
     /// Pending entries of any consumer idle for at least `min_idle`, oldest first.

@@ -26,14 +26,21 @@ pub async fn run(processor: Processor) {
                 }
             }
             Ok(None) => {}
-            Err(e) => tracing::debug!(error = %e, "trim skipped"),
+            Err(e) => {
+                metrics::counter!(m::MAINTENANCE_FAILURES, "task" => "trim").increment(1);
+                tracing::warn!(error = %e, "could not trim the stream; retrying next round");
+            }
         }
+        metrics::counter!(m::TRIM_RUNS).increment(1);
         round = round.wrapping_add(1);
         if round.is_multiple_of(CONSUMER_CHECK_EVERY) {
             match processor.stream.remove_departed_consumers(DEPARTED_AFTER).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "removed consumers that left with nothing pending"),
-                Err(e) => tracing::debug!(error = %e, "consumer check skipped"),
+                Err(e) => {
+                    metrics::counter!(m::MAINTENANCE_FAILURES, "task" => "consumer_cleanup").increment(1);
+                    tracing::warn!(error = %e, "could not check for departed consumers; retrying later");
+                }
             }
         }
     }

@@ -4,8 +4,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
-use evp_events::input::{Admission, admit_batch, admit_one};
+use evp_events::input::{Admission, EventIn, admit_batch, admit_one, check_idempotency_key};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -16,48 +17,34 @@ use crate::metrics as m;
 use crate::state::AppState;
 use crate::stream_publisher::PublishError;
 
-/// An event as a client sends it. Only `type` is required.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"type": "page_view", "id": "0192f0c4-7b1e-7cc3-9a52-3f5e8d2b1a10",
-    "timestamp": "2026-11-22T10:15:00Z", "source": "web", "aggregate_id": "user-42",
-    "data": {"path": "/pricing", "referrer": "https://example.com"}}))]
-pub struct EventRequest {
-    /// Event type: 1 to 128 characters of `[A-Za-z0-9_.:-]`.
-    #[serde(rename = "type")]
-    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$", example = "page_view")]
-    pub event_type: String,
-    /// Idempotency key, 1 to 128 characters: an event sent twice with the same id is stored once.
-    /// A UUIDv7 is generated when absent.
-    #[schema(max_length = 128)]
-    pub id: Option<String>,
-    /// When the event happened, RFC 3339; defaults to the time it was received.
-    #[schema(format = DateTime)]
-    pub timestamp: Option<String>,
-    /// Where the event came from; at most 256 characters.
-    #[schema(max_length = 256)]
-    pub source: Option<String>,
-    /// The entity the event is about; at most 256 characters.
-    #[schema(max_length = 256)]
-    pub aggregate_id: Option<String>,
-    /// Ties events of one flow together; at most 256 characters.
-    #[schema(max_length = 256)]
-    pub correlation_id: Option<String>,
-    /// The id of the event that caused this one; at most 256 characters.
-    #[schema(max_length = 256)]
-    pub causation_id: Option<String>,
-    /// Any JSON object; defaults to `{}`.
-    #[schema(value_type = Option<Object>)]
-    pub data: Option<serde_json::Value>,
+/// A batch: a JSON array of events, or an object with an `events` array. At most
+/// `MAX_BATCH_EVENTS` events; all or nothing. (Documentation only: the parser reads the two forms
+/// itself, and each event as [`EventIn`], the schema named `EventRequest`.)
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum BatchRequest<'a> {
+    Array(#[serde(borrow)] Batch<'a>),
+    Wrapped(#[serde(borrow)] WrappedBatch<'a>),
 }
 
-/// A batch: a JSON array of events, or an object with an `events` array. At most
-/// `MAX_BATCH_EVENTS` events; all or nothing.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum BatchRequest {
-    Array(Vec<EventRequest>),
-    Wrapped { events: Vec<EventRequest> },
+/// `{"events": [...]}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct WrappedBatch<'a> {
+    #[serde(borrow)]
+    events: Batch<'a>,
 }
+
+/// 1 to `MAX_BATCH_EVENTS` (default 1,000) events.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(min_items = 1, max_items = 1000)]
+#[allow(dead_code)]
+pub struct Batch<'a>(#[serde(borrow)] Vec<EventIn<'a>>);
+
+/// Header that makes a retried request safe for events sent without an `id`.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The events are in the Redis stream and will be stored.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -74,8 +61,11 @@ pub struct Accepted {
 /// Answers 202 once the event is in the Redis stream. Send your own `id` when you may retry: a
 /// retried event with the same id is stored once.
 #[utoipa::path(post, path = "/events", tag = "events",
-    request_body(content = EventRequest, content_type = "application/json",
+    request_body(content = EventIn, content_type = "application/json",
         description = "One event. `Content-Encoding: gzip` is accepted."),
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 128, min_length = 1, pattern = "^[ -~]{1,128}$",
+        description = "When the event has no `id`, its id is derived from your tenant and this key, \
+            so sending the same request again stores it once. 1 to 128 visible ASCII characters.")),
     responses(
         (status = 202, description = "Enqueued", body = Accepted),
         (status = 400, description = "`invalid_json` or `invalid_event`", body = ErrorResponse),
@@ -89,9 +79,10 @@ pub struct Accepted {
 pub async fn post_event(
     State(state): State<AppState>,
     tenant: Tenant,
+    headers: HeaderMap,
     EventBody(body): EventBody,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    accept(&state, &tenant, &body, false).await
+    accept(&state, &tenant, &headers, &body, false).await
 }
 
 /// Ingest a batch of events, all or nothing.
@@ -101,6 +92,9 @@ pub async fn post_event(
 #[utoipa::path(post, path = "/events/batch", tag = "events",
     request_body(content = BatchRequest, content_type = "application/json",
         description = "An array of events or `{\"events\": [...]}`. `Content-Encoding: gzip` is accepted."),
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 128, min_length = 1, pattern = "^[ -~]{1,128}$",
+        description = "Events without an `id` get ids derived from your tenant, this key and their index \
+            in the batch, so sending the same request again stores each event once. 1 to 128 visible ASCII characters.")),
     responses(
         (status = 202, description = "All enqueued", body = Accepted),
         (status = 400, description = "`invalid_json` or `invalid_event`, with one detail per bad index",
@@ -116,18 +110,20 @@ pub async fn post_event(
 pub async fn post_batch(
     State(state): State<AppState>,
     tenant: Tenant,
+    headers: HeaderMap,
     EventBody(body): EventBody,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    accept(&state, &tenant, &body, true).await
+    accept(&state, &tenant, &headers, &body, true).await
 }
 
 async fn accept(
     state: &AppState,
     tenant: &Tenant,
+    headers: &HeaderMap,
     body: &[u8],
     batch: bool,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let result = admit_and_publish(state, tenant, body, batch).await;
+    let result = admit_and_publish(state, tenant, headers, body, batch).await;
     match &result {
         Ok(ids) => {
             state.metrics.events_accepted.increment(ids.len() as u64);
@@ -143,12 +139,41 @@ async fn accept(
     Ok((StatusCode::ACCEPTED, Json(Accepted { accepted: ids.len(), ids })))
 }
 
+/// Validates everything first, so bad input gets its 4xx whatever the backlog; only then does a
+/// valid request meet the high-water check and Redis.
 async fn admit_and_publish(
     state: &AppState,
     tenant: &Tenant,
+    headers: &HeaderMap,
     body: &[u8],
     batch: bool,
 ) -> Result<Vec<String>, ApiError> {
+    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => Some(
+            check_idempotency_key(value.as_bytes())
+                .map_err(|problem| ApiError::from(evp_events::BodyError::InvalidEvents(vec![problem])))?,
+        ),
+    };
+    let admission = Admission { idempotency_key, ..Admission::new(&tenant.0, now_ms(), state.config.limits) };
+    let unavailable = |e: PublishError, events: usize| ApiError::StoreUnreachable {
+        cause: format!("could not append {events} event(s) to the stream: {e}"),
+    };
+    if batch {
+        let events = admit_batch(body, &admission)?;
+        below_high_water(state)?;
+        state.publisher.publish_batch(&events).await.map_err(|e| unavailable(e, events.len()))?;
+        Ok(events.into_iter().map(|e| e.id).collect())
+    } else {
+        let event = admit_one(body, &admission)?;
+        below_high_water(state)?;
+        state.publisher.publish_one(event.payload).await.map_err(|e| unavailable(e, 1))?;
+        Ok(vec![event.id])
+    }
+}
+
+/// 503 while the stream backlog is at or past `STREAM_HIGH_WATER`.
+fn below_high_water(state: &AppState) -> Result<(), ApiError> {
     let high_water = state.config.stream_high_water;
     let backlog = state.publisher.backlog();
     if backlog >= high_water {
@@ -156,19 +181,7 @@ async fn admit_and_publish(
             "the stream backlog ({backlog} entries) is past its high-water mark ({high_water}); retry later"
         )));
     }
-    let admission = Admission { tenant: &tenant.0, received_at_ms: now_ms(), limits: state.config.limits };
-    let unavailable = |e: PublishError, events: usize| ApiError::StoreUnreachable {
-        cause: format!("could not append {events} event(s) to the stream: {e}"),
-    };
-    if batch {
-        let events = admit_batch(body, &admission)?;
-        state.publisher.publish_batch(&events).await.map_err(|e| unavailable(e, events.len()))?;
-        Ok(events.into_iter().map(|e| e.id).collect())
-    } else {
-        let event = admit_one(body, &admission)?;
-        state.publisher.publish_one(event.payload).await.map_err(|e| unavailable(e, 1))?;
-        Ok(vec![event.id])
-    }
+    Ok(())
 }
 
 fn now_ms() -> i64 {

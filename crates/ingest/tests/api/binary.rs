@@ -164,7 +164,13 @@ async fn sigterm_drains_the_request_in_flight_then_exits_0() {
     std::thread::sleep(Duration::from_millis(200));
     let pid = ingest.pid().unwrap();
     assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
-    std::thread::sleep(Duration::from_millis(300));
+    // The rest of the body goes only once the ingest has taken the signal (it logs it), so the
+    // request is provably in flight during shutdown.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ingest.log().contains("shutdown signal received") {
+        assert!(std::time::Instant::now() < deadline, "the ingest never took SIGTERM:\n{}", ingest.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     stream.write_all(&body[10..]).unwrap();
     let mut response = String::new();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -231,3 +231,76 @@ async fn non_json_content_types_and_encodings_get_415() {
     assert_eq!(send(Some("application/json; charset=utf-8"), None).await.unwrap().status(), 202);
     assert_eq!(app.entry_count().await, 1);
 }
+
+#[tokio::test]
+async fn data_mongodb_cannot_store_exactly_is_refused_with_400_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let deep = format!(r#"{{"type":"x","data":{}1{}}}"#, r#"{"a":"#.repeat(150), "}".repeat(150));
+    for (body, expected) in [
+        (r#"{"type":"x","data":{"a\u0000b":1}}"#.to_string(), "NUL character"),
+        (r#"{"type":"x","data":{"n":1e400}}"#.to_string(), "number out of range"),
+        (r#"{"type":"x","data":{"n":[9223372036854775808]}}"#.to_string(), "signed 64-bit"),
+        (deep, "nested more than 100 levels"),
+    ] {
+        let body_json =
+            expect_error(app.post("/events", "key-acme", body.clone()).await, 400, "invalid_event").await;
+        let detail = &body_json["error"]["details"][0];
+        assert_eq!(detail["field"], "data", "{body_json}");
+        assert!(detail["message"].as_str().unwrap().contains(expected), "{body_json}");
+        let batch = format!(r#"[{{"type":"fine"}},{body}]"#);
+        let body_json =
+            expect_error(app.post("/events/batch", "key-acme", batch).await, 400, "invalid_event").await;
+        assert_eq!(body_json["error"]["details"][0]["index"], 1, "{body_json}");
+    }
+    assert_eq!(app.entry_count().await, 0, "nothing refused was enqueued");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_gives_a_retried_request_the_same_ids() {
+    let app = TestApp::spawn().await;
+    let send = |key: &'static str, tenant_key: &'static str| {
+        let app = &app;
+        async move {
+            let resp = app
+                .http
+                .post(app.url("/events/batch"))
+                .header("x-api-key", tenant_key)
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(r#"[{"type":"a"},{"type":"b","id":"own"},{"type":"c"}]"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 202);
+            let body: Value = resp.json().await.unwrap();
+            body["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = send("order-17-attempt", "key-acme").await;
+    let retry = send("order-17-attempt", "key-acme").await;
+    assert_eq!(first, retry, "a retry carries the same ids, so the worker stores each event once");
+    assert_eq!(first[1], "own");
+    assert_ne!(first, send("another-request", "key-acme").await);
+    assert_ne!(first[0], send("order-17-attempt", "key-globex").await[0], "ids are per tenant");
+    let stored: Vec<String> =
+        app.entries().await.iter().take(6).map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(stored[..3], stored[3..], "both attempts reached the stream with the same ids");
+
+    let resp = app
+        .http
+        .post(app.url("/events"))
+        .header("x-api-key", "key-acme")
+        .header("content-type", "application/json")
+        .header("idempotency-key", "x".repeat(129))
+        .body(r#"{"type":"a"}"#)
+        .send()
+        .await
+        .unwrap();
+    let body = expect_error(resp, 400, "invalid_event").await;
+    assert_eq!(body["error"]["details"][0]["field"], "Idempotency-Key", "{body}");
+}

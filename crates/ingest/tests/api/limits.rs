@@ -106,3 +106,49 @@ async fn backlog_past_the_high_water_mark_gets_503_with_retry_after() {
     assert!(accepted, "the ingest did not accept again after the backlog drained");
     assert_eq!(backlog, 5 + accepted_before_refusal, "a refused request must enqueue nothing");
 }
+
+#[tokio::test]
+async fn bad_input_gets_its_4xx_even_past_the_high_water_mark() {
+    let app = TestApp::spawn_with(NO_MONGO, |c| {
+        c.stream_high_water = 1;
+        c.limits.max_batch_events = 3;
+    })
+    .await;
+    assert_eq!(app.post("/events", "key-acme", r#"{"type":"fills"}"#).await.status(), 202);
+    // Wait until the ingest refuses valid input: the backlog monitor has seen the high water.
+    let mut refusing = false;
+    for _ in 0..200 {
+        if app.post("/events", "key-acme", r#"{"type":"probe"}"#).await.status() == 503 {
+            refusing = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(refusing, "the ingest never reached its high-water mark");
+    let before = app.entry_count().await;
+
+    expect_error(app.post("/events", "key-acme", "{not json").await, 400, "invalid_json").await;
+    expect_error(app.post("/events", "key-acme", r#"{"type":"bad type"}"#).await, 400, "invalid_event").await;
+    expect_error(
+        app.post("/events", "key-acme", r#"{"type":"x","data":{"n":1e400}}"#).await,
+        400,
+        "invalid_event",
+    )
+    .await;
+    let four = r#"[{"type":"a"},{"type":"a"},{"type":"a"},{"type":"a"}]"#;
+    expect_error(app.post("/events/batch", "key-acme", four).await, 413, "payload_too_large").await;
+    let resp = app
+        .http
+        .post(app.url("/events"))
+        .header("x-api-key", "key-acme")
+        .header("content-type", "text/plain")
+        .body(r#"{"type":"a"}"#)
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 415, "unsupported_media_type").await;
+    expect_error(app.post("/events", "no-such-key", r#"{"type":"a"}"#).await, 401, "unauthorized").await;
+    // And valid input is still refused with 503: the refusals above were not luck.
+    expect_error(app.post("/events", "key-acme", r#"{"type":"ok"}"#).await, 503, "service_unavailable").await;
+    assert_eq!(app.entry_count().await, before, "nothing refused was enqueued");
+}

@@ -60,11 +60,7 @@ async fn documents_have_the_contract_shape_and_indexes_exist() {
     let body = br#"[{"type":"order.placed","id":"o-1","timestamp":"2026-01-02T03:04:05.678Z","source":"shop",
         "aggregate_id":"order-9","correlation_id":"c-1","causation_id":"cause-1","data":{"total":12.5,"items":[{"sku":"a"}]}},
         {"type":"minimal"}]"#;
-    let adm = evp_events::input::Admission {
-        tenant: "acme",
-        received_at_ms: 1_767_323_045_000,
-        limits: evp_events::Limits::default(),
-    };
+    let adm = evp_events::input::Admission::new("acme", 1_767_323_045_000, evp_events::Limits::default());
     let mut conn = p.redis.connection().await;
     for e in evp_events::input::admit_batch(body, &adm).unwrap() {
         let _: String = redis::cmd("XADD")

@@ -76,6 +76,24 @@ impl Pipeline {
         Worker { port, process }
     }
 
+    /// XADDs raw entry payloads, as something other than the ingest might; returns the entry ids.
+    pub async fn publish_raw(&self, payloads: &[Vec<u8>]) -> Vec<String> {
+        let mut conn = self.redis.connection().await;
+        let mut ids = Vec::new();
+        for payload in payloads {
+            let id: String = redis::cmd("XADD")
+                .arg(STREAM)
+                .arg("*")
+                .arg("e")
+                .arg(payload)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        ids
+    }
+
     /// Encodes `n` events exactly as the ingest does and XADDs them; returns their ids.
     pub async fn publish(&self, tenant: &str, prefix: &str, n: usize) -> Vec<String> {
         let events: Vec<_> = (0..n)
@@ -85,7 +103,7 @@ impl Pipeline {
         let mut conn = self.redis.connection().await;
         for chunk in events.chunks(500) {
             let body = serde_json::to_vec(chunk).unwrap();
-            let adm = Admission { tenant, received_at_ms: 1_700_000_000_000, limits: Limits::default() };
+            let adm = Admission::new(tenant, 1_700_000_000_000, Limits::default());
             let encoded = admit_batch(&body, &adm).unwrap();
             let mut pipe = redis::pipe();
             for e in &encoded {
@@ -213,6 +231,25 @@ impl Worker {
     pub async fn get(&self, path: &str) -> (u16, String) {
         let resp = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await.unwrap();
         (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// The value of an unlabelled metric (the sum over its labels otherwise); 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until the trimmer has completed `rounds` more rounds than now, proving that it ran.
+    pub async fn wait_for_trim_rounds(&self, rounds: f64) {
+        let start = self.metric("evp_worker_trim_runs_total").await;
+        let ran = eventually(Duration::from_secs(30), || async {
+            self.metric("evp_worker_trim_runs_total").await >= start + rounds
+        })
+        .await;
+        assert!(ran, "the trimmer did not run");
     }
 }
 

@@ -5,5 +5,6 @@
 mod delivery;
 mod dlq;
 mod failures;
+mod hardening;
 mod helpers;
 mod trimming;

@@ -12,11 +12,11 @@ async fn trimming_keeps_every_entry_some_group_still_needs() {
     p.publish("acme", "t", 10).await;
     // A consumer that read the first five and never acknowledged them.
     let held = p.read_as_ghost("ghost", 5).await;
-    let _w = p.worker("w", &[("WORKER_CLAIM_IDLE_MS", "600000")]);
+    let w = p.worker("w", &[("WORKER_CLAIM_IDLE_MS", "600000")]);
     assert_eq!(p.wait_for_count(5, WAIT).await, 5);
 
     // Several trim rounds later nothing is gone: the oldest entry is still unacknowledged.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    w.wait_for_trim_rounds(3.0).await;
     assert_eq!(p.xlen(STREAM).await, 10);
 
     // Acknowledge three of the held entries: those go, the two unacknowledged ones stay.
@@ -37,7 +37,8 @@ async fn trimming_keeps_every_entry_some_group_still_needs() {
     let _: () = p.redis_query(redis::cmd("XGROUP").arg("CREATE").arg(STREAM).arg("audit").arg("$")).await;
     p.publish("acme", "u", 5).await;
     assert_eq!(p.wait_for_count(10, WAIT).await, 10);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(eventually(WAIT, || async { p.pending(GROUP).await == 0 }).await);
+    w.wait_for_trim_rounds(3.0).await;
     assert_eq!(p.xlen(STREAM).await, 5, "entries the audit group has not read were trimmed");
 }
 

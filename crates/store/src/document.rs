@@ -1,0 +1,250 @@
+//! From a stream entry to the MongoDB document (SPEC's "MongoDB data"), encoded as BSON here.
+//!
+//! `data` is converted from JSON by a visitor of our own rather than by the `bson` crate's
+//! deserializer, which reads MongoDB Extended JSON: through it `{"$numberLong": "5"}` would be
+//! stored as the number 5 and `{"$oid": "zz"}` would fail. Here every object is stored as the
+//! object it is, keys in the order sent. Before converting, the worker runs the ingest's own check
+//! ([`evp_events::data::check`]), so an entry the ingest would refuse (written to the stream by
+//! something else) is refused here with the same message.
+//!
+//! Each document is encoded on its own, so one that cannot be encoded, or is larger than MongoDB
+//! stores, is refused alone (and dead-lettered) instead of failing its whole batch.
+
+use std::fmt;
+
+use evp_events::{StoredEvent, entry};
+use mongodb::bson::{Bson, DateTime, Document, RawDocumentBuf, doc};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// Fields of an entry as read from Redis.
+pub type Fields = Vec<(String, Vec<u8>)>;
+
+/// Largest document MongoDB stores (`maxBsonObjectSize`), less room for the `_id` the driver adds.
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024 - 64;
+
+/// Why an entry cannot become a document. It goes to the dead-letter stream with this reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unusable {
+    /// The dead-letter reason label: `undecodable` (not an entry this build can read) or
+    /// `unstorable` (an event MongoDB cannot store exactly as sent).
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+impl Unusable {
+    fn undecodable(reason: impl fmt::Display) -> Self {
+        Self { kind: "undecodable", reason: format!("undecodable: {reason}") }
+    }
+    fn unstorable(reason: impl fmt::Display) -> Self {
+        Self { kind: "unstorable", reason: format!("unstorable: {reason}") }
+    }
+}
+
+/// Builds and encodes the document for an entry.
+pub fn to_document(fields: &Fields) -> Result<RawDocumentBuf, Unusable> {
+    let payload = fields
+        .iter()
+        .find(|(name, _)| name == entry::FIELD)
+        .map(|(_, value)| value)
+        .ok_or_else(|| Unusable::undecodable(entry::DecodeError::MissingField))?;
+    let event = entry::decode(payload).map_err(Unusable::undecodable)?;
+    let doc = build(event)?;
+    let raw = RawDocumentBuf::try_from(&doc).map_err(Unusable::unstorable)?;
+    if raw.as_bytes().len() > MAX_DOCUMENT_BYTES {
+        return Err(Unusable::unstorable(format!(
+            "the document is {} bytes of BSON; MongoDB stores at most {MAX_DOCUMENT_BYTES}",
+            raw.as_bytes().len()
+        )));
+    }
+    Ok(raw)
+}
+
+fn build(event: StoredEvent) -> Result<Document, Unusable> {
+    let data = match &event.data {
+        None => Document::new(),
+        Some(raw) => {
+            evp_events::data::check(raw.get()).map_err(Unusable::unstorable)?;
+            match json_to_bson(raw.get()).map_err(Unusable::unstorable)? {
+                Bson::Document(data) => data,
+                Bson::Null => Document::new(),
+                _ => return Err(Unusable::unstorable("data is not a JSON object")),
+            }
+        }
+    };
+    let mut doc = doc! {
+        "tenant": event.tenant,
+        "event_id": event.id,
+        "type": event.event_type,
+        "timestamp": DateTime::from_millis(event.timestamp_ms),
+        "received_at": DateTime::from_millis(event.received_at_ms),
+        "data": data,
+    };
+    for (name, value) in [
+        ("source", event.source),
+        ("aggregate_id", event.aggregate_id),
+        ("correlation_id", event.correlation_id),
+        ("causation_id", event.causation_id),
+    ] {
+        if let Some(value) = value {
+            doc.insert(name, value);
+        }
+    }
+    Ok(doc)
+}
+
+/// JSON to BSON, literally: integers that fit 32 bits are `int32` (as the shell stores them),
+/// other integers `int64`, other numbers `double`.
+fn json_to_bson(json: &str) -> Result<Bson, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    let value = de.deserialize_any(Literal)?;
+    de.end()?;
+    Ok(value)
+}
+
+struct Literal;
+
+impl<'de> DeserializeSeed<'de> for Literal {
+    type Value = Bson;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Bson, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Literal {
+    type Value = Bson;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Bson, E> {
+        Ok(Bson::Boolean(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Bson, E> {
+        Ok(i32::try_from(v).map_or(Bson::Int64(v), Bson::Int32))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Bson, E> {
+        let v =
+            i64::try_from(v).map_err(|_| E::custom(format!("{v} does not fit a signed 64-bit integer")))?;
+        self.visit_i64(v)
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Bson, E> {
+        Ok(Bson::Double(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Bson, E> {
+        Ok(Bson::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Bson, E> {
+        Ok(Bson::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Bson, E> {
+        Ok(Bson::Null)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Bson, A::Error> {
+        let mut doc = Document::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(Literal)?;
+            doc.insert(key, value);
+        }
+        Ok(Bson::Document(doc))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bson, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(value) = seq.next_element_seed(Literal)? {
+            items.push(value);
+        }
+        Ok(Bson::Array(items))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evp_events::input::{Admission, Limits, admit_one};
+
+    fn fields_for(body: &str) -> Fields {
+        let e = admit_one(body.as_bytes(), &Admission::new("acme", 1_000, Limits::default())).unwrap();
+        vec![(entry::FIELD.to_string(), e.payload)]
+    }
+
+    fn document(fields: &Fields) -> Document {
+        Document::try_from(to_document(fields).unwrap()).unwrap()
+    }
+
+    /// An entry as something other than the ingest might write it, with `data` as given.
+    fn raw_entry(data: &str) -> Fields {
+        let payload = format!(r#"{{"v":1,"tenant":"t","id":"i","type":"x","ts":1,"rcv":1,"data":{data}}}"#);
+        vec![(entry::FIELD.to_string(), payload.into_bytes())]
+    }
+
+    #[test]
+    fn document_has_the_contract_fields() {
+        let doc = document(&fields_for(
+            r#"{"type":"t","id":"i","timestamp":"1970-01-01T00:00:02Z","source":"s","data":{"n":1,"big":5000000000,"f":1.5,"a":[true,null],"o":{"x":"y"}}}"#,
+        ));
+        assert_eq!(doc.get_str("tenant").unwrap(), "acme");
+        assert_eq!(doc.get_str("event_id").unwrap(), "i");
+        assert_eq!(doc.get_str("type").unwrap(), "t");
+        assert_eq!(doc.get_datetime("timestamp").unwrap().timestamp_millis(), 2_000);
+        assert_eq!(doc.get_datetime("received_at").unwrap().timestamp_millis(), 1_000);
+        assert_eq!(doc.get_str("source").unwrap(), "s");
+        assert!(!doc.contains_key("aggregate_id"), "absent optionals are not stored");
+        let data = doc.get_document("data").unwrap();
+        assert_eq!(
+            data.get("n"),
+            Some(&Bson::Int32(1)),
+            "small integers are int32, as the shell stores them"
+        );
+        assert_eq!(data.get("big"), Some(&Bson::Int64(5_000_000_000)));
+        assert_eq!(data.get("f"), Some(&Bson::Double(1.5)));
+        assert_eq!(data.get("a"), Some(&Bson::Array(vec![Bson::Boolean(true), Bson::Null])));
+        assert_eq!(data.get_document("o").unwrap().get_str("x").unwrap(), "y");
+    }
+
+    #[test]
+    fn data_is_stored_literally_in_the_order_sent() {
+        let doc = document(&fields_for(
+            r#"{"type":"t","data":{"z":1,"$numberLong":"5","id":{"$oid":"zz"},"d":{"$date":1},"a.b":2,"":3}}"#,
+        ));
+        let data = doc.get_document("data").unwrap();
+        let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["z", "$numberLong", "id", "d", "a.b", ""]);
+        assert_eq!(data.get_str("$numberLong").unwrap(), "5", "no Extended JSON reinterpretation");
+        assert_eq!(data.get_document("id").unwrap().get_str("$oid").unwrap(), "zz");
+        assert_eq!(data.get_document("d").unwrap().get_i32("$date").unwrap(), 1);
+    }
+
+    #[test]
+    fn absent_and_null_data_are_an_empty_document() {
+        assert!(document(&fields_for(r#"{"type":"t"}"#)).get_document("data").unwrap().is_empty());
+        assert!(
+            document(&fields_for(r#"{"type":"t","data":null}"#)).get_document("data").unwrap().is_empty()
+        );
+    }
+
+    #[test]
+    fn undecodable_entries_say_why() {
+        let missing = to_document(&vec![("other".into(), b"x".to_vec())]).unwrap_err();
+        assert_eq!(missing.kind, "undecodable");
+        assert!(missing.reason.contains("no field"), "{missing:?}");
+        let broken = to_document(&vec![("e".into(), b"{broken".to_vec())]).unwrap_err();
+        assert!(broken.reason.contains("not a valid"), "{broken:?}");
+    }
+
+    #[test]
+    fn data_the_ingest_would_refuse_is_unstorable_with_the_same_message() {
+        for data in [r#"{"a\u0000b":1}"#, r#"{"n":18446744073709551615}"#, r#"{"n":[1e999]}"#] {
+            let refused = to_document(&raw_entry(data)).unwrap_err();
+            assert_eq!(refused.kind, "unstorable", "{data}");
+            let expected = evp_events::data::check(data).unwrap_err();
+            assert_eq!(refused.reason, format!("unstorable: {expected}"));
+        }
+    }
+
+    #[test]
+    fn a_document_over_16_mib_is_unstorable() {
+        let data = format!(r#"{{"pad":"{}"}}"#, "p".repeat(MAX_DOCUMENT_BYTES));
+        let refused = to_document(&raw_entry(&data)).unwrap_err();
+        assert_eq!(refused.kind, "unstorable");
+        assert!(refused.reason.contains("MongoDB stores at most"), "{refused:?}");
+    }
+}
