@@ -28,14 +28,25 @@ export PORT="${PORT:-3000}"
 export LOG_FORMAT="${LOG_FORMAT:-pretty}"
 RUN="$EVP_ROOT/.run"
 mkdir -p "$RUN"
-PIDS=()
+SERVER_PIDS=()   # redis-server, the MongoDB server: stopped last
+APP_PIDS=()      # evp-ingest and the workers: stopped first, and waited for
+
+# Children run in their own session, so Ctrl-C reaches only this script, which then stops them in
+# order: the ingest drains and the workers finish their batches while Redis and MongoDB still run.
+spawn() { setsid "$@" & }
+
+stop() {   # $@: pids; signals them and waits until each has exited
+    local pid
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
 
 cleanup() {
     trap - INT TERM EXIT
-    echo; echo "evp: stopping..."
-    # Ingest and workers first (they drain), then the servers.
-    for (( i=${#PIDS[@]}-1; i>=0; i-- )); do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    echo; echo "evp: stopping the ingest and the workers..."
+    stop "${APP_PIDS[@]}"
+    echo "evp: stopping Redis and MongoDB..."
+    stop "${SERVER_PIDS[@]}"
     exit "${1:-0}"
 }
 trap cleanup INT TERM EXIT
@@ -52,9 +63,9 @@ REDIS_HP="$(host_port "$REDIS_URL")"
 if listening "$REDIS_HP"; then
     echo "evp: using the Redis already at $REDIS_HP"
 else
-    redis-server --port "${REDIS_HP##*:}" --bind 127.0.0.1 --dir "$RUN" --appendonly yes \
-        --appendfsync everysec --save "" --maxmemory-policy noeviction > "$RUN/redis.log" 2>&1 &
-    PIDS+=($!)
+    spawn redis-server --port "${REDIS_HP##*:}" --bind 127.0.0.1 --dir "$RUN" --appendonly yes \
+        --appendfsync everysec --save "" --maxmemory-policy noeviction > "$RUN/redis.log" 2>&1
+    SERVER_PIDS+=($!)
     wait_for "$REDIS_HP" redis-server "$RUN/redis.log"
 fi
 
@@ -63,13 +74,14 @@ if listening "$MONGO_HP"; then
     echo "evp: using the MongoDB already at $MONGO_HP"
 elif command -v mongod >/dev/null; then
     mkdir -p "$RUN/mongo"
-    mongod --port "${MONGO_HP##*:}" --bind_ip 127.0.0.1 --dbpath "$RUN/mongo" > "$RUN/mongo.log" 2>&1 &
-    PIDS+=($!)
+    spawn mongod --port "${MONGO_HP##*:}" --bind_ip 127.0.0.1 --dbpath "$RUN/mongo" > "$RUN/mongo.log" 2>&1
+    SERVER_PIDS+=($!)
     wait_for "$MONGO_HP" mongod "$RUN/mongo.log"
 else
     ensure_nx
-    "$EVP_ROOT/.venv/bin/nx-27017" --db "$RUN/nx.db" --pid-file "$RUN/nx.pid" --host 127.0.0.1 -p "${MONGO_HP##*:}" > "$RUN/mongo.log" 2>&1 &
-    PIDS+=($!)
+    spawn "$EVP_ROOT/.venv/bin/nx-27017" --db "$RUN/nx.db" --pid-file "$RUN/nx.pid" --host 127.0.0.1 \
+        -p "${MONGO_HP##*:}" > "$RUN/mongo.log" 2>&1
+    SERVER_PIDS+=($!)
     wait_for "$MONGO_HP" nx-27017 "$RUN/mongo.log"
 fi
 
@@ -79,12 +91,12 @@ BIN="$EVP_ROOT/target/release"
 
 if [ -x "$BIN/evp-worker" ]; then
     for i in $(seq 1 "$WORKERS"); do
-        CONSUMER_NAME="worker-$i" WORKER_PORT=$((9100 + i - 1)) "$BIN/evp-worker" > "$RUN/worker-$i.log" 2>&1 &
-        PIDS+=($!)
+        CONSUMER_NAME="worker-$i" WORKER_PORT=$((9100 + i - 1)) spawn "$BIN/evp-worker" > "$RUN/worker-$i.log" 2>&1
+        APP_PIDS+=($!)
     done
 fi
-"$BIN/evp-ingest" > "$RUN/ingest.log" 2>&1 &
-PIDS+=($!)
+spawn "$BIN/evp-ingest" > "$RUN/ingest.log" 2>&1
+APP_PIDS+=($!)
 wait_for "127.0.0.1:$PORT" evp-ingest "$RUN/ingest.log"
 
 KEY="${API_KEYS%%,*}"; KEY="${KEY#*:}"
@@ -98,6 +110,7 @@ evp is running (logs in .run/). Ctrl-C stops everything.
                  -d '{"type":"page_view","data":{"path":"/pricing"}}'
 MSG
 [ -x "$BIN/evp-worker" ] && echo "  Workers:     $WORKERS (metrics on ports 9100..$((9100 + WORKERS - 1)))"
-wait -n "${PIDS[@]}" || true
+# Returns when a child exits by itself (Ctrl-C runs cleanup instead, which exits).
+wait -n "${APP_PIDS[@]}" "${SERVER_PIDS[@]}" || true
 echo "evp: a process exited unexpectedly; see .run/*.log" >&2
 cleanup 1

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use evp_events::Limits;
+use evp_events::data::MAX_EVENT_BYTES_CEILING;
 use evp_runtime::config::{CommonConfig, ConfigError, Env, error};
 
-use crate::auth::ApiKeys;
+use crate::keys::ApiKeys;
 
 /// Everything the ingest needs to run. Defaults are the contract's (see the README's table).
 #[derive(Debug, Clone)]
@@ -44,6 +45,15 @@ impl IngestConfig {
             max_event_bytes: env.positive("MAX_EVENT_BYTES", 65_536)?,
             max_batch_events: env.positive("MAX_BATCH_EVENTS", 1_000)?,
         };
+        if limits.max_event_bytes > MAX_EVENT_BYTES_CEILING {
+            return Err(error(
+                "MAX_EVENT_BYTES",
+                format!(
+                    "must be at most {MAX_EVENT_BYTES_CEILING}: a larger event could exceed MongoDB's 16 MiB \
+                     document limit once encoded as BSON"
+                ),
+            ));
+        }
         Ok(Self {
             common: CommonConfig::from_env(env)?,
             port: env.parse("PORT", 3000)?,
@@ -103,6 +113,7 @@ mod tests {
         };
         assert_eq!(bad("PORT", "http"), "PORT");
         assert_eq!(bad("MAX_BATCH_EVENTS", "0"), "MAX_BATCH_EVENTS");
+        assert_eq!(bad("MAX_EVENT_BYTES", "2097153"), "MAX_EVENT_BYTES");
         assert_eq!(bad("LOG_FORMAT", "xml"), "LOG_FORMAT");
         assert_eq!(bad("MONGODB_URI", "postgres://x"), "MONGODB_URI");
         assert_eq!(bad("API_KEYS", "a:b:c"), "API_KEYS");

@@ -4,7 +4,8 @@
 //!
 //! - [`router`] builds the axum router and the OpenAPI document from one list of handlers, and adds
 //!   request ids, request metrics and logging ([`metrics::TrackRequests`]) and panic catching.
-//! - [`auth`] turns `x-api-key` into a [`auth::Tenant`] (401 otherwise).
+//! - [`auth`] turns `x-api-key` into a [`auth::Tenant`] (401 otherwise), using the keys of
+//!   [`keys`].
 //! - [`body`] reads the body: JSON content type, size cap, gzip with a cap on the decompressed size.
 //! - [`routes::events`] validates with `evp_events` (all or nothing) and hands the encoded entries to
 //! - [`stream_publisher`], which appends them to the Redis stream in one atomic round trip; only then
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod keys;
 pub mod metrics;
 pub mod router;
 pub mod routes;

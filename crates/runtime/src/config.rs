@@ -121,7 +121,8 @@ impl FromStr for LogFormat {
 pub struct CommonConfig {
     /// `REDIS_URL`, default `redis://127.0.0.1:6379`.
     pub redis_url: String,
-    /// `MONGODB_URI`, default `mongodb://127.0.0.1:27017`.
+    /// `MONGODB_URI`, default `mongodb://127.0.0.1:27017`; `mongodb+srv://` (DNS seed lists, as
+    /// hosted MongoDB hands out) is resolved by the driver.
     pub mongodb_uri: String,
     /// `MONGODB_DATABASE`, default `evp`.
     pub mongodb_database: String,
@@ -138,8 +139,11 @@ impl CommonConfig {
             return Err(error("REDIS_URL", format!("{redis_url:?} is not a redis:// URL")));
         }
         let mongodb_uri = env.string("MONGODB_URI", "mongodb://127.0.0.1:27017");
-        if !mongodb_uri.starts_with("mongodb://") {
-            return Err(error("MONGODB_URI", format!("{mongodb_uri:?} must start with mongodb://")));
+        if !mongodb_uri.starts_with("mongodb://") && !mongodb_uri.starts_with("mongodb+srv://") {
+            return Err(error(
+                "MONGODB_URI",
+                format!("{mongodb_uri:?} must start with mongodb:// or mongodb+srv://"),
+            ));
         }
         Ok(Self {
             redis_url,
@@ -182,6 +186,11 @@ mod tests {
         let bad = |k: &str, v: &str| CommonConfig::from_env(&Env::from_pairs([(k, v)])).unwrap_err().variable;
         assert_eq!(bad("REDIS_URL", "localhost:6379"), "REDIS_URL");
         assert_eq!(bad("MONGODB_URI", "postgres://x"), "MONGODB_URI");
+        let srv = Env::from_pairs([(
+            "MONGODB_URI",
+            "mongodb+srv://user:pw@cluster0.example.net/?retryWrites=true",
+        )]);
+        assert!(CommonConfig::from_env(&srv).unwrap().mongodb_uri.starts_with("mongodb+srv://"));
         assert_eq!(bad("LOG_FORMAT", "xml"), "LOG_FORMAT");
     }
 }
