@@ -61,17 +61,9 @@ async fn documents_have_the_contract_shape_and_indexes_exist() {
         "aggregate_id":"order-9","correlation_id":"c-1","causation_id":"cause-1","data":{"total":12.5,"items":[{"sku":"a"}]}},
         {"type":"minimal"}]"#;
     let adm = evp_events::input::Admission::new("acme", 1_767_323_045_000, evp_events::Limits::default());
-    let mut conn = p.redis.connection().await;
-    for e in evp_events::input::admit_batch(body, &adm).unwrap() {
-        let _: String = redis::cmd("XADD")
-            .arg(STREAM)
-            .arg("*")
-            .arg("e")
-            .arg(&e.payload)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    let payloads: Vec<Vec<u8>> =
+        evp_events::input::admit_batch(body, &adm).unwrap().into_iter().map(|e| e.payload).collect();
+    p.publish_raw(&payloads).await;
     assert_eq!(p.wait_for_count(2, WAIT).await, 2);
 
     let coll = p.collection().await;

@@ -114,18 +114,10 @@ async fn a_request_retried_with_the_same_idempotency_key_is_stored_once() {
     let p = Pipeline::start().await;
     let body = br#"[{"type":"a"},{"type":"b"},{"type":"c"}]"#;
     let adm = Admission { idempotency_key: Some("req-1"), ..Admission::new("acme", 1, Limits::default()) };
-    let mut conn = p.redis.connection().await;
     for _attempt in 0..2 {
-        for e in admit_batch(body, &adm).unwrap() {
-            let _: String = redis::cmd("XADD")
-                .arg(STREAM)
-                .arg("*")
-                .arg("e")
-                .arg(&e.payload)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-        }
+        let payloads: Vec<Vec<u8>> =
+            admit_batch(body, &adm).unwrap().into_iter().map(|e| e.payload).collect();
+        p.publish_raw(&payloads).await;
     }
     let _w = p.worker("w", &[]);
     // Trimmed to nothing: all six entries were acknowledged.
