@@ -4,7 +4,8 @@
 #
 #   load-tests/bench.sh            # the figures in docs/PERFORMANCE.md
 #   BENCH_SCALE=0.1 load-tests/bench.sh   # a tenth of the events, for a quick look
-#   BENCH_PHASES="drain" load-tests/bench.sh   # only some of: redis ingest drain memory
+#   BENCH_PHASES="drain" load-tests/bench.sh   # only some of: redis ingest drain memory saturated
+#   WORKER_BIN=/path/to/evp-worker load-tests/bench.sh   # measure another build's worker
 #   BENCH_ROUNDS=5 load-tests/bench.sh    # rounds of the single-event comparison (3)
 #
 # Everything runs on this machine over loopback: load generator, Redis, ingest, workers, MongoDB.
@@ -12,7 +13,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$EVP_ROOT"
 SCALE="${BENCH_SCALE:-1}"
-PHASES=" ${BENCH_PHASES:-redis ingest drain memory} "
+PHASES=" ${BENCH_PHASES:-redis ingest drain memory saturated} "
 phase() { [[ "$PHASES" == *" $1 "* ]]; }
 n() { python3 -c "print(max(1000, int($1 * $SCALE)))"; }
 
@@ -173,6 +174,45 @@ DRAINED_1M=$(settled_redis)
 stop_workers
 fi
 
+# --- A database that already holds many events; a reader competing with the workers ---------
+# The drain of a 30k backlog by 3 workers into a database already holding 300k events: alone,
+# then beside a reader counting the run's documents every 200 ms (what --verify used to do), then
+# end to end as users run it (the load test with --verify, which now watches the consumer group).
+# Transient write failures are counted from the workers' logs.
+SAT_PREFILL=$(n 300000); SAT_EVENTS=$(n 30000); SAT_WORKERS=3
+declare -A SAT=([alone]=0 [reader]=0 [verify]=0) SAT_RETRIES=([alone]=0 [reader]=0 [verify]=0)
+SAT_COUNTS=0
+retried() { cat "$WORK"/worker-*.log 2>/dev/null | grep -c 'bulk write failed' || true; }
+if phase saturated; then
+echo "== prefilling MongoDB with $SAT_PREFILL events"
+"$BIN/evp-loadtest" mongo-insert --events "$SAT_PREFILL" --batch 500 --concurrency 4 --keep-in "$MONGODB_DATABASE"
+for mode in alone reader verify; do
+    run="sat-$mode-$RANDOM"
+    before=$(retried)
+    if [ "$mode" = verify ]; then
+        start_workers "$SAT_WORKERS"
+        loadtest --events "$SAT_EVENTS" --rate 50000 --batch 100 --concurrency 32 --quiet --verify \
+            --run-id "$run" --stall-timeout 300 --json "$WORK/sat-$mode.json"
+        SAT[$mode]=$(json "$WORK/sat-$mode.json" "int(d['verify']['processing_events_per_s'])")
+    else
+        loadtest --events "$SAT_EVENTS" --batch 100 --concurrency 16 --quiet --run-id "$run" > /dev/null
+        if [ "$mode" = reader ]; then
+            "$BIN/evp-loadtest" mongo-count --tenant "$TENANT" --run-id "$run" --every-ms 200 --seconds 900 \
+                > "$WORK/counts.txt" &
+            COUNT_PID=$!
+        fi
+        echo "== draining $SAT_EVENTS events with $SAT_WORKERS workers ($mode)"
+        start_workers "$SAT_WORKERS"
+        "$BIN/evp-loadtest" drain --run-id "$run" --events "$SAT_EVENTS" --tenant "$TENANT" --stall-timeout 300 \
+            --json "$WORK/sat-$mode.json"
+        [ "$mode" = reader ] && kill "$COUNT_PID" 2>/dev/null
+        SAT[$mode]=$(json "$WORK/sat-$mode.json" "int(d['processing_events_per_s'])")
+    fi
+    stop_workers
+    SAT_RETRIES[$mode]=$(( $(retried) - before ))
+done
+fi
+
 # --- Report ---------------------------------------------------------------------------------
 p() { json "$WORK/$1.json" "f\"p50 {d['latency_ms']['p50']:.1f} ms, p99 {d['latency_ms']['p99']:.1f} ms\""; }
 read -r I1 W1 V1 R1 L1 <<< "$AT_100K"
@@ -199,4 +239,8 @@ Memory at 100k events (after a 20k backlog and a 300k warm-up)
 Memory at 1M events         ingest RSS ${I2} kB, worker RSS ${W2}/${V2} kB, Redis used_memory $R2 B, stream length $L2
 Redis after the backlog drained: $DRAINED_100K B at 100k, $DRAINED_1M B at 1M
 Growth 100k -> 1M           ingest $(ratio "$I2" "$I1"), workers $(ratio "$W2" "$W1")/$(ratio "$V2" "$V1"), Redis $(ratio "$R2" "$R1") (drained: $(ratio "$DRAINED_1M" "$DRAINED_100K"))
+Saturated MongoDB           $SAT_WORKERS workers draining $SAT_EVENTS into a database holding $SAT_PREFILL events:
+  drain alone               ${SAT[alone]} events/s   (transient write failures logged: ${SAT_RETRIES[alone]})
+  beside a counting reader  ${SAT[reader]} events/s = $(ratio "${SAT[reader]}" "${SAT[alone]}") of alone   (failures logged: ${SAT_RETRIES[reader]})
+  load test --verify        ${SAT[verify]} events/s end to end = $(ratio "${SAT[verify]}" "${SAT[alone]}") of the drain alone   (failures logged: ${SAT_RETRIES[verify]})
 REPORT

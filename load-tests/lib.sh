@@ -72,10 +72,11 @@ start_ingest() {
     INGEST_URL="http://127.0.0.1:$INGEST_PORT"
 }
 
-# $1: how many workers.
+# $1: how many workers (the binary: WORKER_BIN, default the build's evp-worker, so that another
+# build's worker can be measured on the same servers).
 start_workers() {
     for i in $(seq 1 "$1"); do
-        CONSUMER_NAME="load-worker-$i-$RANDOM" WORKER_PORT=0 "$BIN/evp-worker" >> "$WORK/worker-$i.log" 2>&1 &
+        CONSUMER_NAME="load-worker-$i-$RANDOM" WORKER_PORT=0 "${WORKER_BIN:-$BIN/evp-worker}" >> "$WORK/worker-$i.log" 2>&1 &
         WORKER_PIDS+=($!)
     done
 }

@@ -43,6 +43,7 @@ stop() {   # $@: pids; signals them and waits until each has exited
 
 cleanup() {
     trap - INT TERM EXIT
+    trap '' PIPE   # a closed terminal or pipe must not stop the stopping
     echo; echo "evp: stopping the ingest and the workers..."
     stop "${APP_PIDS[@]}"
     echo "evp: stopping Redis and MongoDB..."

@@ -37,6 +37,26 @@ enum Command {
         concurrency: usize,
         #[arg(long, default_value_t = 100)]
         payload_bytes: usize,
+        /// Insert into this database and keep the documents (default: a scratch database, dropped).
+        #[arg(long)]
+        keep_in: Option<String>,
+    },
+    /// Count one tenant's documents of one event type every --every-ms for --seconds: the load a
+    /// polling verifier puts on MongoDB, for measuring what it costs the workers.
+    MongoCount {
+        #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
+        mongodb_uri: String,
+        #[arg(long, env = "MONGODB_DATABASE", default_value = "evp")]
+        database: String,
+        #[arg(long)]
+        tenant: String,
+        /// The run whose event type is counted.
+        #[arg(long)]
+        run_id: String,
+        #[arg(long, default_value_t = 200)]
+        every_ms: u64,
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
     },
     /// Time workers draining events 0..N of an earlier run: wait until the consumer group has
     /// acknowledged the whole stream, then check MongoDB holds every event exactly once.
@@ -45,12 +65,8 @@ enum Command {
         run_id: String,
         #[arg(long)]
         events: u64,
-        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-        redis_url: String,
-        #[arg(long, env = "EVENTS_STREAM", default_value = "events")]
-        stream: String,
-        #[arg(long, env = "CONSUMER_GROUP", default_value = "evp-workers-group")]
-        group: String,
+        #[command(flatten)]
+        group: GroupArgs,
         #[command(flatten)]
         mongo: MongoArgs,
         #[arg(long)]
@@ -87,9 +103,16 @@ struct RunArgs {
     /// Run id used in event ids and the event type (random by default).
     #[arg(long)]
     run_id: Option<String>,
-    /// Wait until MongoDB holds every accepted event exactly once; exit 1 otherwise.
+    /// Wait until MongoDB holds every accepted event exactly once; exit 1 otherwise. The wait
+    /// watches the consumer group in Redis (--redis-url), falling back to a count in MongoDB
+    /// every 5 s when Redis is not reachable from here.
     #[arg(long)]
     verify: bool,
+    /// Count in MongoDB (every 5 s) instead of watching the consumer group.
+    #[arg(long, requires = "verify")]
+    no_group_watch: bool,
+    #[command(flatten)]
+    group: GroupArgs,
     #[command(flatten)]
     mongo: MongoArgs,
     /// Write the report as JSON to this file.
@@ -98,6 +121,24 @@ struct RunArgs {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+}
+
+/// The consumer group whose acknowledgements end the wait (cheap to watch, unlike counting in
+/// MongoDB, which competes with the workers for the server).
+#[derive(Args, Debug)]
+struct GroupArgs {
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    #[arg(long, env = "EVENTS_STREAM", default_value = "events")]
+    stream: String,
+    #[arg(long = "group", env = "CONSUMER_GROUP", default_value = "evp-workers-group")]
+    group: String,
+}
+
+impl GroupArgs {
+    fn group(&self) -> verify::Group<'_> {
+        verify::Group { redis_url: &self.redis_url, stream: &self.stream, name: &self.group }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -119,14 +160,24 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => run(cli.run).await,
-        Some(Command::MongoInsert { mongodb_uri, events, batch, concurrency, payload_bytes }) => {
-            mongo_bench::bulk_insert_rate(&mongodb_uri, events, batch, concurrency, payload_bytes).await.map(|rate| {
+        Some(Command::MongoInsert { mongodb_uri, events, batch, concurrency, payload_bytes, keep_in }) => {
+            mongo_bench::bulk_insert_rate(&mongodb_uri, events, batch, concurrency, payload_bytes, keep_in.as_deref()).await.map(|rate| {
                 println!("mongodb bulk insert: {rate:.0} documents/s ({events} documents, batches of {batch}, {concurrency} writers)");
                 true
             })
         }
-        Some(Command::Drain { run_id, events, redis_url, stream, group, mongo, json }) => {
-            drain(&run_id, events, (&redis_url, &stream, &group), &mongo, json).await
+        Some(Command::MongoCount { mongodb_uri, database, tenant, run_id, every_ms, seconds }) => {
+            let event_type = evp_loadtest::generator::event_type(&run_id);
+            let every = Duration::from_millis(every_ms);
+            mongo_bench::count_loop(&mongodb_uri, &database, &tenant, &event_type, every, Duration::from_secs_f64(seconds))
+                .await
+                .map(|counts| {
+                    println!("mongodb counts: {counts} in {seconds}s");
+                    true
+                })
+        }
+        Some(Command::Drain { run_id, events, group, mongo, json }) => {
+            drain(&run_id, events, &group, &mongo, json).await
         }
     };
     match result {
@@ -170,8 +221,19 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             run_id: &run_id,
         };
         let stall = Duration::from_secs(args.mongo.stall_timeout);
-        report.verify =
-            Some(verify::verify(&target, &expected, outcome.started, sent_done, stall, !args.quiet).await?);
+        let group = (!args.no_group_watch).then(|| args.group.group());
+        report.verify = Some(
+            verify::verify(
+                &target,
+                group.as_ref(),
+                &expected,
+                outcome.started,
+                sent_done,
+                stall,
+                !args.quiet,
+            )
+            .await?,
+        );
     }
     report.print();
     if let Some(path) = &args.json {
@@ -183,7 +245,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
 async fn drain(
     run_id: &str,
     events: u64,
-    (redis_url, stream, group): (&str, &str, &str),
+    group: &GroupArgs,
     mongo: &MongoArgs,
     json: Option<std::path::PathBuf>,
 ) -> anyhow::Result<bool> {
@@ -191,9 +253,9 @@ async fn drain(
         Target { mongodb_uri: &mongo.mongodb_uri, database: &mongo.database, tenant: &mongo.tenant, run_id };
     let stall = Duration::from_secs(mongo.stall_timeout);
     let started = Instant::now();
-    let done = verify::wait_acknowledged(redis_url, stream, group, stall).await?;
+    let done = verify::wait_acknowledged(&group.redis_url, &group.stream, &group.group, stall).await?;
     let ids = verify::all_ids(run_id, events);
-    let mut v = verify::verify(&target, &ids, started, done, stall, false).await?;
+    let mut v = verify::verify(&target, None, &ids, started, done, stall, false).await?;
     let seconds = done.duration_since(started).as_secs_f64();
     v.processing_events_per_s = events as f64 / seconds;
     println!(

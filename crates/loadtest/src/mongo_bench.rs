@@ -12,14 +12,16 @@ use mongodb::bson::RawDocumentBuf;
 
 use crate::generator::Generator;
 
-/// Inserts `events` documents in batches of `batch` with `concurrency` writers into a scratch
-/// database (dropped afterwards); returns documents per second.
+/// Inserts `events` documents in batches of `batch` with `concurrency` writers; returns documents
+/// per second. Into a scratch database, dropped afterwards, unless `keep_in` names the database to
+/// fill (to give a benchmark a database that already holds many events).
 pub async fn bulk_insert_rate(
     mongodb_uri: &str,
     events: u64,
     batch: usize,
     concurrency: usize,
     payload_bytes: usize,
+    keep_in: Option<&str>,
 ) -> anyhow::Result<f64> {
     let run = format!("bench{:08x}", rand::random::<u32>());
     let generator = Generator::new(&run, batch as u64, Some(events), payload_bytes);
@@ -36,7 +38,7 @@ pub async fn bulk_insert_rate(
     }
 
     let client = mongodb::Client::with_uri_str(mongodb_uri).await?;
-    let database = format!("evp_{run}");
+    let database = keep_in.map_or_else(|| format!("evp_{run}"), str::to_string);
     let store = EventStore::new(client.clone(), &database);
     store.ensure_indexes().await?;
     let queue = Arc::new(Mutex::new(batches));
@@ -56,6 +58,32 @@ pub async fn bulk_insert_rate(
         writer.await??;
     }
     let rate = events as f64 / started.elapsed().as_secs_f64();
-    client.database(&database).drop().await?;
+    if keep_in.is_none() {
+        client.database(&database).drop().await?;
+    }
     Ok(rate)
+}
+
+/// What `verify` did before it watched the consumer group: counts the documents of one tenant and
+/// type every `every`, for `duration`. Returns how many counts it made. A benchmark runs it beside
+/// the workers to measure what such a reader costs them.
+pub async fn count_loop(
+    mongodb_uri: &str,
+    database: &str,
+    tenant: &str,
+    event_type: &str,
+    every: std::time::Duration,
+    duration: std::time::Duration,
+) -> anyhow::Result<u64> {
+    let client = mongodb::Client::with_uri_str(mongodb_uri).await?;
+    let events = client.database(database).collection::<mongodb::bson::Document>("events");
+    let filter = mongodb::bson::doc! {"tenant": tenant, "type": event_type};
+    let until = Instant::now() + duration;
+    let mut counts = 0;
+    while Instant::now() < until {
+        events.count_documents(filter.clone()).await?;
+        counts += 1;
+        tokio::time::sleep(every).await;
+    }
+    Ok(counts)
 }

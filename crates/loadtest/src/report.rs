@@ -108,9 +108,18 @@ impl Report {
                 if v.complete { "" } else { "  (gave up waiting)" }
             );
             println!(
-                "  processing {:.0} events/s end to end; last event stored {:.2}s after the last response",
-                v.processing_events_per_s, v.lag_s
+                "  stored {:.0} events/s end to end (first request to last event stored, seen by {}); \
+                 last event stored {:.2}s after the last response",
+                v.processing_events_per_s, v.seen_by, v.lag_s
             );
+            match v.drain_events_per_s {
+                Some(rate) => {
+                    println!("  the consumer group drained the backlog left at the end at {rate:.0} events/s")
+                }
+                None => println!(
+                    "  drain rate: n/a (no backlog left when sending ended, or the group was not watched)"
+                ),
+            }
             if !v.missing_examples.is_empty() {
                 println!("  missing, for example: {}", v.missing_examples.join(", "));
             }

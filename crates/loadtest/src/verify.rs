@@ -1,4 +1,12 @@
 //! End-to-end check: MongoDB must hold every accepted event of the run exactly once.
+//!
+//! Waiting must not load the system being measured. Counting the run's documents in MongoDB
+//! every 200 ms (what this tool did before) competes with the workers for the server, and on a
+//! saturated one cut the rate it measured eightfold. So the wait watches the consumer group in
+//! Redis instead (pending and lag reaching 0: the workers' own account of having stored and
+//! acknowledged everything, cheap to ask every 250 ms), with a count in MongoDB at most every
+//! [`MONGO_POLL`] as the fallback (Redis not reachable from here, or other traffic keeping the
+//! group busy). Then the ids are compared exactly once, so the verdict stays exact.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -8,6 +16,11 @@ use mongodb::bson::{Document, doc};
 use serde::Serialize;
 
 use crate::generator::{event_id, event_type};
+
+/// Least time between two counts of the run's documents in MongoDB while waiting.
+pub const MONGO_POLL: Duration = Duration::from_secs(5);
+/// Time between two looks at the consumer group.
+const GROUP_POLL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Verification {
@@ -28,6 +41,11 @@ pub struct Verification {
     pub processing_events_per_s: f64,
     /// From the last response to the last event stored.
     pub lag_s: f64,
+    /// Entries the consumer group acknowledged per second after sending ended, while it drained
+    /// the backlog left then; absent when the group was not watched or had no backlog to drain.
+    pub drain_events_per_s: Option<f64>,
+    /// How the end of the run was seen: `redis` (the group) or `mongodb` (a count).
+    pub seen_by: &'static str,
     /// Whether every expected event arrived before the wait gave up.
     pub complete: bool,
 }
@@ -47,10 +65,62 @@ pub struct Target<'a> {
     pub run_id: &'a str,
 }
 
-/// Waits until the run's documents reach `expected_ids.len()` (giving up after `stall` without
-/// progress), then compares ids. `started` and `sent_done` time the rates.
+/// The consumer group whose acknowledgements say the pipeline is done.
+#[derive(Debug, Clone, Copy)]
+pub struct Group<'a> {
+    pub redis_url: &'a str,
+    pub stream: &'a str,
+    pub name: &'a str,
+}
+
+/// What the group says at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GroupState {
+    pending: u64,
+    /// `None` when Redis cannot tell (entries deleted out of order).
+    lag: Option<u64>,
+    /// Entries read and acknowledged so far (`entries-read` − pending).
+    acked: Option<u64>,
+}
+
+struct GroupWatch {
+    conn: redis::aio::MultiplexedConnection,
+    stream: String,
+    name: String,
+}
+
+impl GroupWatch {
+    async fn connect(group: &Group<'_>) -> anyhow::Result<Self> {
+        let client = redis::Client::open(group.redis_url)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        let conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+        let mut watch = Self { conn, stream: group.stream.to_string(), name: group.name.to_string() };
+        watch
+            .state()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no consumer group {} on {}", group.name, group.stream))?;
+        Ok(watch)
+    }
+
+    async fn state(&mut self) -> anyhow::Result<Option<GroupState>> {
+        let groups: redis::streams::StreamInfoGroupsReply =
+            redis::cmd("XINFO").arg("GROUPS").arg(&self.stream).query_async(&mut self.conn).await?;
+        Ok(groups.groups.iter().find(|g| g.name == self.name).map(|g| GroupState {
+            pending: g.pending as u64,
+            lag: g.lag.map(|l| l as u64),
+            acked: g.entries_read.map(|r| (r as u64).saturating_sub(g.pending as u64)),
+        }))
+    }
+}
+
+/// Waits until the run is stored (the group has acknowledged everything, or a count in MongoDB
+/// reaches `expected_ids.len()`), giving up after `stall` without progress; then compares ids once.
+/// `started` and `sent_done` time the rates.
 pub async fn verify(
     target: &Target<'_>,
+    group: Option<&Group<'_>>,
     expected_ids: &[String],
     started: Instant,
     sent_done: Instant,
@@ -62,28 +132,69 @@ pub async fn verify(
     let filter = doc! {"tenant": target.tenant, "type": event_type(target.run_id)};
     let expected = expected_ids.len() as u64;
 
-    let mut last_count = 0;
+    let mut watch = match group {
+        None => None,
+        Some(group) => match GroupWatch::connect(group).await {
+            Ok(watch) => Some(watch),
+            Err(e) => {
+                eprintln!(
+                    "[verify] not watching the consumer group ({e:#}); counting in MongoDB every {MONGO_POLL:?}"
+                );
+                None
+            }
+        },
+    };
+    let at_sent_done = match watch.as_mut() {
+        Some(w) => w.state().await?.map(|s| (Instant::now(), s)),
+        None => None,
+    };
+
+    let mut last_seen = None;
     let mut last_progress = Instant::now();
+    let mut last_count: Option<Instant> = None;
     let mut last_print = Instant::now();
-    let complete = loop {
-        let count = events.count_documents(filter.clone()).await?;
-        if count != last_count {
-            last_count = count;
+    let (complete, seen_by, last_state) = loop {
+        let mut state = None;
+        if let Some(w) = watch.as_mut() {
+            state = w.state().await?;
+            if let Some(s) = state
+                && s.pending == 0
+                && s.lag == Some(0)
+            {
+                break (true, "redis", state);
+            }
+        }
+        let mut count = None;
+        if last_count.is_none_or(|t| t.elapsed() >= MONGO_POLL) {
+            let n = events.count_documents(filter.clone()).await?;
+            last_count = Some(Instant::now());
+            if n >= expected {
+                break (true, "mongodb", state);
+            }
+            count = Some(n);
+        }
+        let seen = (state.map(|s| (s.pending, s.lag, s.acked)), count);
+        if seen != (None, None) && Some(seen) != last_seen {
+            last_seen = Some(seen);
             last_progress = Instant::now();
         }
-        if count >= expected {
-            break true;
-        }
         if last_progress.elapsed() > stall {
-            break false;
+            break (false, if watch.is_some() { "redis" } else { "mongodb" }, state);
         }
         if progress && last_print.elapsed() >= Duration::from_secs(1) {
-            eprintln!("[verify] {count}/{expected} stored");
+            match state {
+                Some(s) => eprintln!("[verify] waiting: group pending {}, lag {:?}", s.pending, s.lag),
+                None => eprintln!(
+                    "[verify] waiting: {} of {expected} stored at the last count",
+                    count.unwrap_or(0)
+                ),
+            }
             last_print = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(if watch.is_some() { GROUP_POLL } else { MONGO_POLL }).await;
     };
     let done = Instant::now();
+    let drain_events_per_s = drain_rate(at_sent_done, last_state, done);
 
     let mut seen: HashMap<String, u64> = HashMap::with_capacity(expected as usize);
     let mut cursor =
@@ -114,8 +225,20 @@ pub async fn verify(
         missing_examples,
         processing_events_per_s: stored as f64 / done.duration_since(started).as_secs_f64().max(1e-9),
         lag_s: done.saturating_duration_since(sent_done).as_secs_f64(),
+        drain_events_per_s,
+        seen_by,
         complete,
     })
+}
+
+/// Entries acknowledged per second between the end of sending and `done`, when at least a
+/// second's worth of backlog (1,000 entries) was left to drain.
+fn drain_rate(start: Option<(Instant, GroupState)>, end: Option<GroupState>, done: Instant) -> Option<f64> {
+    let (at, before) = start?;
+    let backlog = before.pending + before.lag?;
+    let acked = end?.acked?.checked_sub(before.acked?)?;
+    let seconds = done.duration_since(at).as_secs_f64();
+    (backlog >= 1_000 && seconds > 0.0).then(|| acked as f64 / seconds)
 }
 
 /// Waits until consumer group `group` has read and acknowledged everything in `stream`: the

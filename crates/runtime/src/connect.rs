@@ -4,12 +4,23 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-/// A MongoDB client that fails fast: server selection and connecting are bounded, so a request or
-/// a health check never hangs on a dead server. No connection is made until first use.
+/// How long a server may take to answer the driver's monitoring `hello` (the driver uses the
+/// connect timeout for it) before the driver declares it down, clears its connection pool and
+/// interrupts every operation in flight on it. A busy server answers late, not never: at 2 s a
+/// saturated MongoDB had whole bulk writes thrown away and redone, which made it busier still
+/// (docs/PERFORMANCE.md). 10 s is MongoDB's own default, and a dead server is still noticed at
+/// once (a refused connection fails at once; `SERVER_SELECTION_TIMEOUT` bounds the wait).
+pub const MONGO_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an operation waits for a usable server before it fails: requests and health checks
+/// never hang on a dead server.
+pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A MongoDB client that fails fast when the server is gone and is patient with a busy one (see
+/// [`MONGO_CONNECT_TIMEOUT`]). No connection is made until first use.
 pub async fn mongo_client(uri: &str, app_name: &str) -> mongodb::error::Result<mongodb::Client> {
     let mut options = mongodb::options::ClientOptions::parse(uri).await?;
-    options.server_selection_timeout = Some(Duration::from_secs(2));
-    options.connect_timeout = Some(Duration::from_secs(2));
+    options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
+    options.connect_timeout = Some(MONGO_CONNECT_TIMEOUT);
     options.app_name = Some(app_name.to_string());
     mongodb::Client::with_options(options)
 }

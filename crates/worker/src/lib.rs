@@ -2,8 +2,9 @@
 //!
 //! Run N replicas under one consumer group; each entry goes to one of them. The pieces:
 //!
-//! - [`stream_reader`] reads new entries with XREADGROUP, but only when a write slot is free
-//!   (a semaphore of `WORKER_MAX_INFLIGHT` permits): that is the backpressure.
+//! - [`stream_reader`] reads new entries with XREADGROUP, but only when a write slot is free:
+//!   that is the backpressure. [`inflight_limit`] sets how many slots there are, between 1 and
+//!   `WORKER_MAX_INFLIGHT`, following how fast MongoDB absorbs writes (AIMD).
 //! - [`processor`] takes one batch from entries to acknowledgement: `evp_store` turns each entry
 //!   into a document and bulk-writes them unordered, giving each a verdict (duplicates count as
 //!   stored, so redelivery is harmless); transient failures are retried with [`backoff`] while the
@@ -22,6 +23,7 @@ pub mod backoff;
 pub mod config;
 pub mod dlq;
 pub mod health;
+pub mod inflight_limit;
 pub mod metrics;
 pub mod pending_reclaimer;
 pub mod processor;
@@ -35,7 +37,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use config::WorkerConfig;
@@ -86,9 +87,8 @@ pub async fn run(
         started.store(true, Ordering::Relaxed);
         tracing::info!("consuming");
         let processor = Processor::new(stream, store, config.clone(), shutdown.clone());
-        let inflight = Arc::new(Semaphore::new(config.max_inflight));
-        let reader = tokio::spawn(stream_reader::run(processor.clone(), inflight.clone()));
-        let reclaimer = tokio::spawn(pending_reclaimer::run(processor.clone(), inflight));
+        let reader = tokio::spawn(stream_reader::run(processor.clone()));
+        let reclaimer = tokio::spawn(pending_reclaimer::run(processor.clone()));
         let trimmer = tokio::spawn(trimmer::run(processor));
         let (reader, reclaimer, trimmer) = tokio::join!(reader, reclaimer, trimmer);
         reader.context("stream reader")?;

@@ -25,6 +25,8 @@ pub const BATCH_EVENTS: &str = "evp_worker_batch_events";
 pub const WRITE_SECONDS: &str = "evp_worker_write_duration_seconds";
 /// Gauge: bulk writes in flight in this worker.
 pub const INFLIGHT_BATCHES: &str = "evp_worker_inflight_batches";
+/// Gauge: the adaptive limit on bulk writes in flight, 1 to `WORKER_MAX_INFLIGHT`.
+pub const INFLIGHT_LIMIT: &str = "evp_worker_inflight_limit";
 /// Histogram: time the reader waited for a free write slot before each read (backpressure);
 /// its `_sum` is the total time spent blocked.
 pub const BACKPRESSURE_SECONDS: &str = "evp_worker_backpressure_wait_seconds";

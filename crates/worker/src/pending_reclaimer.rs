@@ -6,9 +6,7 @@
 //! failing it claims nothing: an outage must not use up anybody's delivery budget.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::metrics as m;
@@ -16,7 +14,8 @@ use crate::processor::Processor;
 use crate::stream::{DeadLetter, to_entry};
 use crate::stream_reader::sleep_unless_cancelled;
 
-pub async fn run(processor: Processor, inflight: Arc<Semaphore>) {
+pub async fn run(processor: Processor) {
+    let inflight = processor.inflight.clone();
     let config = processor.config.clone();
     let shutdown = processor.shutdown.clone();
     let mut tasks = JoinSet::new();
@@ -25,7 +24,7 @@ pub async fn run(processor: Processor, inflight: Arc<Semaphore>) {
         while tasks.try_join_next().is_some() {}
         while !shutdown.is_cancelled() && processor.store_is_up() {
             let permit = tokio::select! {
-                permit = inflight.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+                permit = inflight.acquire() => match permit { Some(p) => p, None => return },
                 _ = shutdown.cancelled() => break,
             };
             let pending = match processor.stream.idle_pending(config.claim_idle, config.batch_size).await {

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::WorkerConfig;
+use crate::inflight_limit::InflightLimit;
 use crate::metrics as m;
 use crate::stream::{DeadLetter, Entry, StreamClient};
 use evp_store::bulk_writer::{EventStore, Failure, Verdict, classify_batch_error};
@@ -40,6 +41,8 @@ pub struct Processor {
     pub store: EventStore,
     pub config: Arc<WorkerConfig>,
     pub shutdown: CancellationToken,
+    /// Write slots: the reader and the reclaimer take one per batch; adaptive.
+    pub inflight: Arc<InflightLimit>,
     /// False while MongoDB writes fail; the reclaimer then leaves pending entries alone.
     store_up: Arc<AtomicBool>,
 }
@@ -76,7 +79,8 @@ impl Processor {
         config: Arc<WorkerConfig>,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { stream, store, config, shutdown, store_up: Arc::new(AtomicBool::new(true)) }
+        let inflight = Arc::new(InflightLimit::new(config.max_inflight));
+        Self { stream, store, config, shutdown, inflight, store_up: Arc::new(AtomicBool::new(true)) }
     }
 
     pub fn store_is_up(&self) -> bool {
@@ -169,6 +173,7 @@ impl Processor {
                     todo.retain(|&i| verdicts[i].is_none());
                     match transient {
                         None => {
+                            self.inflight.succeeded(batch.len(), started.elapsed());
                             if !self.store_up.swap(true, Ordering::Relaxed) {
                                 tracing::info!("MongoDB writes succeed again");
                             }
@@ -194,6 +199,7 @@ impl Processor {
                 Err(_) => format!("no answer within {WRITE_TIMEOUT:?}"),
             };
             metrics::counter!(m::WRITE_RETRIES).increment(1);
+            self.inflight.failed();
             let delay = backoff.next_delay();
             if self.store_up.swap(false, Ordering::Relaxed) || backoff.attempts().is_multiple_of(10) {
                 tracing::warn!(

@@ -1,15 +1,14 @@
 //! The read loop: XREADGROUP only when a write slot is free.
 //!
-//! Backpressure is a semaphore of `WORKER_MAX_INFLIGHT` permits shared with the reclaimer. A
-//! permit is taken *before* reading and released when the batch is acknowledged, so a worker never
-//! holds more than `max_inflight × batch_size` entries it has not stored: while MongoDB is slow,
-//! entries wait in Redis, not in memory. On start, the worker first re-reads its own pending
+//! Backpressure is a write slot ([`crate::inflight_limit`], at most `WORKER_MAX_INFLIGHT`, fewer
+//! while MongoDB is congested) shared with the reclaimer. A slot is taken *before* reading and
+//! released when the batch is acknowledged, so a worker never holds more than
+//! `max_inflight × batch_size` entries it has not stored: while MongoDB is slow, entries wait in
+//! Redis, not in memory. On start, the worker first re-reads its own pending
 //! entries (a restart under the same name), then reads new ones.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::backoff::Backoff;
@@ -17,7 +16,8 @@ use crate::metrics as m;
 use crate::processor::Processor;
 use crate::stream::Reader;
 
-pub async fn run(processor: Processor, inflight: Arc<Semaphore>) {
+pub async fn run(processor: Processor) {
+    let inflight = processor.inflight.clone();
     let config = processor.config.clone();
     let shutdown = processor.shutdown.clone();
     let mut tasks = JoinSet::new();
@@ -29,7 +29,7 @@ pub async fn run(processor: Processor, inflight: Arc<Semaphore>) {
     while !shutdown.is_cancelled() {
         let waited = Instant::now();
         let permit = tokio::select! {
-            permit = inflight.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            permit = inflight.acquire() => match permit { Some(p) => p, None => break },
             _ = shutdown.cancelled() => break,
         };
         metrics::histogram!(m::BACKPRESSURE_SECONDS).record(waited.elapsed().as_secs_f64());
