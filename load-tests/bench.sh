@@ -6,6 +6,7 @@
 #   BENCH_SCALE=0.1 load-tests/bench.sh   # a tenth of the events, for a quick look
 #   BENCH_PHASES="drain" load-tests/bench.sh   # only some of: redis ingest drain memory saturated
 #   WORKER_BIN=/path/to/evp-worker load-tests/bench.sh   # measure another build's worker
+#   BENCH_KEEP_LOGS=/tmp/bench-logs load-tests/bench.sh  # keep the servers' and workers' logs
 #   BENCH_ROUNDS=5 load-tests/bench.sh    # rounds of the single-event comparison (3)
 #
 # Everything runs on this machine over loopback: load generator, Redis, ingest, workers, MongoDB.
@@ -175,42 +176,51 @@ stop_workers
 fi
 
 # --- A database that already holds many events; a reader competing with the workers ---------
-# The drain of a 30k backlog by 3 workers into a database already holding 300k events: alone,
-# then beside a reader counting the run's documents every 200 ms (what --verify used to do), then
-# end to end as users run it (the load test with --verify, which now watches the consumer group).
-# Transient write failures are counted from the workers' logs.
-SAT_PREFILL=$(n 300000); SAT_EVENTS=$(n 30000); SAT_WORKERS=3
+# 3 workers drain a 30k backlog into a database already holding 300k events: alone; beside a
+# reader counting the run's documents every 200 ms (what --verify used to do), for 60 s, as the
+# entries the group acknowledged in that time; and end to end as users run it (the load test with
+# --verify, which now watches the consumer group). Transient write failures: from the workers' logs.
+SAT_PREFILL=$(n 300000); SAT_EVENTS=$(n 30000); SAT_WORKERS=3; SAT_READER_S=60
 declare -A SAT=([alone]=0 [reader]=0 [verify]=0) SAT_RETRIES=([alone]=0 [reader]=0 [verify]=0)
-SAT_COUNTS=0
 retried() { cat "$WORK"/worker-*.log 2>/dev/null | grep -c 'bulk write failed' || true; }
+acked() {   # entries the group has read and acknowledged (XINFO GROUPS: entries-read - pending)
+    "${REDIS_CLI[@]}" xinfo groups events | awk 'prev == "entries-read" {r = $1} prev == "pending" {p = $1} {prev = $1} END {print r - p}'
+}
 if phase saturated; then
 echo "== prefilling MongoDB with $SAT_PREFILL events"
 "$BIN/evp-loadtest" mongo-insert --events "$SAT_PREFILL" --batch 500 --concurrency 4 --keep-in "$MONGODB_DATABASE"
-for mode in alone reader verify; do
+for mode in alone verify reader; do
     run="sat-$mode-$RANDOM"
     before=$(retried)
+    echo "== $SAT_WORKERS workers, $SAT_EVENTS events ($mode)"
     if [ "$mode" = verify ]; then
         start_workers "$SAT_WORKERS"
         loadtest --events "$SAT_EVENTS" --rate 50000 --batch 100 --concurrency 32 --quiet --verify \
             --run-id "$run" --stall-timeout 300 --json "$WORK/sat-$mode.json"
         SAT[$mode]=$(json "$WORK/sat-$mode.json" "int(d['verify']['processing_events_per_s'])")
+    elif [ "$mode" = reader ]; then
+        loadtest --events "$SAT_EVENTS" --batch 100 --concurrency 16 --quiet --run-id "$run" > /dev/null
+        "$BIN/evp-loadtest" mongo-count --tenant "$TENANT" --run-id "$run" --every-ms 200 --seconds "$SAT_READER_S" \
+            > "$WORK/counts.txt" &
+        COUNT_PID=$!
+        a0=$(acked)
+        start_workers "$SAT_WORKERS"
+        wait "$COUNT_PID" || true
+        a1=$(acked)
+        SAT[$mode]=$(( (a1 - a0) / SAT_READER_S ))
+        echo "   acknowledged $((a1 - a0)) in ${SAT_READER_S}s beside the reader ($(cat "$WORK/counts.txt"))"
+        "$BIN/evp-loadtest" drain --run-id "$run" --events "$SAT_EVENTS" --tenant "$TENANT" --stall-timeout 300 > /dev/null
     else
         loadtest --events "$SAT_EVENTS" --batch 100 --concurrency 16 --quiet --run-id "$run" > /dev/null
-        if [ "$mode" = reader ]; then
-            "$BIN/evp-loadtest" mongo-count --tenant "$TENANT" --run-id "$run" --every-ms 200 --seconds 900 \
-                > "$WORK/counts.txt" &
-            COUNT_PID=$!
-        fi
-        echo "== draining $SAT_EVENTS events with $SAT_WORKERS workers ($mode)"
         start_workers "$SAT_WORKERS"
         "$BIN/evp-loadtest" drain --run-id "$run" --events "$SAT_EVENTS" --tenant "$TENANT" --stall-timeout 300 \
             --json "$WORK/sat-$mode.json"
-        [ "$mode" = reader ] && kill "$COUNT_PID" 2>/dev/null
         SAT[$mode]=$(json "$WORK/sat-$mode.json" "int(d['processing_events_per_s'])")
     fi
     stop_workers
     SAT_RETRIES[$mode]=$(( $(retried) - before ))
 done
+[ -n "${BENCH_KEEP_LOGS:-}" ] && mkdir -p "$BENCH_KEEP_LOGS" && cp "$WORK"/*.log "$BENCH_KEEP_LOGS"/
 fi
 
 # --- Report ---------------------------------------------------------------------------------
@@ -241,6 +251,6 @@ Redis after the backlog drained: $DRAINED_100K B at 100k, $DRAINED_1M B at 1M
 Growth 100k -> 1M           ingest $(ratio "$I2" "$I1"), workers $(ratio "$W2" "$W1")/$(ratio "$V2" "$V1"), Redis $(ratio "$R2" "$R1") (drained: $(ratio "$DRAINED_1M" "$DRAINED_100K"))
 Saturated MongoDB           $SAT_WORKERS workers draining $SAT_EVENTS into a database holding $SAT_PREFILL events:
   drain alone               ${SAT[alone]} events/s   (transient write failures logged: ${SAT_RETRIES[alone]})
-  beside a counting reader  ${SAT[reader]} events/s = $(ratio "${SAT[reader]}" "${SAT[alone]}") of alone   (failures logged: ${SAT_RETRIES[reader]})
+  beside a counting reader  ${SAT[reader]} events/s over ${SAT_READER_S}s = $(ratio "${SAT[reader]}" "${SAT[alone]}") of alone   (failures logged: ${SAT_RETRIES[reader]})
   load test --verify        ${SAT[verify]} events/s end to end = $(ratio "${SAT[verify]}" "${SAT[alone]}") of the drain alone   (failures logged: ${SAT_RETRIES[verify]})
 REPORT

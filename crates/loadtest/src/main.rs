@@ -8,7 +8,7 @@ use evp_loadtest::driver::{self, Plan};
 use evp_loadtest::generator::{Generator, event_id};
 use evp_loadtest::mongo_bench;
 use evp_loadtest::report::Report;
-use evp_loadtest::verify::{self, Target};
+use evp_loadtest::verify::{self, Target, Wait};
 
 /// Load generator and end-to-end verifier for evp. Without a subcommand it sends events to
 /// evp-ingest, prints sent / accepted / rejected, events/s and latency percentiles, and with
@@ -221,18 +221,9 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             run_id: &run_id,
         };
         let stall = Duration::from_secs(args.mongo.stall_timeout);
-        let group = (!args.no_group_watch).then(|| args.group.group());
+        let wait = if args.no_group_watch { Wait::Count } else { Wait::Group(args.group.group()) };
         report.verify = Some(
-            verify::verify(
-                &target,
-                group.as_ref(),
-                &expected,
-                outcome.started,
-                sent_done,
-                stall,
-                !args.quiet,
-            )
-            .await?,
+            verify::verify(&target, wait, &expected, outcome.started, sent_done, stall, !args.quiet).await?,
         );
     }
     report.print();
@@ -255,7 +246,7 @@ async fn drain(
     let started = Instant::now();
     let done = verify::wait_acknowledged(&group.redis_url, &group.stream, &group.group, stall).await?;
     let ids = verify::all_ids(run_id, events);
-    let mut v = verify::verify(&target, None, &ids, started, done, stall, false).await?;
+    let mut v = verify::verify(&target, Wait::Done(done), &ids, started, done, stall, false).await?;
     let seconds = done.duration_since(started).as_secs_f64();
     v.processing_events_per_s = events as f64 / seconds;
     println!(

@@ -75,14 +75,20 @@ pub async fn count_loop(
     every: std::time::Duration,
     duration: std::time::Duration,
 ) -> anyhow::Result<u64> {
-    let client = mongodb::Client::with_uri_str(mongodb_uri).await?;
+    let mut options = mongodb::options::ClientOptions::parse(mongodb_uri).await?;
+    // As patient as the workers (a count can take a busy server many seconds), so the reader
+    // keeps reading for the whole window instead of giving up on the first late heartbeat.
+    options.connect_timeout = Some(std::time::Duration::from_secs(30));
+    let client = mongodb::Client::with_options(options)?;
     let events = client.database(database).collection::<mongodb::bson::Document>("events");
     let filter = mongodb::bson::doc! {"tenant": tenant, "type": event_type};
     let until = Instant::now() + duration;
     let mut counts = 0;
     while Instant::now() < until {
-        events.count_documents(filter.clone()).await?;
-        counts += 1;
+        match events.count_documents(filter.clone()).await {
+            Ok(_) => counts += 1,
+            Err(e) => eprintln!("mongo-count: {e}"),
+        }
         tokio::time::sleep(every).await;
     }
     Ok(counts)

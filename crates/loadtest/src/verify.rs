@@ -2,11 +2,13 @@
 //!
 //! Waiting must not load the system being measured. Counting the run's documents in MongoDB
 //! every 200 ms (what this tool did before) competes with the workers for the server, and on a
-//! saturated one cut the rate it measured eightfold. So the wait watches the consumer group in
-//! Redis instead (pending and lag reaching 0: the workers' own account of having stored and
-//! acknowledged everything, cheap to ask every 250 ms), with a count in MongoDB at most every
-//! [`MONGO_POLL`] as the fallback (Redis not reachable from here, or other traffic keeping the
-//! group busy). Then the ids are compared exactly once, so the verdict stays exact.
+//! saturated one cut the rate it measured eightfold; on nx-27017 one count over 300k events holds
+//! the server for 16 s. So the wait watches the consumer group in Redis instead (pending and lag
+//! reaching 0: the workers' own account of having stored and acknowledged everything, cheap to ask
+//! every 250 ms) and sends MongoDB nothing until the end. Only when the group cannot be watched
+//! (Redis not reachable from here, `--no-group-watch`, or Redis unable to tell the lag) does it
+//! count in MongoDB, at most every [`MONGO_POLL`]. Then the ids are compared exactly once, so the
+//! verdict stays exact.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -115,12 +117,22 @@ impl GroupWatch {
     }
 }
 
-/// Waits until the run is stored (the group has acknowledged everything, or a count in MongoDB
-/// reaches `expected_ids.len()`), giving up after `stall` without progress; then compares ids once.
-/// `started` and `sent_done` time the rates.
+/// How the end of a run is waited for.
+#[derive(Debug, Clone, Copy)]
+pub enum Wait<'a> {
+    /// Watch the consumer group; count in MongoDB only if it cannot be watched.
+    Group(Group<'a>),
+    /// Count in MongoDB every [`MONGO_POLL`].
+    Count,
+    /// The caller already knows the run is stored (and when): compare at once.
+    Done(Instant),
+}
+
+/// Waits until the run is stored (see [`Wait`]), giving up after `stall` without progress; then
+/// compares ids once. `started` and `sent_done` time the rates.
 pub async fn verify(
     target: &Target<'_>,
-    group: Option<&Group<'_>>,
+    wait: Wait<'_>,
     expected_ids: &[String],
     started: Instant,
     sent_done: Instant,
@@ -132,9 +144,9 @@ pub async fn verify(
     let filter = doc! {"tenant": target.tenant, "type": event_type(target.run_id)};
     let expected = expected_ids.len() as u64;
 
-    let mut watch = match group {
-        None => None,
-        Some(group) => match GroupWatch::connect(group).await {
+    let mut watch = match wait {
+        Wait::Count | Wait::Done(_) => None,
+        Wait::Group(group) => match GroupWatch::connect(&group).await {
             Ok(watch) => Some(watch),
             Err(e) => {
                 eprintln!(
@@ -154,6 +166,9 @@ pub async fn verify(
     let mut last_count: Option<Instant> = None;
     let mut last_print = Instant::now();
     let (complete, seen_by, last_state) = loop {
+        if let Wait::Done(_) = wait {
+            break (true, "caller", None);
+        }
         let mut state = None;
         if let Some(w) = watch.as_mut() {
             state = w.state().await?;
@@ -165,7 +180,8 @@ pub async fn verify(
             }
         }
         let mut count = None;
-        if last_count.is_none_or(|t| t.elapsed() >= MONGO_POLL) {
+        let group_tells = state.is_some_and(|s| s.lag.is_some());
+        if !group_tells && last_count.is_none_or(|t| t.elapsed() >= MONGO_POLL) {
             let n = events.count_documents(filter.clone()).await?;
             last_count = Some(Instant::now());
             if n >= expected {
@@ -193,7 +209,10 @@ pub async fn verify(
         }
         tokio::time::sleep(if watch.is_some() { GROUP_POLL } else { MONGO_POLL }).await;
     };
-    let done = Instant::now();
+    let done = match wait {
+        Wait::Done(at) => at,
+        _ => Instant::now(),
+    };
     let drain_events_per_s = drain_rate(at_sent_done, last_state, done);
 
     let mut seen: HashMap<String, u64> = HashMap::with_capacity(expected as usize);
@@ -281,6 +300,9 @@ pub fn all_ids(run_id: &str, n: u64) -> Vec<String> {
 async fn mongo_client(uri: &str) -> mongodb::error::Result<mongodb::Client> {
     let mut options = mongodb::options::ClientOptions::parse(uri).await?;
     options.server_selection_timeout = Some(Duration::from_secs(10));
+    // Patient with a busy server, as the workers are (evp_runtime::connect::MONGO_CONNECT_TIMEOUT):
+    // the final comparison reads the whole run, and must not be interrupted by a late heartbeat.
+    options.connect_timeout = Some(Duration::from_secs(30));
     options.app_name = Some("evp-loadtest".into());
     mongodb::Client::with_options(options)
 }

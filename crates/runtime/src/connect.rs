@@ -6,11 +6,14 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// How long a server may take to answer the driver's monitoring `hello` (the driver uses the
 /// connect timeout for it) before the driver declares it down, clears its connection pool and
-/// interrupts every operation in flight on it. A busy server answers late, not never: at 2 s a
-/// saturated MongoDB had whole bulk writes thrown away and redone, which made it busier still
-/// (docs/PERFORMANCE.md). 10 s is MongoDB's own default, and a dead server is still noticed at
-/// once (a refused connection fails at once; `SERVER_SELECTION_TIMEOUT` bounds the wait).
-pub const MONGO_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// interrupts every operation in flight on it ("interrupted due to server monitor timeout"). A
+/// busy server answers late, not never; one that runs requests one at a time, as nx-27017 does,
+/// answers a `hello` only after whatever it is doing: a count over 300k events took it 16 s, and
+/// at the 2 s this used to be, whole bulk writes were thrown away and redone, which made it busier
+/// still (docs/PERFORMANCE.md). 30 s matches the worker's own write timeout. A dead server is
+/// still noticed at once (a refused or reset connection is not a timeout), and
+/// [`SERVER_SELECTION_TIMEOUT`] bounds how long any operation waits for a usable one.
+pub const MONGO_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an operation waits for a usable server before it fails: requests and health checks
 /// never hang on a dead server.
 pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
