@@ -35,8 +35,14 @@ pub enum ApiError {
     /// never sent to the client.
     #[error("the event store is unreachable; nothing was accepted, retry later")]
     StoreUnreachable { cause: String },
-    #[error("no route for {0}")]
+    /// A query parameter is unknown, repeated or has a bad value; `parameter` names it.
+    #[error("{message}")]
+    InvalidQuery { message: String, parameter: Option<&'static str> },
+    #[error("{0}")]
     NotFound(String),
+    /// MongoDB did not answer a read. The cause is logged, never sent.
+    #[error("the event store cannot be read right now; retry later")]
+    ReadUnavailable { cause: String },
 }
 
 impl ApiError {
@@ -48,7 +54,8 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            Self::Unavailable(_) | Self::StoreUnreachable { .. } => {
+            Self::InvalidQuery { .. } => (StatusCode::BAD_REQUEST, "invalid_query"),
+            Self::Unavailable(_) | Self::StoreUnreachable { .. } | Self::ReadUnavailable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
             }
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -88,8 +95,9 @@ pub struct ErrorResponse {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// Stable machine-readable code: `invalid_json`, `invalid_event`, `unauthorized`,
-    /// `payload_too_large`, `unsupported_media_type`, `service_unavailable`, `not_found`.
+    /// Stable machine-readable code: `invalid_json`, `invalid_event`, `invalid_query`,
+    /// `unauthorized`, `payload_too_large`, `unsupported_media_type`, `service_unavailable`,
+    /// `not_found`.
     #[schema(value_type = String)]
     pub code: &'static str,
     /// Human-readable explanation.
@@ -105,9 +113,12 @@ impl IntoResponse for ApiError {
         let mut cause = None;
         let details = match self {
             Self::InvalidEvent { details, .. } | Self::PayloadTooLarge { details, .. } => details,
-            Self::StoreUnreachable { cause: c } => {
+            Self::StoreUnreachable { cause: c } | Self::ReadUnavailable { cause: c } => {
                 cause = Some(FailureCause(c));
                 Vec::new()
+            }
+            Self::InvalidQuery { message, parameter } => {
+                vec![Problem { index: None, field: parameter, message }]
             }
             _ => Vec::new(),
         };

@@ -58,6 +58,19 @@ impl ApiKeys {
         Ok(Self { keys })
     }
 
+    /// Every key and tenant, as bytes: the secret the page cursors' signing key is derived from
+    /// (the same configuration gives every replica the same key).
+    pub fn secret_material(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (key, tenant) in &self.keys {
+            out.extend_from_slice(tenant.as_bytes());
+            out.push(0);
+            out.extend_from_slice(key);
+            out.push(0);
+        }
+        out
+    }
+
     /// The tenant of `candidate`, if it is a configured key.
     pub fn tenant_of(&self, candidate: &[u8]) -> Option<Arc<str>> {
         let mut found = None;

@@ -12,6 +12,9 @@
 //!   does the client get 202.
 //! - [`error`] is the single mapping from every refusal to status, code and JSON body.
 //!
+//! The read side: [`routes::read`] serves `GET /events*` and `GET /aggregates/{id}/events` with
+//! the types and checks of [`read`] and the queries of `evp_store::reader`.
+//!
 //! [`config`] reads the environment once; [`run`] serves until the shutdown token is cancelled, then
 //! drains in-flight requests. `main.rs` is config, telemetry, bind, `run`.
 
@@ -21,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod metrics;
+pub mod read;
 pub mod router;
 pub mod routes;
 pub mod shards;
@@ -48,10 +52,14 @@ pub async fn build_state(
     let mongo =
         evp_runtime::connect::mongo_client(&common.mongodb_uri, "evp-ingest").await.context("MONGODB_URI")?;
     let metrics_handles = metrics::IngestMetrics::register();
+    let reader = evp_store::reader::EventReader::new(&mongo, &common.mongodb_database);
+    let cursors = read::cursor::CursorSigner::new(&config.api_keys.secret_material());
     Ok(AppState::new(state::Shared {
         config,
         publisher,
         mongo,
+        reader,
+        cursors,
         prometheus: metrics,
         metrics: metrics_handles,
         shutdown,

@@ -17,7 +17,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::API_KEY_HEADER;
 use crate::error::ApiError;
 use crate::metrics::{REQUEST_ID, TrackRequestsLayer};
-use crate::routes::{events, health};
+use crate::routes::{events, health, read};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -25,7 +25,8 @@ use crate::state::AppState;
     info(title = "evp ingest API", description = "Send events over HTTP. Every event answered with 202 \
         is in the Redis stream and will be stored in MongoDB exactly once per (tenant, id)."),
     modifiers(&ApiKeyScheme),
-    tags((name = "events", description = "Ingest events"), (name = "health", description = "Health and metrics"))
+    tags((name = "events", description = "Ingest events"), (name = "read", description = "Read stored events back"),
+        (name = "health", description = "Health and metrics"))
 )]
 struct ApiDoc;
 
@@ -54,6 +55,9 @@ fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(events::post_event))
         .routes(routes!(events::post_batch))
+        .routes(routes!(read::list_events))
+        .routes(routes!(read::get_event))
+        .routes(routes!(read::aggregate_events))
         .routes(routes!(health::health))
         .routes(routes!(health::live))
         .routes(routes!(health::ready))
@@ -96,7 +100,7 @@ fn with_request_id(router: Router) -> App {
 }
 
 async fn not_found(uri: Uri) -> ApiError {
-    ApiError::NotFound(uri.path().to_string())
+    ApiError::NotFound(format!("no route for {}", uri.path()))
 }
 
 #[cfg(test)]

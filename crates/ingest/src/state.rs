@@ -6,8 +6,11 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
+use evp_store::reader::EventReader;
+
 use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
+use crate::read::cursor::CursorSigner;
 use crate::stream_publisher::StreamPublisher;
 
 /// Shared by every request. axum clones the state for each request (and each `State` extractor
@@ -25,6 +28,10 @@ pub struct Shared {
     pub publisher: StreamPublisher,
     /// Used by `/health` to report MongoDB (the ingest's read endpoints depend on it).
     pub mongo: mongodb::Client,
+    /// The read API's queries.
+    pub reader: EventReader,
+    /// Issues and checks the read API's page cursors.
+    pub cursors: CursorSigner,
     /// Renders `/metrics`; `None` when no recorder is installed (in-process tests).
     pub prometheus: Option<PrometheusHandle>,
     /// Handles recorded into on every accepted request.
@@ -45,6 +52,8 @@ impl AppState {
             config: self.config.clone(),
             publisher: self.publisher.on_this_runtime()?,
             mongo: self.mongo.clone(),
+            reader: self.reader.clone(),
+            cursors: self.cursors.clone(),
             prometheus: self.prometheus.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use evp_events::input::{Admission, Limits, admit_batch};
-use evp_store::{EventStore, to_document};
+use evp_store::{EventStore, Position, to_document};
 use mongodb::bson::RawDocumentBuf;
 
 use crate::generator::Generator;
@@ -31,7 +31,12 @@ pub async fn bulk_insert_rate(
         let docs: Vec<RawDocumentBuf> = admit_batch(&generator.body(request), &admission)
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .into_iter()
-            .map(|e| to_document(&vec![(evp_events::entry::FIELD.to_string(), e.payload)]))
+            .enumerate()
+            .map(|(i, e)| {
+                let entry_id = format!("{request}-{i}");
+                let position = Position { partition: 0, entry_id: &entry_id };
+                to_document(&vec![(evp_events::entry::FIELD.to_string(), e.payload)], position)
+            })
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow::anyhow!(e.reason))?;
         batches.push_back(docs);

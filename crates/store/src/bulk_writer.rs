@@ -93,8 +93,13 @@ impl EventStore {
         Self { client, events }
     }
 
-    /// Uniqueness on (tenant, event_id) makes redelivery harmless; the other two serve the
-    /// tenant's newest-first listing, with and without a type filter.
+    /// Uniqueness on (tenant, event_id) makes redelivery harmless; the others serve the read API
+    /// ([`crate::reader`]) without a collection scan or an in-memory sort: the newest-first
+    /// listing, alone and per filter, each ending in the (timestamp, event_id) order the keyset
+    /// cursor walks; and an aggregate's events in stream order.
+    ///
+    /// Before the read API, two other indexes were created, (tenant, timestamp) and (tenant, type,
+    /// timestamp); the ones below supersede them, and an operator may drop them.
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
         let named = |keys: Document, name: &str, unique: bool| {
             IndexModel::builder()
@@ -102,11 +107,28 @@ impl EventStore {
                 .options(IndexOptions::builder().name(name.to_string()).unique(unique).build())
                 .build()
         };
+        let newest = |field: Option<&str>, name: &str| {
+            let mut keys = doc! { "tenant": 1 };
+            if let Some(field) = field {
+                keys.insert(field, 1);
+            }
+            keys.insert("timestamp", -1);
+            keys.insert("event_id", -1);
+            named(keys, name, false)
+        };
         self.events
             .create_indexes([
                 named(doc! { "tenant": 1, "event_id": 1 }, "tenant_event_id_unique", true),
-                named(doc! { "tenant": 1, "timestamp": -1 }, "tenant_timestamp", false),
-                named(doc! { "tenant": 1, "type": 1, "timestamp": -1 }, "tenant_type_timestamp", false),
+                newest(None, "newest"),
+                newest(Some("type"), "newest_by_type"),
+                newest(Some("source"), "newest_by_source"),
+                newest(Some("aggregate_id"), "newest_by_aggregate"),
+                newest(Some("correlation_id"), "newest_by_correlation"),
+                named(
+                    doc! { "tenant": 1, "aggregate_id": 1, "partition": 1, "seq": 1 },
+                    "aggregate_stream",
+                    false,
+                ),
             ])
             .await?;
         Ok(())

@@ -40,15 +40,35 @@ impl Unusable {
     }
 }
 
-/// Builds and encodes the document for an entry.
-pub fn to_document(fields: &Fields) -> Result<RawDocumentBuf, Unusable> {
+/// Where an entry sat in the stream: its partition (0 for the single stream) and its entry id.
+#[derive(Debug, Clone, Copy)]
+pub struct Position<'a> {
+    pub partition: i32,
+    /// The stream entry id, `<ms>-<seq>`.
+    pub entry_id: &'a str,
+}
+
+/// `<ms>-<seq>` as a string that sorts in stream order: both parts zero-padded to 20 digits (a
+/// u64 each, so nothing overflows). `None` when `entry_id` is not a stream id.
+pub fn sortable_seq(entry_id: &str) -> Option<String> {
+    let (ms, seq) = entry_id.split_once('-')?;
+    let (ms, seq): (u64, u64) = (ms.parse().ok()?, seq.parse().ok()?);
+    Some(format!("{ms:020}-{seq:020}"))
+}
+
+/// Builds and encodes the document for an entry at `position`.
+pub fn to_document(fields: &Fields, position: Position<'_>) -> Result<RawDocumentBuf, Unusable> {
     let payload = fields
         .iter()
         .find(|(name, _)| name == entry::FIELD)
         .map(|(_, value)| value)
         .ok_or_else(|| Unusable::undecodable(entry::DecodeError::MissingField))?;
     let event = entry::decode(payload).map_err(Unusable::undecodable)?;
-    let doc = build(event)?;
+    let seq = sortable_seq(position.entry_id)
+        .ok_or_else(|| Unusable::undecodable(format!("{:?} is not a stream entry id", position.entry_id)))?;
+    let mut doc = build(event)?;
+    doc.insert("partition", position.partition);
+    doc.insert("seq", seq);
     let raw = RawDocumentBuf::try_from(&doc).map_err(Unusable::unstorable)?;
     if raw.as_bytes().len() > MAX_DOCUMENT_BYTES {
         return Err(Unusable::unstorable(format!(
@@ -166,8 +186,10 @@ mod tests {
         vec![(entry::FIELD.to_string(), e.payload)]
     }
 
+    const AT: Position<'static> = Position { partition: 0, entry_id: "1700000000000-7" };
+
     fn document(fields: &Fields) -> Document {
-        Document::try_from(to_document(fields).unwrap()).unwrap()
+        Document::try_from(to_document(fields, AT).unwrap()).unwrap()
     }
 
     /// An entry as something other than the ingest might write it, with `data` as given.
@@ -188,6 +210,8 @@ mod tests {
         assert_eq!(doc.get_datetime("received_at").unwrap().timestamp_millis(), 1_000);
         assert_eq!(doc.get_str("source").unwrap(), "s");
         assert!(!doc.contains_key("aggregate_id"), "absent optionals are not stored");
+        assert_eq!(doc.get_i32("partition").unwrap(), 0);
+        assert_eq!(doc.get_str("seq").unwrap(), "00000001700000000000-00000000000000000007");
         let data = doc.get_document("data").unwrap();
         assert_eq!(
             data.get("n"),
@@ -223,17 +247,17 @@ mod tests {
 
     #[test]
     fn undecodable_entries_say_why() {
-        let missing = to_document(&vec![("other".into(), b"x".to_vec())]).unwrap_err();
+        let missing = to_document(&vec![("other".into(), b"x".to_vec())], AT).unwrap_err();
         assert_eq!(missing.kind, "undecodable");
         assert!(missing.reason.contains("no field"), "{missing:?}");
-        let broken = to_document(&vec![("e".into(), b"{broken".to_vec())]).unwrap_err();
+        let broken = to_document(&vec![("e".into(), b"{broken".to_vec())], AT).unwrap_err();
         assert!(broken.reason.contains("not a valid"), "{broken:?}");
     }
 
     #[test]
     fn data_the_ingest_would_refuse_is_unstorable_with_the_same_message() {
         for data in [r#"{"a\u0000b":1}"#, r#"{"n":18446744073709551615}"#, r#"{"n":[1e999]}"#] {
-            let refused = to_document(&raw_entry(data)).unwrap_err();
+            let refused = to_document(&raw_entry(data), AT).unwrap_err();
             assert_eq!(refused.kind, "unstorable", "{data}");
             let expected = evp_events::data::check(data).unwrap_err();
             assert_eq!(refused.reason, format!("unstorable: {expected}"));
@@ -243,8 +267,18 @@ mod tests {
     #[test]
     fn a_document_over_16_mib_is_unstorable() {
         let data = format!(r#"{{"pad":"{}"}}"#, "p".repeat(MAX_DOCUMENT_BYTES));
-        let refused = to_document(&raw_entry(&data)).unwrap_err();
+        let refused = to_document(&raw_entry(&data), AT).unwrap_err();
         assert_eq!(refused.kind, "unstorable");
         assert!(refused.reason.contains("MongoDB stores at most"), "{refused:?}");
+    }
+
+    #[test]
+    fn stream_positions_sort_as_the_stream_does() {
+        let ids = ["999-5", "1000-0", "1000-2", "1000-10", "18446744073709551615-18446744073709551615"];
+        let seqs: Vec<String> = ids.iter().map(|id| sortable_seq(id).unwrap()).collect();
+        let mut sorted = seqs.clone();
+        sorted.sort();
+        assert_eq!(sorted, seqs, "string order is stream order");
+        assert_eq!(sortable_seq("nope"), None);
     }
 }

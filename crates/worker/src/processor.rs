@@ -27,7 +27,7 @@ use crate::inflight_limit::InflightLimit;
 use crate::metrics as m;
 use crate::stream::{DeadLetter, Entry, StreamClient};
 use evp_store::bulk_writer::{EventStore, Failure, Verdict, classify_batch_error};
-use evp_store::document::to_document;
+use evp_store::document::{Position, to_document};
 
 /// Longest one bulk write may take before it counts as failed and is retried.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,7 +97,7 @@ impl Processor {
         let mut docs = Vec::with_capacity(entries.len());
         let mut writable = Vec::with_capacity(entries.len());
         for entry in entries {
-            match to_document(&entry.fields) {
+            match to_document(&entry.fields, Position { partition: 0, entry_id: &entry.id }) {
                 Ok(doc) => {
                     docs.push(doc);
                     writable.push(entry);

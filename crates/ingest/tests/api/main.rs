@@ -7,3 +7,4 @@ mod events;
 mod health;
 mod helpers;
 mod limits;
+mod read;

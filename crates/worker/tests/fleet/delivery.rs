@@ -63,7 +63,7 @@ async fn documents_have_the_contract_shape_and_indexes_exist() {
     let adm = evp_events::input::Admission::new("acme", 1_767_323_045_000, evp_events::Limits::default());
     let payloads: Vec<Vec<u8>> =
         evp_events::input::admit_batch(body, &adm).unwrap().into_iter().map(|e| e.payload).collect();
-    p.publish_raw(&payloads).await;
+    let entry_ids = p.publish_raw(&payloads).await;
     assert_eq!(p.wait_for_count(2, WAIT).await, 2);
 
     let coll = p.collection().await;
@@ -80,6 +80,11 @@ async fn documents_have_the_contract_shape_and_indexes_exist() {
     ] {
         assert_eq!(full.get_str(field).unwrap(), value);
     }
+    // Its place in the stream, zero-padded so that it sorts in stream order.
+    assert_eq!(full.get_i32("partition").unwrap(), 0);
+    let (ms, seq) = entry_ids[0].split_once('-').unwrap();
+    let expected_seq = format!("{:020}-{:020}", ms.parse::<u64>().unwrap(), seq.parse::<u64>().unwrap());
+    assert_eq!(full.get_str("seq").unwrap(), expected_seq);
     let data = full.get_document("data").unwrap();
     assert_eq!(data.get("total"), Some(&Bson::Double(12.5)));
     assert_eq!(data.get_array("items").unwrap().len(), 1);
@@ -98,8 +103,16 @@ async fn documents_have_the_contract_shape_and_indexes_exist() {
     };
     let unique = find(&["tenant", "event_id"]).expect("unique (tenant, event_id) index");
     assert_eq!(unique.options.as_ref().and_then(|o| o.unique), Some(true));
-    assert!(find(&["tenant", "timestamp"]).is_some(), "{indexes:?}");
-    assert!(find(&["tenant", "type", "timestamp"]).is_some(), "{indexes:?}");
+    for fields in [
+        &["tenant", "timestamp", "event_id"][..],
+        &["tenant", "type", "timestamp", "event_id"],
+        &["tenant", "source", "timestamp", "event_id"],
+        &["tenant", "aggregate_id", "timestamp", "event_id"],
+        &["tenant", "correlation_id", "timestamp", "event_id"],
+        &["tenant", "aggregate_id", "partition", "seq"],
+    ] {
+        assert!(find(fields).is_some(), "no index on {fields:?}: {indexes:?}");
+    }
 
     let (status, body) = worker.get("/health/ready").await;
     assert_eq!(status, 200, "{body}");

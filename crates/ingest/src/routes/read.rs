@@ -1,0 +1,150 @@
+//! `GET /events`, `GET /events/{id}`, `GET /aggregates/{aggregate_id}/events`.
+//!
+//! Every query is the authenticated tenant's; parameters are checked before MongoDB is asked
+//! (400 `invalid_query` naming the parameter); a read MongoDB does not answer within
+//! [`READ_TIMEOUT`] is a 503 with `Retry-After`, while writes keep working.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use evp_store::reader::{NewestKey, StreamKey};
+use mongodb::bson::Document;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Tenant;
+use crate::error::{ApiError, ErrorResponse};
+use crate::read::{EventPage, ListQuery, PageQuery, StoredEvent, aggregate_scope, listing_scope};
+use crate::state::AppState;
+
+/// Longest a read waits for MongoDB before answering 503.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a newest-first cursor holds: the last event's timestamp (ms) and id.
+#[derive(Serialize, Deserialize)]
+struct NewestPosition(i64, String);
+
+/// What an aggregate cursor holds: the last event's partition and stream position.
+#[derive(Serialize, Deserialize)]
+struct StreamPosition(i32, String);
+
+async fn bounded<T>(read: impl Future<Output = mongodb::error::Result<T>>) -> Result<T, ApiError> {
+    match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(ApiError::ReadUnavailable { cause: format!("MongoDB read failed: {e}") }),
+        Err(_) => {
+            Err(ApiError::ReadUnavailable { cause: format!("MongoDB read took over {READ_TIMEOUT:?}") })
+        }
+    }
+}
+
+fn page(docs: &[Document], more: bool, cursor: impl FnOnce(&Document) -> String) -> EventPage {
+    let next_cursor = if more { docs.last().map(cursor) } else { None };
+    EventPage { events: docs.iter().map(StoredEvent::from_document).collect(), next_cursor }
+}
+
+/// The tenant's stored events, newest first.
+///
+/// Ordered by `timestamp`, newest first, ties broken by `id`. Filters combine with AND. Pages are
+/// keyset pages: follow `next_cursor` (with the same filters) until it is `null`; every matching
+/// event comes exactly once, even while new events arrive, and a deep page costs what the first
+/// does.
+#[utoipa::path(get, path = "/events", tag = "read", params(ListQuery),
+    responses(
+        (status = 200, description = "One page", body = EventPage),
+        (status = 400, description = "`invalid_query`: an unknown or repeated parameter, a bad value, \
+            or a cursor issued for other filters or another tenant", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`", body = ErrorResponse),
+        (status = 503, description = "MongoDB unreachable", body = ErrorResponse,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
+pub async fn list_events(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<EventPage>, ApiError> {
+    let query = ListQuery::parse(raw.as_deref())?;
+    let limit = query.limit()?;
+    let filters = query.filters()?;
+    let scope = listing_scope(&tenant.0, &filters);
+    let after = match &query.cursor {
+        None => None,
+        Some(cursor) => {
+            let NewestPosition(timestamp_ms, event_id) = state.cursors.open(&scope, cursor).map_err(|m| {
+                ApiError::InvalidQuery { message: format!("cursor: {m}"), parameter: Some("cursor") }
+            })?;
+            Some(NewestKey { timestamp_ms, event_id })
+        }
+    };
+    let (docs, more) = bounded(state.reader.newest(&tenant.0, &filters, after.as_ref(), limit)).await?;
+    Ok(Json(page(&docs, more, |last| {
+        let timestamp_ms = last.get_datetime("timestamp").map(|d| d.timestamp_millis()).unwrap_or_default();
+        let id = last.get_str("event_id").unwrap_or_default().to_string();
+        state.cursors.issue(&scope, &NewestPosition(timestamp_ms, id))
+    })))
+}
+
+/// One stored event of the tenant.
+#[utoipa::path(get, path = "/events/{id}", tag = "read",
+    params(("id" = String, Path, description = "The event's id")),
+    responses(
+        (status = 200, description = "The event", body = StoredEvent),
+        (status = 401, description = "`unauthorized`", body = ErrorResponse),
+        (status = 404, description = "`not_found`: no such event for this tenant", body = ErrorResponse),
+        (status = 503, description = "MongoDB unreachable", body = ErrorResponse,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
+pub async fn get_event(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<StoredEvent>, ApiError> {
+    match bounded(state.reader.get(&tenant.0, &id)).await? {
+        Some(doc) => Ok(Json(StoredEvent::from_document(&doc))),
+        None => Err(ApiError::NotFound(format!("no event {id:?}"))),
+    }
+}
+
+/// An aggregate's events, oldest first, in the order they were appended to the stream.
+///
+/// The order is the stream's, not the events' timestamps (which clients set and can lie): what
+/// rebuilding an aggregate's state needs. Events stored before
+/// stream positions were recorded are not listed here (they are by `GET /events`).
+#[utoipa::path(get, path = "/aggregates/{aggregate_id}/events", tag = "read",
+    params(("aggregate_id" = String, Path, description = "The aggregate"), PageQuery),
+    responses(
+        (status = 200, description = "One page", body = EventPage),
+        (status = 400, description = "`invalid_query`", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`", body = ErrorResponse),
+        (status = 503, description = "MongoDB unreachable", body = ErrorResponse,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
+pub async fn aggregate_events(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(aggregate_id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<EventPage>, ApiError> {
+    let query = PageQuery::parse(raw.as_deref())?;
+    let limit = query.limit()?;
+    let scope = aggregate_scope(&tenant.0, &aggregate_id);
+    let after = match &query.cursor {
+        None => None,
+        Some(cursor) => {
+            let StreamPosition(partition, seq) = state.cursors.open(&scope, cursor).map_err(|m| {
+                ApiError::InvalidQuery { message: format!("cursor: {m}"), parameter: Some("cursor") }
+            })?;
+            Some(StreamKey { partition, seq })
+        }
+    };
+    let (docs, more) =
+        bounded(state.reader.aggregate(&tenant.0, &aggregate_id, after.as_ref(), limit)).await?;
+    Ok(Json(page(&docs, more, |last| {
+        let partition = last.get_i32("partition").unwrap_or_default();
+        let seq = last.get_str("seq").unwrap_or_default().to_string();
+        state.cursors.issue(&scope, &StreamPosition(partition, seq))
+    })))
+}

@@ -1,0 +1,144 @@
+//! The read side: a tenant's events, by filter and newest first, or an aggregate's in stream order.
+//!
+//! Both listings are **keyset** pages: each page starts strictly after the last event of the
+//! previous one in a total order, so page 1,000 costs what page 1 costs (an index seek, then
+//! `limit` entries), and paging returns each matching event exactly once, even while new events
+//! arrive (they land before the first page, or in a later one, never twice) and however many events
+//! share a timestamp:
+//!
+//! - newest first: (`timestamp` descending, `event_id` descending); `event_id` is unique per
+//!   tenant, so the order is total. Served by the `newest*` indexes.
+//! - an aggregate: (`partition`, `seq`) ascending, the order the events were appended to the
+//!   stream. Served by `aggregate_stream`. Events stored before positions were recorded have none
+//!   and are not listed there (they still are by the newest-first listing).
+//!
+//! Every query carries the tenant, so nothing here can return another tenant's event.
+
+use futures::TryStreamExt;
+use mongodb::bson::{DateTime, Document, doc};
+use mongodb::{Collection, options::FindOptions};
+
+/// Filters of the newest-first listing; all optional, combined with AND.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filters {
+    pub event_type: Option<String>,
+    pub source: Option<String>,
+    pub aggregate_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// Inclusive, Unix milliseconds.
+    pub from_ms: Option<i64>,
+    /// Exclusive, Unix milliseconds.
+    pub to_ms: Option<i64>,
+}
+
+/// The last event of a newest-first page: the next page starts after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewestKey {
+    pub timestamp_ms: i64,
+    pub event_id: String,
+}
+
+/// The last event of an aggregate page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamKey {
+    pub partition: i32,
+    pub seq: String,
+}
+
+/// Queries on the `events` collection.
+#[derive(Debug, Clone)]
+pub struct EventReader {
+    events: Collection<Document>,
+}
+
+impl EventReader {
+    pub fn new(client: &mongodb::Client, database: &str) -> Self {
+        Self { events: client.database(database).collection("events") }
+    }
+
+    /// One newest-first page of `tenant`'s events matching `filters`, after `after`. Returns at
+    /// most `limit` documents, plus whether more follow (one extra is read to know).
+    pub async fn newest(
+        &self,
+        tenant: &str,
+        filters: &Filters,
+        after: Option<&NewestKey>,
+        limit: usize,
+    ) -> mongodb::error::Result<(Vec<Document>, bool)> {
+        let mut query = doc! { "tenant": tenant };
+        for (field, value) in [
+            ("type", &filters.event_type),
+            ("source", &filters.source),
+            ("aggregate_id", &filters.aggregate_id),
+            ("correlation_id", &filters.correlation_id),
+        ] {
+            if let Some(value) = value {
+                query.insert(field, value.as_str());
+            }
+        }
+        let mut range = Document::new();
+        if let Some(from) = filters.from_ms {
+            range.insert("$gte", DateTime::from_millis(from));
+        }
+        if let Some(to) = filters.to_ms {
+            range.insert("$lt", DateTime::from_millis(to));
+        }
+        let mut clauses = Vec::new();
+        if !range.is_empty() {
+            clauses.push(doc! { "timestamp": range });
+        }
+        if let Some(key) = after {
+            let at = DateTime::from_millis(key.timestamp_ms);
+            clauses.push(doc! { "$or": [
+                { "timestamp": { "$lt": at } },
+                { "timestamp": at, "event_id": { "$lt": key.event_id.as_str() } },
+            ] });
+        }
+        if !clauses.is_empty() {
+            query.insert("$and", clauses);
+        }
+        let sort = doc! { "timestamp": -1, "event_id": -1 };
+        self.page(query, sort, limit).await
+    }
+
+    /// One page of an aggregate's events in stream order, after `after`.
+    pub async fn aggregate(
+        &self,
+        tenant: &str,
+        aggregate_id: &str,
+        after: Option<&StreamKey>,
+        limit: usize,
+    ) -> mongodb::error::Result<(Vec<Document>, bool)> {
+        let mut query = doc! { "tenant": tenant, "aggregate_id": aggregate_id, "seq": { "$exists": true } };
+        if let Some(key) = after {
+            query.insert(
+                "$or",
+                [
+                    doc! { "partition": { "$gt": key.partition } },
+                    doc! { "partition": key.partition, "seq": { "$gt": key.seq.as_str() } },
+                ],
+            );
+        }
+        let sort = doc! { "partition": 1, "seq": 1 };
+        self.page(query, sort, limit).await
+    }
+
+    /// One stored event of `tenant`.
+    pub async fn get(&self, tenant: &str, event_id: &str) -> mongodb::error::Result<Option<Document>> {
+        self.events.find_one(doc! { "tenant": tenant, "event_id": event_id }).await
+    }
+
+    async fn page(
+        &self,
+        query: Document,
+        sort: Document,
+        limit: usize,
+    ) -> mongodb::error::Result<(Vec<Document>, bool)> {
+        let options = FindOptions::builder().sort(sort).limit(limit as i64 + 1).build();
+        let mut docs: Vec<Document> =
+            self.events.find(query).with_options(options).await?.try_collect().await?;
+        let more = docs.len() > limit;
+        docs.truncate(limit);
+        Ok((docs, more))
+    }
+}
