@@ -65,40 +65,7 @@ impl EventReader {
         after: Option<&NewestKey>,
         limit: usize,
     ) -> mongodb::error::Result<(Vec<Document>, bool)> {
-        let mut query = doc! { "tenant": tenant };
-        for (field, value) in [
-            ("type", &filters.event_type),
-            ("source", &filters.source),
-            ("aggregate_id", &filters.aggregate_id),
-            ("correlation_id", &filters.correlation_id),
-        ] {
-            if let Some(value) = value {
-                query.insert(field, value.as_str());
-            }
-        }
-        let mut range = Document::new();
-        if let Some(from) = filters.from_ms {
-            range.insert("$gte", DateTime::from_millis(from));
-        }
-        if let Some(to) = filters.to_ms {
-            range.insert("$lt", DateTime::from_millis(to));
-        }
-        let mut clauses = Vec::new();
-        if !range.is_empty() {
-            clauses.push(doc! { "timestamp": range });
-        }
-        if let Some(key) = after {
-            let at = DateTime::from_millis(key.timestamp_ms);
-            clauses.push(doc! { "$or": [
-                { "timestamp": { "$lt": at } },
-                { "timestamp": at, "event_id": { "$lt": key.event_id.as_str() } },
-            ] });
-        }
-        if !clauses.is_empty() {
-            query.insert("$and", clauses);
-        }
-        let sort = doc! { "timestamp": -1, "event_id": -1 };
-        self.page(query, sort, limit).await
+        self.page(newest_query(tenant, filters, after), limit).await
     }
 
     /// One page of an aggregate's events in stream order, after `after`.
@@ -109,18 +76,7 @@ impl EventReader {
         after: Option<&StreamKey>,
         limit: usize,
     ) -> mongodb::error::Result<(Vec<Document>, bool)> {
-        let mut query = doc! { "tenant": tenant, "aggregate_id": aggregate_id, "seq": { "$exists": true } };
-        if let Some(key) = after {
-            query.insert(
-                "$or",
-                [
-                    doc! { "partition": { "$gt": key.partition } },
-                    doc! { "partition": key.partition, "seq": { "$gt": key.seq.as_str() } },
-                ],
-            );
-        }
-        let sort = doc! { "partition": 1, "seq": 1 };
-        self.page(query, sort, limit).await
+        self.page(aggregate_query(tenant, aggregate_id, after), limit).await
     }
 
     /// One stored event of `tenant`.
@@ -128,17 +84,81 @@ impl EventReader {
         self.events.find_one(doc! { "tenant": tenant, "event_id": event_id }).await
     }
 
-    async fn page(
-        &self,
-        query: Document,
-        sort: Document,
-        limit: usize,
-    ) -> mongodb::error::Result<(Vec<Document>, bool)> {
-        let options = FindOptions::builder().sort(sort).limit(limit as i64 + 1).build();
+    /// The server's plan (`explain`, queryPlanner) for a page of `query`, so that a test can
+    /// check that every query shape is served by an index.
+    pub async fn explain(&self, query: Query, limit: usize) -> mongodb::error::Result<Document> {
+        let command = doc! {
+            "explain": { "find": self.events.name(), "filter": query.filter, "sort": query.sort, "limit": limit as i64 + 1 },
+            "verbosity": "queryPlanner",
+        };
+        self.events.client().database(&self.events.namespace().db).run_command(command).await
+    }
+
+    async fn page(&self, query: Query, limit: usize) -> mongodb::error::Result<(Vec<Document>, bool)> {
+        let options = FindOptions::builder().sort(query.sort).limit(limit as i64 + 1).build();
         let mut docs: Vec<Document> =
-            self.events.find(query).with_options(options).await?.try_collect().await?;
+            self.events.find(query.filter).with_options(options).await?.try_collect().await?;
         let more = docs.len() > limit;
         docs.truncate(limit);
         Ok((docs, more))
     }
+}
+
+/// A page's filter and sort.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub filter: Document,
+    pub sort: Document,
+}
+
+/// The query of a newest-first page.
+pub fn newest_query(tenant: &str, filters: &Filters, after: Option<&NewestKey>) -> Query {
+    let mut filter = doc! { "tenant": tenant };
+    for (field, value) in [
+        ("type", &filters.event_type),
+        ("source", &filters.source),
+        ("aggregate_id", &filters.aggregate_id),
+        ("correlation_id", &filters.correlation_id),
+    ] {
+        if let Some(value) = value {
+            filter.insert(field, value.as_str());
+        }
+    }
+    let mut range = Document::new();
+    if let Some(from) = filters.from_ms {
+        range.insert("$gte", DateTime::from_millis(from));
+    }
+    if let Some(to) = filters.to_ms {
+        range.insert("$lt", DateTime::from_millis(to));
+    }
+    let mut clauses = Vec::new();
+    if !range.is_empty() {
+        clauses.push(doc! { "timestamp": range });
+    }
+    if let Some(key) = after {
+        let at = DateTime::from_millis(key.timestamp_ms);
+        clauses.push(doc! { "$or": [
+            { "timestamp": { "$lt": at } },
+            { "timestamp": at, "event_id": { "$lt": key.event_id.as_str() } },
+        ] });
+    }
+    if !clauses.is_empty() {
+        filter.insert("$and", clauses);
+    }
+    Query { filter, sort: doc! { "timestamp": -1, "event_id": -1 } }
+}
+
+/// The query of a page of an aggregate's stream.
+pub fn aggregate_query(tenant: &str, aggregate_id: &str, after: Option<&StreamKey>) -> Query {
+    let mut filter = doc! { "tenant": tenant, "aggregate_id": aggregate_id, "seq": { "$exists": true } };
+    if let Some(key) = after {
+        filter.insert(
+            "$or",
+            [
+                doc! { "partition": { "$gt": key.partition } },
+                doc! { "partition": key.partition, "seq": { "$gt": key.seq.as_str() } },
+            ],
+        );
+    }
+    Query { filter, sort: doc! { "partition": 1, "seq": 1 } }
 }
