@@ -5,6 +5,9 @@
 #   load-tests/bench.sh            # the figures in docs/PERFORMANCE.md
 #   BENCH_SCALE=0.1 load-tests/bench.sh   # a tenth of the events, for a quick look
 #   BENCH_PHASES="drain" load-tests/bench.sh   # only some of: redis ingest drain memory saturated
+#   BENCH_PHASES="read" load-tests/bench.sh    # the read API by depth (not in the default run: against
+#       nx-27017, which scans the collection for every page, 500 pages of 1M events take hours;
+#       BENCH_READ_SIZES="100000" for less)
 #   WORKER_BIN=/path/to/evp-worker load-tests/bench.sh   # measure another build's worker
 #   BENCH_KEEP_LOGS=/tmp/bench-logs load-tests/bench.sh  # keep the servers' and workers' logs
 #   BENCH_ROUNDS=5 load-tests/bench.sh    # rounds of the single-event comparison (3)
@@ -223,6 +226,27 @@ done
 [ -n "${BENCH_KEEP_LOGS:-}" ] && mkdir -p "$BENCH_KEEP_LOGS" && cp "$WORK"/*.log "$BENCH_KEEP_LOGS"/
 fi
 
+# --- The read API by depth: the first page against page 501, with 100k and 1M events stored ---
+# Keyset pages cost the same at any depth; each page is requested 50 times (p50, p99), with no
+# filter and with a type filter. Only with BENCH_PHASES=read (see the top of this file).
+READ_REPORT=""
+if phase read; then
+stored=0
+for size in ${BENCH_READ_SIZES:-100000 1000000}; do
+    echo "== storing events up to $size for the read API"
+    "$BIN/evp-loadtest" mongo-insert --events $((size - stored)) --batch 500 --concurrency 4 \
+        --keep-in "$MONGODB_DATABASE" --tenant "$TENANT"
+    stored=$size
+    type=$(curl -s "$INGEST_URL/events?limit=1" -H "x-api-key: $KEY" | python3 -c "import json,sys; print(json.load(sys.stdin)['events'][0]['type'])")
+    for query in "" "&type=$type"; do
+        "$BIN/evp-loadtest" read --url "$INGEST_URL" --key "$KEY" --query "$query" --depth 500 --samples 50 \
+            --json "$WORK/read-$size.json" | tee -a "$WORK/read.txt"
+        READ_REPORT+="  $size events $(json "$WORK/read-$size.json" "f\"{'type filter' if d['query'] else 'no filter'}: first page p50 {d['first']['p50_ms']:.1f} ms p99 {d['first']['p99_ms']:.1f} ms; page {d['deep_page']} p50 {d['deep']['p50_ms']:.1f} ms p99 {d['deep']['p99_ms']:.1f} ms = {d['deep']['p50_ms'] / d['first']['p50_ms']:.2f}x\"")
+"
+    done
+done
+fi
+
 # --- Report ---------------------------------------------------------------------------------
 p() { json "$WORK/$1.json" "f\"p50 {d['latency_ms']['p50']:.1f} ms, p99 {d['latency_ms']['p99']:.1f} ms\""; }
 read -r I1 W1 V1 R1 L1 <<< "$AT_100K"
@@ -253,4 +277,6 @@ Saturated MongoDB           $SAT_WORKERS workers draining $SAT_EVENTS into a dat
   drain alone               ${SAT[alone]} events/s   (transient write failures logged: ${SAT_RETRIES[alone]})
   beside a counting reader  ${SAT[reader]} events/s over ${SAT_READER_S}s = $(ratio "${SAT[reader]}" "${SAT[alone]}") of alone   (failures logged: ${SAT_RETRIES[reader]})
   load test --verify        ${SAT[verify]} events/s end to end = $(ratio "${SAT[verify]}" "${SAT[alone]}") of the drain alone   (failures logged: ${SAT_RETRIES[verify]})
+Read API by depth (BENCH_PHASES=read)
+$READ_REPORT
 REPORT

@@ -40,6 +40,9 @@ enum Command {
         /// Insert into this database and keep the documents (default: a scratch database, dropped).
         #[arg(long)]
         keep_in: Option<String>,
+        /// The tenant of the kept documents.
+        #[arg(long, default_value = "bench")]
+        tenant: String,
     },
     /// Count one tenant's documents of one event type every --every-ms for --seconds: the load a
     /// polling verifier puts on MongoDB, for measuring what it costs the workers.
@@ -57,6 +60,25 @@ enum Command {
         every_ms: u64,
         #[arg(long, default_value_t = 60.0)]
         seconds: f64,
+    },
+    /// Time the read API: the first page of GET /events against page --depth + 1, each requested
+    /// --samples times (p50, p99).
+    Read {
+        #[arg(long, env = "EVP_URL", default_value = "http://127.0.0.1:3000")]
+        url: String,
+        #[arg(long, env = "EVP_API_KEY", default_value = "demo-key")]
+        key: String,
+        /// Extra query parameters, e.g. `&type=page_view`.
+        #[arg(long, default_value = "")]
+        query: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, default_value_t = 500)]
+        depth: usize,
+        #[arg(long, default_value_t = 50)]
+        samples: usize,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// Time workers draining events 0..N of an earlier run: wait until the consumer group has
     /// acknowledged the whole stream, then check MongoDB holds every event exactly once.
@@ -160,8 +182,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => run(cli.run).await,
-        Some(Command::MongoInsert { mongodb_uri, events, batch, concurrency, payload_bytes, keep_in }) => {
-            mongo_bench::bulk_insert_rate(&mongodb_uri, events, batch, concurrency, payload_bytes, keep_in.as_deref()).await.map(|rate| {
+        Some(Command::MongoInsert { mongodb_uri, events, batch, concurrency, payload_bytes, keep_in, tenant }) => {
+            let keep_in = keep_in.as_deref().map(|database| (database, tenant.as_str()));
+            mongo_bench::bulk_insert_rate(&mongodb_uri, events, batch, concurrency, payload_bytes, keep_in).await.map(|rate| {
                 println!("mongodb bulk insert: {rate:.0} documents/s ({events} documents, batches of {batch}, {concurrency} writers)");
                 true
             })
@@ -175,6 +198,19 @@ async fn main() -> ExitCode {
                     println!("mongodb counts: {counts} in {seconds}s");
                     true
                 })
+        }
+        Some(Command::Read { url, key, query, limit, depth, samples, json }) => {
+            evp_loadtest::read_bench::run(&url, &key, &query, limit, depth, samples).await.and_then(|r| {
+                println!(
+                    "read{}: first page p50 {:.1} ms p99 {:.1} ms; page {} p50 {:.1} ms p99 {:.1} ms ({:.2}x the first at p50); walked in {:.1}s",
+                    r.query, r.first.p50_ms, r.first.p99_ms, r.deep_page, r.deep.p50_ms, r.deep.p99_ms,
+                    r.deep.p50_ms / r.first.p50_ms.max(1e-9), r.walk_s
+                );
+                if let Some(path) = json {
+                    std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
+                }
+                Ok(true)
+            })
         }
         Some(Command::Drain { run_id, events, group, mongo, json }) => {
             drain(&run_id, events, &group, &mongo, json).await

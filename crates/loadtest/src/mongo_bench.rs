@@ -13,19 +13,20 @@ use mongodb::bson::RawDocumentBuf;
 use crate::generator::Generator;
 
 /// Inserts `events` documents in batches of `batch` with `concurrency` writers; returns documents
-/// per second. Into a scratch database, dropped afterwards, unless `keep_in` names the database to
-/// fill (to give a benchmark a database that already holds many events).
+/// per second. Into a scratch database, dropped afterwards, unless `keep_in` names the database
+/// and tenant to fill (to give a benchmark a database that already holds many events).
 pub async fn bulk_insert_rate(
     mongodb_uri: &str,
     events: u64,
     batch: usize,
     concurrency: usize,
     payload_bytes: usize,
-    keep_in: Option<&str>,
+    keep_in: Option<(&str, &str)>,
 ) -> anyhow::Result<f64> {
     let run = format!("bench{:08x}", rand::random::<u32>());
     let generator = Generator::new(&run, batch as u64, Some(events), payload_bytes);
-    let admission = Admission::new("bench", 0, Limits::default());
+    let tenant = keep_in.map_or("bench", |(_, tenant)| tenant);
+    let admission = Admission::new(tenant, 0, Limits::default());
     let mut batches = VecDeque::new();
     for request in 0..generator.requests().unwrap_or(0) {
         let docs: Vec<RawDocumentBuf> = admit_batch(&generator.body(request), &admission)
@@ -43,7 +44,7 @@ pub async fn bulk_insert_rate(
     }
 
     let client = mongodb::Client::with_uri_str(mongodb_uri).await?;
-    let database = keep_in.map_or_else(|| format!("evp_{run}"), str::to_string);
+    let database = keep_in.map_or_else(|| format!("evp_{run}"), |(database, _)| database.to_string());
     let store = EventStore::new(client.clone(), &database);
     store.ensure_indexes().await?;
     let queue = Arc::new(Mutex::new(batches));
