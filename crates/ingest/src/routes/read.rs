@@ -38,6 +38,22 @@ async fn bounded<T>(read: impl Future<Output = mongodb::error::Result<T>>) -> Re
     }
 }
 
+/// The position in `cursor`, when one was given; 400 when it was not issued for `scope`.
+fn position<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    scope: &str,
+    cursor: Option<&str>,
+) -> Result<Option<T>, ApiError> {
+    cursor
+        .map(|cursor| {
+            state.cursors.open(scope, cursor).map_err(|m| ApiError::InvalidQuery {
+                message: format!("cursor: {m}"),
+                parameter: Some("cursor"),
+            })
+        })
+        .transpose()
+}
+
 fn page(docs: &[Document], more: bool, cursor: impl FnOnce(&Document) -> String) -> EventPage {
     let next_cursor = if more { docs.last().map(cursor) } else { None };
     EventPage { events: docs.iter().map(StoredEvent::from_document).collect(), next_cursor }
@@ -68,15 +84,8 @@ pub async fn list_events(
     let limit = query.limit()?;
     let filters = query.filters()?;
     let scope = listing_scope(&tenant.0, &filters);
-    let after = match &query.cursor {
-        None => None,
-        Some(cursor) => {
-            let NewestPosition(timestamp_ms, event_id) = state.cursors.open(&scope, cursor).map_err(|m| {
-                ApiError::InvalidQuery { message: format!("cursor: {m}"), parameter: Some("cursor") }
-            })?;
-            Some(NewestKey { timestamp_ms, event_id })
-        }
-    };
+    let after = position(&state, &scope, query.cursor.as_deref())?
+        .map(|NewestPosition(timestamp_ms, event_id)| NewestKey { timestamp_ms, event_id });
     let (docs, more) = bounded(state.reader.newest(&tenant.0, &filters, after.as_ref(), limit)).await?;
     Ok(Json(page(&docs, more, |last| {
         let timestamp_ms = last.get_datetime("timestamp").map(|d| d.timestamp_millis()).unwrap_or_default();
@@ -131,15 +140,8 @@ pub async fn aggregate_events(
     let query = PageQuery::parse(raw.as_deref())?;
     let limit = query.limit()?;
     let scope = aggregate_scope(&tenant.0, &aggregate_id);
-    let after = match &query.cursor {
-        None => None,
-        Some(cursor) => {
-            let StreamPosition(partition, seq) = state.cursors.open(&scope, cursor).map_err(|m| {
-                ApiError::InvalidQuery { message: format!("cursor: {m}"), parameter: Some("cursor") }
-            })?;
-            Some(StreamKey { partition, seq })
-        }
-    };
+    let after = position(&state, &scope, query.cursor.as_deref())?
+        .map(|StreamPosition(partition, seq)| StreamKey { partition, seq });
     let (docs, more) =
         bounded(state.reader.aggregate(&tenant.0, &aggregate_id, after.as_ref(), limit)).await?;
     Ok(Json(page(&docs, more, |last| {
