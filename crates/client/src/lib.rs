@@ -8,8 +8,13 @@
 //!   as [`Error::Api`] with the server's code, message and details. Batches larger than the
 //!   server's limit are split.
 //!
-//! Not in this version yet: the blocking client and the fire-and-forget `Emitter` that SPEC also
-//! promises.
+//! - [`Emitter`] (fire-and-forget): [`Emitter::emit`] never blocks and never panics; a bounded
+//!   queue (10,000 events; when full the event is refused and counted) is sent in background
+//!   batches (100 events or 500 ms) by a thread of its own; each event's [`Receipt`] can be awaited
+//!   or waited on with a timeout; `flush`, `shutdown`, and dropping the emitter deliver what is
+//!   queued, for a bounded time.
+//!
+//! Not in this version yet: the blocking client that SPEC also promises.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), evp_client::Error> {
@@ -19,9 +24,11 @@
 //! ```
 
 mod client;
+mod emitter;
 mod error;
 mod event;
 
 pub use client::{Client, ClientConfig};
+pub use emitter::{EmitError, Emitter, EmitterConfig, ErrorCallback, Outcome, Receipt, Stats};
 pub use error::{Detail, Error};
 pub use event::Event;

@@ -1,0 +1,152 @@
+//! The fire-and-forget emitter against a real `evp-ingest` (in process) and `redis-server`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use evp_client::{Client, ClientConfig, EmitError, Emitter, EmitterConfig, Error, Event};
+use evp_ingest::IngestConfig;
+use evp_testkit::RedisServer;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+struct Ingest {
+    url: String,
+    redis: RedisServer,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+async fn ingest() -> Ingest {
+    let redis = RedisServer::start();
+    let config = IngestConfig::for_test(&redis.url(), "mongodb://127.0.0.1:9", "acme:key-acme");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(evp_ingest::run(config, listener, None, shutdown.clone()));
+    Ingest { url, redis, _shutdown: shutdown.drop_guard() }
+}
+
+async fn stream_ids(redis: &RedisServer) -> Vec<String> {
+    let mut conn = redis.connection().await;
+    let entries: Vec<StreamEntry> =
+        redis::cmd("XRANGE").arg("events").arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    entries
+        .into_iter()
+        .map(|(_, fields)| {
+            let payload: serde_json::Value = serde_json::from_slice(&fields[0].1).unwrap();
+            payload["id"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_then_shutdown_are_all_in_the_stream_once() {
+    let ingest = ingest().await;
+    let emitter =
+        Emitter::new(Client::new(&ingest.url, "key-acme").unwrap(), EmitterConfig::default()).unwrap();
+    let mut receipts = Vec::new();
+    for i in 0..10_000 {
+        receipts
+            .push(emitter.emit(Event::new("emitted").data(json!({"i": i}))).expect("the queue holds 10,000"));
+    }
+    let flushed =
+        tokio::task::spawn_blocking(move || emitter.shutdown(Duration::from_secs(60))).await.unwrap();
+    assert!(flushed, "shutdown delivered everything in time");
+    let stored = stream_ids(&ingest.redis).await;
+    assert_eq!(stored.len(), 10_000);
+    assert_eq!(stored.iter().collect::<HashSet<_>>().len(), 10_000, "each once");
+    // Every receipt names its event's id, in emit order.
+    let mut ids = Vec::new();
+    for receipt in &receipts {
+        ids.push(receipt.outcome().await.unwrap());
+    }
+    assert_eq!(ids, stored);
+}
+
+#[test]
+fn a_full_queue_refuses_and_counts_without_blocking() {
+    // An address where nothing listens: every batch fails and is retried until its deadline, so
+    // nothing leaves the queue for a while.
+    let mut config = ClientConfig::new("http://127.0.0.1:9", "k");
+    config.deadline = Duration::from_secs(3);
+    let emitter = Emitter::new(
+        Client::with_config(config).unwrap(),
+        EmitterConfig { capacity: 10, batch: 5, interval: Duration::from_secs(60), ..Default::default() },
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut refused = 0;
+    for _ in 0..100 {
+        match emitter.emit(Event::new("x")) {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e, EmitError::QueueFull);
+                refused += 1;
+            }
+        }
+    }
+    assert!(started.elapsed() < Duration::from_millis(500), "emit blocked: {:?}", started.elapsed());
+    assert!(refused >= 80, "only {refused} refused with room for 10 (+ one batch in hand)");
+    assert_eq!(emitter.stats().dropped(), refused);
+    // Shutting down gives up within its timeout (nothing can be delivered), without hanging.
+    let started = Instant::now();
+    assert!(!emitter.shutdown(Duration::from_millis(300)));
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_emitter_delivers_what_it_held() {
+    let ingest = ingest().await;
+    let url = ingest.url.clone();
+    let ids = tokio::task::spawn_blocking(move || {
+        let emitter = Emitter::new(
+            Client::new(&url, "key-acme").unwrap(),
+            EmitterConfig { interval: Duration::from_secs(60), batch: 1000, ..Default::default() },
+        )
+        .unwrap();
+        let receipts: Vec<_> =
+            (0..500).map(|i| emitter.emit(Event::new("held").id(format!("h-{i}"))).unwrap()).collect();
+        drop(emitter);
+        receipts
+            .iter()
+            .map(|r| r.wait_timeout(Duration::from_secs(1)).expect("settled by the drop").unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(ids, (0..500).map(|i| format!("h-{i}")).collect::<Vec<_>>());
+    assert_eq!(stream_ids(&ingest.redis).await, ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_reaches_the_receipts_and_the_error_callback() {
+    let ingest = ingest().await;
+    let errors = Arc::new(AtomicUsize::new(0));
+    let seen = errors.clone();
+    let emitter = Emitter::new(
+        Client::new(&ingest.url, "key-acme").unwrap(),
+        EmitterConfig {
+            interval: Duration::from_millis(50),
+            on_error: Some(Arc::new(move |e: &Error| {
+                assert_eq!(e.code(), Some("invalid_event"));
+                seen.fetch_add(1, Ordering::Relaxed);
+            })),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let bad = emitter.emit(Event::new("bad type")).unwrap();
+    match bad.outcome().await {
+        Err(e) => assert_eq!(e.code(), Some("invalid_event")),
+        Ok(id) => panic!("accepted {id}"),
+    }
+    assert_eq!(errors.load(Ordering::Relaxed), 1);
+    assert_eq!(emitter.stats().failed(), 1);
+    let good = emitter.emit(Event::new("fine")).unwrap();
+    assert!(good.outcome().await.is_ok());
+    tokio::task::spawn_blocking(move || emitter.shutdown(Duration::from_secs(10))).await.unwrap();
+}
