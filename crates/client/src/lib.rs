@@ -13,8 +13,8 @@
 //!   batches (100 events or 500 ms) by a thread of its own; each event's [`Receipt`] can be awaited
 //!   or waited on with a timeout; `flush`, `shutdown`, and dropping the emitter deliver what is
 //!   queued, for a bounded time.
-//!
-//! Not in this version yet: the blocking client that SPEC also promises.
+//! - [`blocking::Client`]: the same for synchronous code, every call bounded by a timeout, safe
+//!   to call from inside a tokio runtime.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), evp_client::Error> {
@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod blocking;
 mod client;
 mod emitter;
 mod error;
