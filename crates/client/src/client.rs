@@ -24,6 +24,8 @@ pub struct ClientConfig {
     pub max_batch: usize,
     /// First and largest pause between attempts (100 ms, 5 s); each pause is jittered.
     pub backoff: (Duration, Duration),
+    /// Send bodies gzip-compressed (`Content-Encoding: gzip`); off by default.
+    pub gzip: bool,
 }
 
 impl ClientConfig {
@@ -35,6 +37,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(5),
             max_batch: 1000,
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            gzip: false,
         }
     }
 }
@@ -124,6 +127,7 @@ impl Client {
 
     /// POSTs `body` until it is answered for good or the deadline passes.
     async fn post(&self, path: &str, body: Vec<u8>) -> Result<Vec<String>, Error> {
+        let body = if self.config.gzip { gzip(&body)? } else { body };
         let deadline = Instant::now() + self.config.deadline;
         let url = format!("{}{path}", self.config.base_url);
         let (first, cap) = self.config.backoff;
@@ -148,15 +152,15 @@ impl Client {
     }
 
     async fn attempt(&self, url: &str, body: Vec<u8>, attempts: u32) -> Attempt {
-        let response = match self
+        let mut request = self
             .http
             .post(url)
             .header("x-api-key", self.key.clone())
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-        {
+            .header("content-type", "application/json");
+        if self.config.gzip {
+            request = request.header("content-encoding", "gzip");
+        }
+        let response = match request.body(body).send().await {
             Ok(response) => response,
             // Timeouts and connection errors: the request may or may not have landed; the ids are
             // fixed, so sending it again stores each event once.
@@ -197,4 +201,11 @@ impl Client {
         };
         Attempt::Fail(Error::Api { status: status.as_u16(), code, message, details, attempts })
     }
+}
+
+fn gzip(body: &[u8]) -> Result<Vec<u8>, Error> {
+    use std::io::Write;
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+    encoder.write_all(body).and_then(|()| encoder.finish()).map_err(|e| Error::Config(format!("gzip: {e}")))
 }

@@ -145,6 +145,18 @@ async fn a_deadline_bounds_the_retries_and_honours_retry_after() {
     assert!(took < Duration::from_millis(2500), "the deadline held: {took:?}");
 }
 
+#[tokio::test]
+async fn gzip_bodies_are_accepted() {
+    let ingest = ingest(|_| {}).await;
+    let mut config = ClientConfig::new(&ingest.url, "key-acme");
+    config.gzip = true;
+    let client = Client::with_config(config).unwrap();
+    let events: Vec<Event> =
+        (0..300).map(|i| Event::new("zipped").data(json!({"pad": "x".repeat(200), "i": i}))).collect();
+    let ids = client.send_batch(events).await.unwrap();
+    assert_eq!(stream_ids(&ingest.redis).await, ids);
+}
+
 #[test]
 fn bad_configuration_is_refused() {
     assert!(matches!(Client::new("localhost:3000", "k"), Err(Error::Config(_))));
