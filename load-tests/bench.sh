@@ -4,7 +4,7 @@
 #
 #   load-tests/bench.sh            # the figures in docs/PERFORMANCE.md
 #   BENCH_SCALE=0.1 load-tests/bench.sh   # a tenth of the events, for a quick look
-#   BENCH_PHASES="drain" load-tests/bench.sh   # only some of: redis ingest drain memory saturated
+#   BENCH_PHASES="drain" load-tests/bench.sh   # only some of: redis ingest drain memory saturated client
 #   BENCH_PHASES="read" load-tests/bench.sh    # the read API by depth (not in the default run: against
 #       nx-27017, which scans the collection for every page, 500 pages of 1M events take hours;
 #       BENCH_READ_SIZES="100000" for less)
@@ -17,7 +17,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$EVP_ROOT"
 SCALE="${BENCH_SCALE:-1}"
-PHASES=" ${BENCH_PHASES:-redis ingest drain memory saturated} "
+PHASES=" ${BENCH_PHASES:-redis ingest drain memory saturated client} "
 phase() { [[ "$PHASES" == *" $1 "* ]]; }
 n() { python3 -c "print(max(1000, int($1 * $SCALE)))"; }
 
@@ -247,6 +247,19 @@ for size in ${BENCH_READ_SIZES:-100000 1000000}; do
 done
 fi
 
+# --- The client library: the Emitter from one process against the load generator's batches ---
+# Both send batches of 100 to the ingest alone (no workers), one after the other.
+CLIENT_EVENTS=$(n 200000); CLIENT_LOADGEN=0; CLIENT_EMIT=0
+if phase client; then
+echo "== evp-client Emitter against evp-loadtest, $CLIENT_EVENTS events each, batches of 100"
+"${REDIS_CLI[@]}" del events > /dev/null
+loadtest --events "$CLIENT_EVENTS" --batch 100 --concurrency 32 --quiet --json "$WORK/client-loadgen.json" > /dev/null
+CLIENT_LOADGEN=$(json "$WORK/client-loadgen.json" "int(d['events_per_s'])")
+"${REDIS_CLI[@]}" del events > /dev/null
+CLIENT_EMIT=$("$BIN/evp-loadtest" emit --url "$INGEST_URL" --key "$KEY" --events "$CLIENT_EVENTS" | tee /dev/stderr | awk '{print int($7)}')
+"${REDIS_CLI[@]}" del events > /dev/null
+fi
+
 # --- Report ---------------------------------------------------------------------------------
 p() { json "$WORK/$1.json" "f\"p50 {d['latency_ms']['p50']:.1f} ms, p99 {d['latency_ms']['p99']:.1f} ms\""; }
 read -r I1 W1 V1 R1 L1 <<< "$AT_100K"
@@ -277,6 +290,7 @@ Saturated MongoDB           $SAT_WORKERS workers draining $SAT_EVENTS into a dat
   drain alone               ${SAT[alone]} events/s   (transient write failures logged: ${SAT_RETRIES[alone]})
   beside a counting reader  ${SAT[reader]} events/s over ${SAT_READER_S}s = $(ratio "${SAT[reader]}" "${SAT[alone]}") of alone   (failures logged: ${SAT_RETRIES[reader]})
   load test --verify        ${SAT[verify]} events/s end to end = $(ratio "${SAT[verify]}" "${SAT[alone]}") of the drain alone   (failures logged: ${SAT_RETRIES[verify]})
+Client library              Emitter (one process, batches of 100): $CLIENT_EMIT events/s = $(ratio "$CLIENT_EMIT" "$CLIENT_LOADGEN") of evp-loadtest's $CLIENT_LOADGEN events/s (32 connections)
 Read API by depth (BENCH_PHASES=read)
 $READ_REPORT
 REPORT

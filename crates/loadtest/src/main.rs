@@ -80,6 +80,18 @@ enum Command {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// Send events with evp-client's fire-and-forget Emitter from this one process (batches of
+    /// 100 on its background thread) and print the rate, to compare with the load generator's.
+    Emit {
+        #[arg(long, env = "EVP_URL", default_value = "http://127.0.0.1:3000")]
+        url: String,
+        #[arg(long, env = "EVP_API_KEY", default_value = "demo-key")]
+        key: String,
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+    },
     /// Time workers draining events 0..N of an earlier run: wait until the consumer group has
     /// acknowledged the whole stream, then check MongoDB holds every event exactly once.
     Drain {
@@ -212,6 +224,7 @@ async fn main() -> ExitCode {
                 Ok(true)
             })
         }
+        Some(Command::Emit { url, key, events, payload_bytes }) => emit(&url, &key, events, payload_bytes),
         Some(Command::Drain { run_id, events, group, mongo, json }) => {
             drain(&run_id, events, &group, &mongo, json).await
         }
@@ -293,4 +306,31 @@ async fn drain(
         std::fs::write(path, serde_json::to_vec_pretty(&v)?)?;
     }
     Ok(v.ok())
+}
+
+/// Emits `events` through evp-client's Emitter, as fast as its queue takes them (a full queue
+/// is waited out, not counted as lost), then shuts it down; prints events/s.
+fn emit(url: &str, key: &str, events: u64, payload_bytes: usize) -> anyhow::Result<bool> {
+    use evp_client::{Client, EmitError, Emitter, EmitterConfig, Event};
+    let emitter = Emitter::new(Client::new(url, key)?, EmitterConfig::default())?;
+    let pad = "x".repeat(payload_bytes);
+    let started = Instant::now();
+    for i in 0..events {
+        let event = Event::new("loadtest.emitted").data(serde_json::json!({"seq": i, "pad": pad}));
+        loop {
+            match emitter.emit(event.clone()) {
+                Ok(_) => break,
+                Err(EmitError::QueueFull) => std::thread::sleep(Duration::from_micros(200)),
+                Err(e) => anyhow::bail!("{e}"),
+            }
+        }
+    }
+    let delivered = emitter.shutdown(Duration::from_secs(120));
+    let seconds = started.elapsed().as_secs_f64();
+    let stats_ok = delivered;
+    println!(
+        "emitter: {events} events in {seconds:.2}s = {:.0} events/s from one process (delivered: {stats_ok})",
+        events as f64 / seconds
+    );
+    Ok(delivered)
 }
