@@ -150,3 +150,79 @@ async fn a_refused_batch_reaches_the_receipts_and_the_error_callback() {
     assert!(good.outcome().await.is_ok());
     tokio::task::spawn_blocking(move || emitter.shutdown(Duration::from_secs(10))).await.unwrap();
 }
+
+/// The whole way: 10,000 events through the emitter, with Redis stopped for two seconds in the
+/// middle, into MongoDB through a worker (in process): each event stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_redis_outage_into_mongodb_each_event_is_stored_once() {
+    use mongodb::bson::{Document, doc};
+
+    let mut ingest = ingest().await;
+    let mongo = evp_testkit::MongoServer::start().await;
+    let database = mongo.unique_database("emitter");
+    let env = evp_runtime::config::Env::from_pairs([
+        ("REDIS_URL", ingest.redis.url()),
+        ("MONGODB_URI", mongo.uri().to_string()),
+        ("MONGODB_DATABASE", database.clone()),
+        ("CONSUMER_NAME", "w".to_string()),
+        ("WORKER_BLOCK_MS", "200".to_string()),
+        ("WORKER_CLAIM_IDLE_MS", "1000".to_string()),
+    ]);
+    let stop_worker = CancellationToken::new();
+    let worker = tokio::spawn(evp_worker::run(
+        evp_worker::WorkerConfig::from_env(&env).unwrap(),
+        None,
+        None,
+        stop_worker.clone(),
+    ));
+
+    let mut config = ClientConfig::new(&ingest.url, "key-acme");
+    config.deadline = Duration::from_secs(30);
+    config.backoff = (Duration::from_millis(50), Duration::from_millis(500));
+    let emitter =
+        Arc::new(Emitter::new(Client::with_config(config).unwrap(), EmitterConfig::default()).unwrap());
+    let emit = |range: std::ops::Range<u32>| {
+        let emitter = emitter.clone();
+        range
+            .map(move |i| emitter.emit(Event::new("through").id(format!("e-{i}"))).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let events = mongo.client().await.database(&database).collection::<Document>("events");
+    let stored_within = |n: u64, within: Duration| {
+        let events = events.clone();
+        async move {
+            let deadline = Instant::now() + within;
+            loop {
+                let stored = events.count_documents(doc! {"tenant": "acme"}).await.unwrap();
+                if stored >= n || Instant::now() > deadline {
+                    return stored;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let mut receipts = emit(0..5000);
+    for receipt in &receipts {
+        receipt.outcome().await.unwrap();
+    }
+    // The test's Redis keeps nothing across a restart, so let the worker store these first.
+    assert_eq!(stored_within(5000, Duration::from_secs(60)).await, 5000);
+    ingest.redis.stop();
+    receipts.extend(emit(5000..10_000));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = receipts[5000..].iter().filter(|r| r.wait_timeout(Duration::ZERO).is_none()).count();
+    assert!(waiting > 0, "the outage did not hold anything up, so it tested nothing");
+    ingest.redis.restart();
+    let emitter = Arc::try_unwrap(emitter).unwrap();
+    assert!(tokio::task::spawn_blocking(move || emitter.shutdown(Duration::from_secs(60))).await.unwrap());
+    for receipt in &receipts {
+        receipt.outcome().await.expect("every event accepted in the end");
+    }
+
+    assert_eq!(stored_within(10_000, Duration::from_secs(90)).await, 10_000, "every event stored");
+    let distinct: Vec<mongodb::bson::Bson> =
+        events.distinct("event_id", doc! {"tenant": "acme"}).await.unwrap();
+    assert_eq!(distinct.len(), 10_000, "none twice");
+    stop_worker.cancel();
+    worker.await.unwrap().unwrap();
+}
