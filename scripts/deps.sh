@@ -53,3 +53,18 @@ ensure_venv() {
 }
 
 ensure_nx() { ensure_venv; }
+
+# Signals the pids and waits for them, at most $STOP_GRACE seconds (default 20), then kills what is
+# left: a server that misses its SIGTERM (nx-27017 sometimes does) must not hang the run.
+stop_pids() {
+    local pid
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq $((${STOP_GRACE:-20} * 10))); do
+        local alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}

@@ -35,26 +35,13 @@ APP_PIDS=()      # evp-ingest and the workers: stopped first, and waited for
 # order: the ingest drains and the workers finish their batches while Redis and MongoDB still run.
 spawn() { setsid "$@" & }
 
-stop() {   # $@: pids; signals them and waits until each has exited (30 s at most, then SIGKILL)
-    local pid
-    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 300); do
-        local alive=0
-        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [ "$alive" = 0 ] && break
-        sleep 0.1
-    done
-    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
-    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
-}
-
 cleanup() {
     trap - INT TERM EXIT
     trap '' PIPE   # a closed terminal or pipe must not stop the stopping
     echo; echo "evp: stopping the ingest and the workers..."
-    stop "${APP_PIDS[@]}"
+    STOP_GRACE=30 stop_pids "${APP_PIDS[@]}"
     echo "evp: stopping Redis and MongoDB..."
-    stop "${SERVER_PIDS[@]}"
+    STOP_GRACE=30 stop_pids "${SERVER_PIDS[@]}"
     exit "${1:-0}"
 }
 trap cleanup INT TERM EXIT

@@ -10,7 +10,9 @@ use evp_client::{ClientConfig, Error, Event};
 use evp_ingest::IngestConfig;
 use evp_testkit::RedisServer;
 
-type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+mod common;
+
+use common::StreamEntry;
 
 /// An ingest serving on a thread and runtime of its own; returns its URL and its Redis.
 fn ingest() -> (String, RedisServer) {

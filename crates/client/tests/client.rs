@@ -5,44 +5,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use evp_client::{Client, ClientConfig, Error, Event};
-use evp_ingest::IngestConfig;
-use evp_testkit::RedisServer;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-struct Ingest {
-    url: String,
-    redis: RedisServer,
-    _shutdown: tokio_util::sync::DropGuard,
-}
+mod common;
 
-async fn ingest(adjust: impl FnOnce(&mut IngestConfig)) -> Ingest {
-    let redis = RedisServer::start();
-    let mut config = IngestConfig::for_test(&redis.url(), "mongodb://127.0.0.1:9", "acme:key-acme");
-    adjust(&mut config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(evp_ingest::run(config, listener, None, shutdown.clone()));
-    Ingest { url, redis, _shutdown: shutdown.drop_guard() }
-}
-
-/// One XRANGE entry: its id and field-value pairs.
-type StreamEntry = (String, Vec<(String, Vec<u8>)>);
-
-/// The event ids in the stream, in order.
-async fn stream_ids(redis: &RedisServer) -> Vec<String> {
-    let mut conn = redis.connection().await;
-    let entries: Vec<StreamEntry> =
-        redis::cmd("XRANGE").arg("events").arg("-").arg("+").query_async(&mut conn).await.unwrap();
-    entries
-        .into_iter()
-        .map(|(_, fields)| {
-            let payload: serde_json::Value = serde_json::from_slice(&fields[0].1).unwrap();
-            payload["id"].as_str().unwrap().to_string()
-        })
-        .collect()
-}
+use common::{ingest, stream_ids};
 
 #[tokio::test]
 async fn send_and_send_batch_return_the_ids_the_stream_holds() {

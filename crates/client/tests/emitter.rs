@@ -7,40 +7,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use evp_client::{Client, ClientConfig, EmitError, Emitter, EmitterConfig, Error, Event};
-use evp_ingest::IngestConfig;
-use evp_testkit::RedisServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+mod common;
 
-struct Ingest {
-    url: String,
-    redis: RedisServer,
-    _shutdown: tokio_util::sync::DropGuard,
-}
+use common::stream_ids;
 
-async fn ingest() -> Ingest {
-    let redis = RedisServer::start();
-    let config = IngestConfig::for_test(&redis.url(), "mongodb://127.0.0.1:9", "acme:key-acme");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(evp_ingest::run(config, listener, None, shutdown.clone()));
-    Ingest { url, redis, _shutdown: shutdown.drop_guard() }
-}
-
-async fn stream_ids(redis: &RedisServer) -> Vec<String> {
-    let mut conn = redis.connection().await;
-    let entries: Vec<StreamEntry> =
-        redis::cmd("XRANGE").arg("events").arg("-").arg("+").query_async(&mut conn).await.unwrap();
-    entries
-        .into_iter()
-        .map(|(_, fields)| {
-            let payload: serde_json::Value = serde_json::from_slice(&fields[0].1).unwrap();
-            payload["id"].as_str().unwrap().to_string()
-        })
-        .collect()
+async fn ingest() -> common::Ingest {
+    common::ingest(|_| {}).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
