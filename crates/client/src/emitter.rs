@@ -109,8 +109,8 @@ impl Receipt {
     fn settle(&self, outcome: Outcome) {
         *self.0.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(outcome);
         self.0.ready.notify_all();
+        // Wakes every `outcome()` waiting: each registers before it looks at the slot.
         self.0.notify.notify_waiters();
-        self.0.notify.notify_one();
     }
 
     fn peek(&self) -> Option<Outcome> {

@@ -293,7 +293,7 @@ async fn drain(
         Target { mongodb_uri: &mongo.mongodb_uri, database: &mongo.database, tenant: &mongo.tenant, run_id };
     let stall = Duration::from_secs(mongo.stall_timeout);
     let started = Instant::now();
-    let done = verify::wait_acknowledged(&group.redis_url, &group.stream, &group.group, stall).await?;
+    let done = verify::wait_acknowledged(&group.group(), stall).await?;
     let ids = verify::all_ids(run_id, events);
     let mut v = verify::verify(&target, Wait::Done(done), &ids, started, done, stall, false).await?;
     let seconds = done.duration_since(started).as_secs_f64();

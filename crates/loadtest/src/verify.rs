@@ -92,13 +92,19 @@ struct GroupWatch {
 }
 
 impl GroupWatch {
-    async fn connect(group: &Group<'_>) -> anyhow::Result<Self> {
+    /// Connects; the group need not exist yet.
+    async fn open(group: &Group<'_>) -> anyhow::Result<Self> {
         let client = redis::Client::open(group.redis_url)?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)));
         let conn = client.get_multiplexed_async_connection_with_config(&config).await?;
-        let mut watch = Self { conn, stream: group.stream.to_string(), name: group.name.to_string() };
+        Ok(Self { conn, stream: group.stream.to_string(), name: group.name.to_string() })
+    }
+
+    /// Connects to a group that exists.
+    async fn connect(group: &Group<'_>) -> anyhow::Result<Self> {
+        let mut watch = Self::open(group).await?;
         watch
             .state()
             .await?
@@ -260,33 +266,27 @@ fn drain_rate(start: Option<(Instant, GroupState)>, end: Option<GroupState>, don
     (backlog >= 1_000 && seconds > 0.0).then(|| acked as f64 / seconds)
 }
 
-/// Waits until consumer group `group` has read and acknowledged everything in `stream`: the
-/// workers' own account of having stored it all. Cheap to poll, unlike counting in MongoDB, which
-/// would compete with the workers for the server. Returns when that happened.
-pub async fn wait_acknowledged(
-    redis_url: &str,
-    stream: &str,
-    group: &str,
-    stall: Duration,
-) -> anyhow::Result<Instant> {
-    let mut conn = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
-    let mut last = (u64::MAX, u64::MAX);
+/// Waits until consumer group `group` has read and acknowledged everything in its stream (the
+/// group may not exist yet): the workers' own account of having stored it all. Returns when that
+/// happened; gives up after `stall` without progress.
+pub async fn wait_acknowledged(group: &Group<'_>, stall: Duration) -> anyhow::Result<Instant> {
+    let mut watch = GroupWatch::open(group).await?;
+    let mut last = None;
     let mut last_change = Instant::now();
     loop {
-        let groups: redis::streams::StreamInfoGroupsReply =
-            redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(&mut conn).await?;
-        if let Some(g) = groups.groups.iter().find(|g| g.name == group) {
-            let state = (g.pending as u64, g.lag.map_or(u64::MAX, |l| l as u64));
-            if state == (0, 0) {
-                return Ok(Instant::now());
-            }
-            if state != last {
-                last = state;
-                last_change = Instant::now();
-            }
+        let state = watch.state().await?;
+        if let Some(s) = state
+            && s.pending == 0
+            && s.lag == Some(0)
+        {
+            return Ok(Instant::now());
+        }
+        if state.is_some() && state != last {
+            last = state;
+            last_change = Instant::now();
         }
         if last_change.elapsed() > stall {
-            anyhow::bail!("group {group} made no progress for {stall:?} (pending, lag = {last:?})");
+            anyhow::bail!("group {} made no progress for {stall:?} (last seen: {last:?})", group.name);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
