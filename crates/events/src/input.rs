@@ -362,7 +362,7 @@ fn check<'a>(
     let mut report =
         |field: Option<&'static str>, message: String| problems.push(Problem { index, field, message });
     let t = &input.event_type;
-    if t.is_empty() || t.chars().count() > MAX_TYPE_CHARS || !t.bytes().all(is_type_byte) {
+    if !is_event_type(t) {
         report(Some("type"), format!("type must be 1 to {MAX_TYPE_CHARS} characters of [A-Za-z0-9_.:-]"));
     }
     if let Some(id) = &input.id {
@@ -410,6 +410,11 @@ fn check<'a>(
         causation_id: input.causation_id,
         data: input.data,
     }
+}
+
+/// Whether `t` is a valid event type: 1 to [`MAX_TYPE_CHARS`] characters of `[A-Za-z0-9_.:-]`.
+pub fn is_event_type(t: &str) -> bool {
+    !t.is_empty() && t.len() <= MAX_TYPE_CHARS && t.bytes().all(is_type_byte)
 }
 
 fn is_type_byte(b: u8) -> bool {

@@ -18,6 +18,9 @@ pub struct IngestConfig {
     pub port: u16,
     /// `API_KEYS`, required: comma-separated `tenant:key` pairs; a bare key is tenant `default`.
     pub api_keys: ApiKeys,
+    /// `CONSUMER_GROUP`, default `evp-workers-group`: the workers' group, whose pending entries,
+    /// lag and consumers analytics reports.
+    pub group: String,
     /// `STREAM_HIGH_WATER`, default 1,000,000: backlog at which requests get 503.
     pub stream_high_water: u64,
     /// `MAX_EVENT_BYTES` (65,536) and `MAX_BATCH_EVENTS` (1,000).
@@ -58,6 +61,7 @@ impl IngestConfig {
             common: CommonConfig::from_env(env)?,
             port: env.parse("PORT", 3000)?,
             api_keys,
+            group: env.string("CONSUMER_GROUP", "evp-workers-group"),
             stream_high_water: env.positive("STREAM_HIGH_WATER", Self::DEFAULT_HIGH_WATER)?,
             limits,
             max_body_bytes: env.positive("MAX_BODY_BYTES", 5_242_880)?,

@@ -15,9 +15,13 @@
 //! The read side: [`routes::read`] serves `GET /events*` and `GET /aggregates/{id}/events` with
 //! the types and checks of [`read`] and the queries of `evp_store::reader`.
 //!
+//! Analytics: [`routes::analytics`] answers `GET /analytics/metrics` with [`analytics`]'s types,
+//! the exact counts of `evp_store::rollups` and the pipeline's state from Redis.
+//!
 //! [`config`] reads the environment once; [`run`] serves until the shutdown token is cancelled, then
 //! drains in-flight requests. `main.rs` is config, telemetry, bind, `run`.
 
+pub mod analytics;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -54,11 +58,23 @@ pub async fn build_state(
     let metrics_handles = metrics::IngestMetrics::register();
     let reader = evp_store::reader::EventReader::new(&mongo, &common.mongodb_database);
     let cursors = read::cursor::CursorSigner::new(&config.api_keys.secret_material());
+    let rollups = evp_store::rollups::RollupStore::new(&mongo, &common.mongodb_database);
+    let pipeline = analytics::Pipeline::new(
+        &common.redis_url,
+        &common.stream,
+        &common.dead_letter_stream(),
+        &config.group,
+        config.redis_timeout,
+    )
+    .context("REDIS_URL")?;
     Ok(AppState::new(state::Shared {
         config,
         publisher,
         mongo,
         reader,
+        rollups,
+        pipeline,
+        rates: analytics::RateSampler::default(),
         cursors,
         prometheus: metrics,
         metrics: metrics_handles,
@@ -79,6 +95,7 @@ pub async fn run(
     let (drain_timeout, threads) = (config.drain_timeout, config.threads);
     let state = build_state(config, metrics, shutdown.clone()).await?;
     state.publisher.spawn_backlog_monitor(state.config.backlog_poll, shutdown.clone());
+    state.rates.spawn(state.pipeline.clone(), shutdown.clone());
     tracing::info!(addr = %listener.local_addr()?, threads, "evp-ingest listening; Swagger UI at /docs");
     let make_app = move || Ok(router::router(state.on_this_runtime().context("REDIS_URL")?));
     shards::serve(listener, threads, make_app, shutdown, drain_timeout).await?;

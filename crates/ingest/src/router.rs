@@ -17,7 +17,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::API_KEY_HEADER;
 use crate::error::ApiError;
 use crate::metrics::{REQUEST_ID, TrackRequestsLayer};
-use crate::routes::{events, health, read};
+use crate::routes::{analytics, events, health, read};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -26,6 +26,7 @@ use crate::state::AppState;
         is in the Redis stream and will be stored in MongoDB exactly once per (tenant, id)."),
     modifiers(&ApiKeyScheme),
     tags((name = "events", description = "Ingest events"), (name = "read", description = "Read stored events back"),
+        (name = "analytics", description = "Exact counts from the rollups, and the pipeline"),
         (name = "health", description = "Health and metrics"))
 )]
 struct ApiDoc;
@@ -58,6 +59,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(read::list_events))
         .routes(routes!(read::get_event))
         .routes(routes!(read::aggregate_events))
+        .routes(routes!(analytics::metrics))
         .routes(routes!(health::health))
         .routes(routes!(health::live))
         .routes(routes!(health::ready))

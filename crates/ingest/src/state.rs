@@ -7,6 +7,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use evp_store::reader::EventReader;
+use evp_store::rollups::RollupStore;
+
+use crate::analytics::{Pipeline, RateSampler};
 
 use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
@@ -30,6 +33,12 @@ pub struct Shared {
     pub mongo: mongodb::Client,
     /// The read API's queries.
     pub reader: EventReader,
+    /// The analytics counts.
+    pub rollups: RollupStore,
+    /// The stream's and the group's state, for analytics.
+    pub pipeline: Pipeline,
+    /// Redis's counters sampled each second (shared by every server thread): the rates.
+    pub rates: RateSampler,
     /// Issues and checks the read API's page cursors.
     pub cursors: CursorSigner,
     /// Renders `/metrics`; `None` when no recorder is installed (in-process tests).
@@ -53,6 +62,9 @@ impl AppState {
             publisher: self.publisher.on_this_runtime()?,
             mongo: self.mongo.clone(),
             reader: self.reader.clone(),
+            rollups: self.rollups.clone(),
+            pipeline: self.pipeline.on_this_runtime(self.config.redis_timeout)?,
+            rates: self.rates.clone(),
             cursors: self.cursors.clone(),
             prometheus: self.prometheus.clone(),
             metrics: self.metrics.clone(),

@@ -28,6 +28,24 @@ pub struct HealthReport {
     /// Workers only: whether the worker has created its indexes and group and is consuming.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consuming: Option<bool>,
+    /// Workers only: the rollup job. While its lag exceeds `ROLLUP_MAX_LAG_S` or it keeps
+    /// failing, `status` is `degraded` (still 200: a lagging job is no reason to restart a worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollup: Option<RollupHealth>,
+}
+
+/// The rollup job as one worker sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RollupHealth {
+    /// Whether this worker holds the rollup lease and runs the job.
+    pub leader: bool,
+    /// Seconds of stream time the rollups trail the acknowledged events (the leader only).
+    pub rollup_lag_seconds: Option<f64>,
+    /// The job's last error, cleared by a good round.
+    pub last_error: Option<String>,
+    /// Lag past `ROLLUP_MAX_LAG_S`, or failing rounds in a row.
+    pub degraded: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +108,7 @@ where
         status: if ok { "ok" } else { "unavailable" }.into(),
         dependencies: Dependencies { redis, mongodb },
         consuming,
+        rollup: None,
     };
     (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(report))
 }

@@ -6,6 +6,8 @@
 //! - [`health`]: the one health report (`/health`) and `/metrics` response every program serves.
 //! - [`telemetry`]: the tracing subscriber (`LOG_FORMAT=json|pretty`), installed once per process.
 //! - [`metrics`]: the Prometheus recorder, installed once per process by `main` (never by tests).
+//! - [`stream_state`]: what Redis knows of the stream and the consumer group (the acknowledged
+//!   frontier the rollups close ranges at, and the pipeline snapshot analytics reports).
 //! - [`shutdown`]: SIGTERM / SIGINT turned into a cancellation token that every task watches.
 
 pub mod config;
@@ -13,4 +15,5 @@ pub mod connect;
 pub mod health;
 pub mod metrics;
 pub mod shutdown;
+pub mod stream_state;
 pub mod telemetry;

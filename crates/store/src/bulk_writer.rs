@@ -129,6 +129,12 @@ impl EventStore {
                     "aggregate_stream",
                     false,
                 ),
+                // The rollup job's range scans, covered: no document is fetched to count.
+                named(
+                    doc! { "partition": 1, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 },
+                    "rollup_position",
+                    false,
+                ),
             ])
             .await?;
         Ok(())

@@ -48,6 +48,12 @@ pub struct Position<'a> {
     pub entry_id: &'a str,
 }
 
+/// The (ms, seq) of a stored `seq` ([`sortable_seq`]'s output).
+pub fn sortable_seq_parts(seq: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = seq.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 /// `<ms>-<seq>` as a string that sorts in stream order: both parts zero-padded to 20 digits (a
 /// u64 each, so nothing overflows). `None` when `entry_id` is not a stream id.
 pub fn sortable_seq(entry_id: &str) -> Option<String> {

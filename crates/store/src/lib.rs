@@ -8,6 +8,9 @@
 //!   inserts in which every document gets a verdict (written, duplicate, transient, refused).
 //! - [`reader`]: the read API's queries (the ingest's `GET /events*`): keyset pages newest first
 //!   by filter, an aggregate's events in stream order, one event; all scoped to a tenant.
+//! - [`rollups`]: the exact per-(tenant, type, minute) counts in `event_counts`, the job's steps
+//!   (count closed ranges, apply each once under a fencing number, advance) and the analytics read;
+//!   why they are exact is written at its top.
 //!
 //! No Redis here, and nothing about retrying: the worker's processor decides what to do with each
 //! verdict.
@@ -15,6 +18,7 @@
 pub mod bulk_writer;
 pub mod document;
 pub mod reader;
+pub mod rollups;
 
 pub use bulk_writer::{EventStore, Failure, Verdict};
 pub use document::{Fields, Position, Unusable, to_document};

@@ -31,6 +31,10 @@ pub struct WorkerConfig {
     pub trim_every: Duration,
     /// First and largest delay between retries of a failed write.
     pub backoff: (Duration, Duration),
+    /// `LEASE_TTL_MS`, default 10,000: the rollup leader's lease.
+    pub lease_ttl: Duration,
+    /// `ROLLUP_MAX_LAG_S`, default 60: rollup lag past which health reports `degraded`.
+    pub rollup_max_lag: Duration,
     /// `EVP_TEST_PANIC_ON_EVENT_ID`, for tests only: a batch holding this event id panics.
     pub test_panic_on_event_id: Option<String>,
 }
@@ -54,7 +58,13 @@ impl WorkerConfig {
         if claim_idle < Duration::from_millis(100) {
             return Err(error("WORKER_CLAIM_IDLE_MS", "must be at least 100"));
         }
+        let lease_ttl = env.millis("LEASE_TTL_MS", 10_000)?;
+        if lease_ttl < Duration::from_millis(300) {
+            return Err(error("LEASE_TTL_MS", "must be at least 300"));
+        }
         Ok(Self {
+            lease_ttl,
+            rollup_max_lag: Duration::from_secs(env.positive("ROLLUP_MAX_LAG_S", 60)?),
             common: CommonConfig::from_env(env)?,
             group: env.string("CONSUMER_GROUP", "evp-workers-group"),
             consumer,
@@ -124,6 +134,8 @@ mod tests {
             ("WORKER_CLAIM_IDLE_MS", "10"),
             ("WORKER_MAX_DELIVERIES", "0"),
             ("WORKER_PORT", "99999"),
+            ("LEASE_TTL_MS", "100"),
+            ("ROLLUP_MAX_LAG_S", "0"),
             ("REDIS_URL", "nope"),
         ] {
             assert_eq!(config(&[(k, v)]).unwrap_err().variable, k, "{k}={v}");

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,10 +10,11 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use evp_runtime::connect::mongo_ping;
-use evp_runtime::health::{self, HealthReport};
+use evp_runtime::health::{self, HealthReport, RollupHealth};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
+use crate::rollup_job::SharedStatus;
 use crate::stream::StreamClient;
 use evp_store::EventStore;
 
@@ -23,6 +25,9 @@ pub struct HealthState {
     pub metrics: Option<PrometheusHandle>,
     /// Set once indexes exist and the group is there: the worker is consuming.
     pub started: Arc<AtomicBool>,
+    /// The rollup job's state, and the lag past which it is degraded.
+    pub rollup: SharedStatus,
+    pub rollup_max_lag: Duration,
 }
 
 /// Liveness: the process is up.
@@ -43,10 +48,24 @@ pub fn router(state: HealthState) -> Router {
         .with_state(state)
 }
 
-/// 200 when Redis and MongoDB answer and the worker is consuming; 503 otherwise.
+/// 200 when Redis and MongoDB answer and the worker is consuming (`status` `degraded` while the
+/// rollup job lags or fails); 503 otherwise.
 async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<HealthReport>) {
     let started = state.started.load(Ordering::Relaxed);
-    health::report(state.stream.ping(), mongo_ping(state.store.client()), Some(started)).await
+    let (code, Json(mut report)) =
+        health::report(state.stream.ping(), mongo_ping(state.store.client()), Some(started)).await;
+    let job = state.rollup.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let degraded = job.degraded(state.rollup_max_lag);
+    if degraded && code == StatusCode::OK {
+        report.status = "degraded".into();
+    }
+    report.rollup = Some(RollupHealth {
+        leader: job.leader,
+        rollup_lag_seconds: job.rollup_lag_seconds,
+        last_error: job.last_error,
+        degraded,
+    });
+    (code, Json(report))
 }
 
 async fn metrics(State(state): State<HealthState>) -> Response {

@@ -13,6 +13,9 @@
 //! - [`pending_reclaimer`] claims entries idle longer than `WORKER_CLAIM_IDLE_MS` (their consumer
 //!   died) and dead-letters those delivered `WORKER_MAX_DELIVERIES` times.
 //! - [`trimmer`] trims entries every group has acknowledged, and publishes pending and lag.
+//! - [`lease`] competes for the `rollups` lease (one leader among the replicas, fencing numbers);
+//!   [`rollup_job`] runs on the leader: it counts closed stream ranges into the exact rollups
+//!   (`evp_store::rollups`), builds a new generation on `rollups rebuild`, and reports its lag.
 //! - [`stream`] holds every Redis command; [`dlq`] operates the dead-letter stream (the
 //!   `evp-worker dlq` subcommands); [`health`] serves `/health/*` and `/metrics` on `WORKER_PORT`.
 //!
@@ -24,9 +27,11 @@ pub mod config;
 pub mod dlq;
 pub mod health;
 pub mod inflight_limit;
+pub mod lease;
 pub mod metrics;
 pub mod pending_reclaimer;
 pub mod processor;
+pub mod rollup_job;
 pub mod stream;
 pub mod stream_reader;
 pub mod trimmer;
@@ -42,10 +47,13 @@ use tokio_util::sync::CancellationToken;
 pub use config::WorkerConfig;
 
 use crate::backoff::Backoff;
+use crate::lease::Lease;
 use crate::processor::Processor;
 use crate::stream::StreamClient;
 use crate::stream_reader::sleep_unless_cancelled;
 use evp_store::EventStore;
+use evp_store::rollups::RollupStore;
+use tokio::sync::watch;
 
 /// Runs a worker until `shutdown` is cancelled and its batches in flight are done. `listener`
 /// serves health and metrics (`None` when `WORKER_PORT=0`).
@@ -60,8 +68,10 @@ pub async fn run(
     let mongo = evp_runtime::connect::mongo_client(&config.common.mongodb_uri, "evp-worker")
         .await
         .context("MONGODB_URI")?;
+    let rollups = RollupStore::new(&mongo, &config.common.mongodb_database);
     let store = EventStore::new(mongo, &config.common.mongodb_database);
     let started = Arc::new(AtomicBool::new(false));
+    let rollup_status = rollup_job::SharedStatus::default();
 
     let health_server = listener.map(|listener| {
         let state = health::HealthState {
@@ -69,6 +79,8 @@ pub async fn run(
             store: store.clone(),
             metrics,
             started: started.clone(),
+            rollup: rollup_status.clone(),
+            rollup_max_lag: config.rollup_max_lag,
         };
         let server = axum::serve(listener, health::router(state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -83,17 +95,40 @@ pub async fn run(
         max_inflight = config.max_inflight,
         "evp-worker starting"
     );
-    if prepare(&stream, &store, &config, &shutdown).await {
+    if prepare(&stream, &store, &rollups, &config, &shutdown).await {
         started.store(true, Ordering::Relaxed);
         tracing::info!("consuming");
+        let lease = Lease::new(
+            stream.conn().clone(),
+            &config.common.stream,
+            "rollups",
+            &config.consumer,
+            config.lease_ttl,
+        );
+        let (grants, granted) = watch::channel(None);
+        // The job stops first, then the lease is released, so a standby takes over at once.
+        let job_stop = shutdown.child_token();
+        let lease_stop = CancellationToken::new();
+        let leasing = tokio::spawn(lease::hold(lease, grants, lease_stop.clone()));
+        let job = tokio::spawn(rollup_job::run(
+            stream.clone(),
+            rollups,
+            config.clone(),
+            granted,
+            rollup_status,
+            job_stop,
+        ));
         let processor = Processor::new(stream, store, config.clone(), shutdown.clone());
         let reader = tokio::spawn(stream_reader::run(processor.clone()));
         let reclaimer = tokio::spawn(pending_reclaimer::run(processor.clone()));
         let trimmer = tokio::spawn(trimmer::run(processor));
-        let (reader, reclaimer, trimmer) = tokio::join!(reader, reclaimer, trimmer);
+        let (reader, reclaimer, trimmer, job) = tokio::join!(reader, reclaimer, trimmer, job);
+        lease_stop.cancel();
+        leasing.await.context("lease holder")?;
         reader.context("stream reader")?;
         reclaimer.context("pending reclaimer")?;
         trimmer.context("trimmer")?;
+        job.context("rollup job")?;
     }
     if let Some(server) = health_server {
         server.await.context("health listener")?.context("health listener")?;
@@ -108,10 +143,15 @@ pub async fn run(
 async fn prepare(
     stream: &StreamClient,
     store: &EventStore,
+    rollups: &RollupStore,
     config: &WorkerConfig,
     shutdown: &CancellationToken,
 ) -> bool {
-    retry_until_ok("create MongoDB indexes", config, shutdown, || store.ensure_indexes()).await
+    retry_until_ok("create MongoDB indexes", config, shutdown, || async {
+        store.ensure_indexes().await?;
+        rollups.ensure_indexes().await
+    })
+    .await
         && retry_until_ok("create the consumer group", config, shutdown, || stream.ensure_group()).await
 }
 

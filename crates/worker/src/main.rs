@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use evp_runtime::config::{CommonConfig, Env};
+use evp_store::rollups::RollupStore;
 use evp_worker::WorkerConfig;
 use evp_worker::dlq::{DeadLetters, Selection};
+use std::time::{Duration, Instant};
 
 /// Stream consumer of evp: reads the events stream, bulk-writes to MongoDB, acknowledges in batches.
 /// Without a subcommand it runs a worker, configured by environment variables (see the README).
@@ -24,6 +26,25 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+    /// Operate the exact rollups behind GET /analytics/metrics (collection event_counts).
+    /// Uses MONGODB_URI and MONGODB_DATABASE.
+    Rollups {
+        #[command(subcommand)]
+        action: RollupsAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RollupsAction {
+    /// Recompute every count from the stored events while ingest and workers keep running: the
+    /// rollup leader builds a new generation beside the current one and switches readers to it
+    /// once it has caught up (analytics stays exact throughout). Prints progress; needs a running
+    /// evp-worker to do the work.
+    Rebuild {
+        /// Give up waiting after this many seconds (the rebuild itself carries on in the leader).
+        #[arg(long, default_value_t = 3600)]
+        timeout_s: u64,
     },
 }
 
@@ -67,6 +88,15 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Rollups { action: RollupsAction::Rebuild { timeout_s } }) => {
+            match rebuild(Duration::from_secs(timeout_s)).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("evp-worker rollups rebuild: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
@@ -100,6 +130,54 @@ async fn run_worker() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Asks for a new generation and follows the leader's progress until readers use it.
+async fn rebuild(timeout: Duration) -> anyhow::Result<()> {
+    let common = CommonConfig::from_env(&Env::process())?;
+    let client = evp_runtime::connect::mongo_client(&common.mongodb_uri, "evp-worker rollups").await?;
+    let rollups = RollupStore::new(&client, &common.mongodb_database);
+    let generation = rollups.request_rebuild().await.context("asking for a rebuild")?;
+    println!("rebuilding the rollups as generation {generation}; the rollup leader does the work");
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let generations = rollups.generations().await?;
+        if generations.current >= generation && generations.building.is_none() {
+            println!(
+                "done in {:.1} s: analytics now reads generation {generation}",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        let (built, target) =
+            (rollups.next_range(generation, 0).await?, rollups.next_range(generations.current, 0).await?);
+        let line = if built == 0 {
+            "waiting for the rollup leader to start (is an evp-worker running?)".to_owned()
+        } else {
+            let behind = (target - built).max(0);
+            format!(
+                "progress: counted through {} (stream time), {behind} s behind the live rollups",
+                range_time(built)
+            )
+        };
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if started.elapsed() > timeout {
+            anyhow::bail!(
+                "not finished after {timeout:?}; the leader carries on, run the command again to follow it"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn range_time(range: i64) -> String {
+    mongodb::bson::DateTime::from_millis(range * evp_store::rollups::RANGE_MS)
+        .try_to_rfc3339_string()
+        .unwrap_or_else(|_| range.to_string())
 }
 
 async fn dlq(action: DlqAction) -> anyhow::Result<()> {

@@ -38,3 +38,17 @@ pub const GROUP_LAG: &str = "evp_worker_group_lag";
 pub const TRIM_RUNS: &str = "evp_worker_trim_runs_total";
 /// Counter: upkeep that failed (trim, consumer cleanup, claim renewal), by `task`; each is also a warning.
 pub const MAINTENANCE_FAILURES: &str = "evp_worker_maintenance_failures_total";
+/// Gauge, label `lease`: 1 while this worker holds the lease (leads), else 0.
+pub const LEADER: &str = "evp_worker_leader";
+/// Counter, labels `lease` and `change` (`acquired`, `lost`, `released`): lease changes.
+pub const LEASE_CHANGES: &str = "evp_worker_lease_changes_total";
+/// Gauge: seconds of stream time the rollups trail the acknowledged frontier (leader only).
+pub const ROLLUP_LAG: &str = "evp_worker_rollup_lag_seconds";
+/// Counter: stream ranges (one second of entry ids each) closed and applied to the rollups.
+pub const ROLLUP_RANGES: &str = "evp_worker_rollup_ranges_closed_total";
+/// Counter: events counted into the rollups (a rebuild counts them again).
+pub const ROLLUP_EVENTS: &str = "evp_worker_rollup_events_counted_total";
+/// Counter: rollup rounds that failed.
+pub const ROLLUP_ERRORS: &str = "evp_worker_rollup_errors_total";
+/// Counter: rollup writes refused because a newer lease grant had written (a deposed leader).
+pub const ROLLUP_FENCED: &str = "evp_worker_rollup_fenced_total";

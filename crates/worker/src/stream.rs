@@ -120,6 +120,17 @@ impl StreamClient {
         })
     }
 
+    /// The shared connection, for callers that read stream state ([`evp_runtime::stream_state`])
+    /// or hold a lease.
+    pub fn conn(&self) -> &ConnectionManager {
+        &self.conn
+    }
+
+    /// The consumer group's name.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
     pub async fn ping(&self) -> RedisResult<()> {
         evp_runtime::connect::redis_ping(&self.conn).await
     }
@@ -366,28 +377,4 @@ fn value_bytes(value: Value) -> Vec<u8> {
     }
 }
 
-/// Splits `ms-seq`.
-pub fn parse_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
-
-/// The smallest id after `id`.
-pub fn next_id((ms, seq): (u64, u64)) -> (u64, u64) {
-    if seq == u64::MAX { (ms + 1, 0) } else { (ms, seq + 1) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_parse_and_advance() {
-        assert_eq!(parse_id("1700000000000-3"), Some((1_700_000_000_000, 3)));
-        assert_eq!(parse_id("0-0"), Some((0, 0)));
-        assert_eq!(parse_id("garbage"), None);
-        assert_eq!(next_id((5, 1)), (5, 2));
-        assert_eq!(next_id((5, u64::MAX)), (6, 0));
-        assert!((5, 9) < (6, 0), "ids order by (ms, seq)");
-    }
-}
+pub use evp_runtime::stream_state::{next_id, parse_id};

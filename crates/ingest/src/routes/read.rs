@@ -28,7 +28,7 @@ struct NewestPosition(i64, String);
 #[derive(Serialize, Deserialize)]
 struct StreamPosition(i32, String);
 
-async fn bounded<T>(read: impl Future<Output = mongodb::error::Result<T>>) -> Result<T, ApiError> {
+pub async fn bounded<T>(read: impl Future<Output = mongodb::error::Result<T>>) -> Result<T, ApiError> {
     match tokio::time::timeout(READ_TIMEOUT, read).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(ApiError::ReadUnavailable { cause: format!("MongoDB read failed: {e}") }),

@@ -11,15 +11,15 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, expect_error};
 
 /// An ingest with its own Redis, and a MongoDB database of the test's own.
-struct ReadApp {
-    app: TestApp,
-    store: EventStore,
-    database: String,
+pub struct ReadApp {
+    pub app: TestApp,
+    pub store: EventStore,
+    pub database: String,
     _mongo: MongoServer,
 }
 
 impl ReadApp {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let mongo = MongoServer::start().await;
         let database = mongo.unique_database("read");
         let db = database.clone();
@@ -30,7 +30,7 @@ impl ReadApp {
     }
 
     /// Sends a batch as `key`; returns the ids.
-    async fn send(&self, key: &str, events: &[Value]) -> Vec<String> {
+    pub async fn send(&self, key: &str, events: &[Value]) -> Vec<String> {
         let resp = self.app.post("/events/batch", key, serde_json::to_string(events).unwrap()).await;
         assert_eq!(resp.status(), 202);
         let body: Value = resp.json().await.unwrap();
@@ -39,7 +39,7 @@ impl ReadApp {
 
     /// Stores everything in the stream as a worker does (documents with their stream positions),
     /// then empties the stream.
-    async fn store_stream(&self) {
+    pub async fn store_stream(&self) {
         let mut conn = self.app.redis.connection().await;
         let entries: Vec<(String, evp_store::Fields)> = redis::cmd("XRANGE")
             .arg(&self.app.stream)
@@ -58,11 +58,11 @@ impl ReadApp {
         let _: () = redis::cmd("DEL").arg(&self.app.stream).query_async(&mut conn).await.unwrap();
     }
 
-    async fn get(&self, key: &str, path_and_query: &str) -> reqwest::Response {
+    pub async fn get(&self, key: &str, path_and_query: &str) -> reqwest::Response {
         self.app.http.get(self.app.url(path_and_query)).header("x-api-key", key).send().await.unwrap()
     }
 
-    async fn page(&self, key: &str, path_and_query: &str) -> Value {
+    pub async fn page(&self, key: &str, path_and_query: &str) -> Value {
         let resp = self.get(key, path_and_query).await;
         assert_eq!(resp.status(), 200, "{path_and_query}");
         resp.json().await.unwrap()

@@ -1,0 +1,84 @@
+//! `GET /analytics/metrics`: the tenant's exact counts by type and bucket, and the pipeline.
+//!
+//! Parameters are checked before anything is asked (400 `invalid_query` naming the parameter);
+//! MongoDB or Redis not answering within [`READ_TIMEOUT`] is a 503 with `Retry-After`.
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+
+use crate::analytics::{AnalyticsQuery, Consumer, Metrics, PipelineState, rfc3339, rollup_state, summarize};
+use crate::auth::Tenant;
+use crate::error::{ApiError, ErrorResponse};
+use crate::routes::read::{READ_TIMEOUT, bounded};
+use crate::state::AppState;
+
+/// The partitions whose rollups are read (one stream today).
+const PARTITIONS: [i32; 1] = [0];
+
+/// The tenant's exact event counts, per type and per bucket, from the rollups.
+///
+/// Counts are by event `timestamp`, in UTC buckets; `from` is rounded down and `to` up to the
+/// bucket. They are exact and current: the rollups hold closed stream ranges, and the events not
+/// yet rolled up are counted from the stored events (`rollup` says how far the rollups reach).
+/// `pipeline` is the stream and the worker group now, the same for every tenant.
+#[utoipa::path(get, path = "/analytics/metrics", tag = "analytics", params(AnalyticsQuery),
+    responses(
+        (status = 200, description = "Counts and pipeline", body = Metrics),
+        (status = 400, description = "`invalid_query`: an unknown or repeated parameter, a bad value, \
+            `from` not before `to`, or more than 10,000 buckets", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`", body = ErrorResponse),
+        (status = 503, description = "MongoDB or Redis unreachable", body = ErrorResponse,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Metrics>, ApiError> {
+    let window = AnalyticsQuery::parse(raw.as_deref())?.window(now_ms())?;
+    let redis = |e: redis::RedisError| ApiError::ReadUnavailable { cause: format!("Redis read failed: {e}") };
+    // The frontier before the counts: the lag reported is never smaller than the truth.
+    let (frontier, snapshot) = tokio::time::timeout(READ_TIMEOUT, async {
+        tokio::try_join!(state.pipeline.frontier_ms(), state.pipeline.snapshot())
+    })
+    .await
+    .map_err(|_| ApiError::ReadUnavailable { cause: format!("Redis took over {READ_TIMEOUT:?}") })?
+    .map_err(redis)?;
+    let counts = bounded(state.rollups.counts(
+        &tenant.0,
+        window.event_type.as_deref(),
+        window.from_ms,
+        window.to_ms,
+        &PARTITIONS,
+    ))
+    .await?;
+    let (total, by_type, series) = summarize(&window, &counts.counts);
+    let (ingest_rate, processing_rate) = state.rates.rates();
+    Ok(Json(Metrics {
+        from: rfc3339(window.from_ms),
+        to: rfc3339(window.to_ms),
+        bucket: window.bucket.to_owned(),
+        total,
+        by_type,
+        series,
+        rollup: rollup_state(&counts.next_range, frontier),
+        pipeline: PipelineState {
+            stream_length: snapshot.length,
+            pending: snapshot.pending,
+            lag: snapshot.lag.unwrap_or(0),
+            dead_letters: snapshot.dead_letters,
+            consumers: snapshot
+                .consumers
+                .into_iter()
+                .map(|c| Consumer { name: c.name, pending: c.pending, idle_ms: c.idle_ms })
+                .collect(),
+            ingest_rate,
+            processing_rate,
+        },
+    }))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,215 @@
+//! The rollup job: run by whichever replica holds the `rollups` lease ([`crate::lease`]).
+//!
+//! Every round: read the group's acknowledged frontier from Redis (ranges below it are closed),
+//! then for each partition count the closed ranges not yet applied and apply them under the
+//! grant's fencing number (`evp_store::rollups` says why that is exact); advance a rebuild's new
+//! generation by one batch, switch to it once it has caught up, and delete a retired one after a
+//! minute. The lag (how far the rollups trail the frontier) goes to metrics and to health.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use evp_runtime::stream_state::acknowledged_frontier;
+use evp_store::rollups::{RANGE_MS, RETIRED_KEEP_MS, RollupError, RollupStore};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WorkerConfig;
+use crate::lease::Grant;
+use crate::metrics as m;
+use crate::stream::StreamClient;
+use crate::stream_reader::sleep_unless_cancelled;
+
+/// Pause between rounds once caught up.
+pub const ROUND_EVERY: Duration = Duration::from_millis(250);
+/// Consecutive failed rounds after which health reports the job as failing.
+const FAILING_AFTER: u32 = 3;
+/// Batches of the current generation one round may apply before yielding.
+const MAX_STEPS: usize = 50;
+
+/// What health reports about the job (the `rollup` section of the worker's health JSON).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RollupStatus {
+    /// Whether this replica holds the lease and runs the job.
+    pub leader: bool,
+    /// Seconds of stream time between the acknowledged frontier and the rollups (leader only).
+    pub rollup_lag_seconds: Option<f64>,
+    /// The last round's error, cleared by a good round.
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    pub failures: u32,
+}
+
+impl RollupStatus {
+    /// Degraded: the lag is past `ROLLUP_MAX_LAG_S`, or the job keeps failing.
+    pub fn degraded(&self, max_lag: Duration) -> bool {
+        self.failures >= FAILING_AFTER
+            || self.rollup_lag_seconds.is_some_and(|lag| lag > max_lag.as_secs_f64())
+    }
+}
+
+pub type SharedStatus = Arc<Mutex<RollupStatus>>;
+
+/// The partitions and their streams (one today: partition 0 is `EVENTS_STREAM`).
+fn partitions(config: &WorkerConfig) -> Vec<(i32, String)> {
+    vec![(0, config.common.stream.clone())]
+}
+
+pub async fn run(
+    stream: StreamClient,
+    rollups: RollupStore,
+    config: Arc<WorkerConfig>,
+    mut grants: watch::Receiver<Option<Grant>>,
+    status: SharedStatus,
+    shutdown: CancellationToken,
+) {
+    let mut claimed: Option<i64> = None;
+    while !shutdown.is_cancelled() {
+        let grant = *grants.borrow_and_update();
+        let Some(grant) = grant.filter(Grant::is_valid) else {
+            claimed = None;
+            {
+                let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+                s.leader = false;
+                s.rollup_lag_seconds = None;
+            }
+            tokio::select! {
+                _ = grants.changed() => {}
+                _ = tokio::time::sleep(ROUND_EVERY) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            continue;
+        };
+        status.lock().unwrap_or_else(|p| p.into_inner()).leader = true;
+        let result = async {
+            if claimed != Some(grant.fence) {
+                rollups.claim(grant.fence).await?;
+                claimed = Some(grant.fence);
+                tracing::info!(fence = grant.fence, "rollup job starting under this grant");
+            }
+            round(&stream, &rollups, &config, &grants, grant).await
+        }
+        .await;
+        let pause = match result {
+            Ok(outcome) => {
+                metrics::gauge!(m::ROLLUP_LAG).set(outcome.lag_seconds);
+                let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+                s.rollup_lag_seconds = Some(outcome.lag_seconds);
+                s.last_error = None;
+                s.failures = 0;
+                if outcome.busy { Duration::ZERO } else { ROUND_EVERY }
+            }
+            Err(e) => {
+                if matches!(e, RollupError::Fenced { .. }) {
+                    metrics::counter!(m::ROLLUP_FENCED).increment(1);
+                    tracing::warn!(error = %e, "rollup write refused: a newer leader exists; standing by");
+                    claimed = None;
+                } else {
+                    tracing::warn!(error = %e, "rollup round failed; retrying");
+                }
+                metrics::counter!(m::ROLLUP_ERRORS).increment(1);
+                let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+                s.failures += 1;
+                s.last_error = Some(e.to_string());
+                ROUND_EVERY * 4
+            }
+        };
+        if !pause.is_zero() {
+            sleep_unless_cancelled(pause, &shutdown).await;
+        }
+    }
+}
+
+struct Outcome {
+    lag_seconds: f64,
+    /// More work is waiting: run the next round at once.
+    busy: bool,
+}
+
+/// Why a round stops early without an error: the grant ran out.
+fn still_leading(grants: &watch::Receiver<Option<Grant>>, grant: Grant) -> bool {
+    grant.is_valid() && grants.borrow().is_some_and(|g| g.fence == grant.fence)
+}
+
+async fn round(
+    stream: &StreamClient,
+    rollups: &RollupStore,
+    config: &WorkerConfig,
+    grants: &watch::Receiver<Option<Grant>>,
+    grant: Grant,
+) -> Result<Outcome, RollupError> {
+    let generations = rollups.generations().await?;
+    let mut lag_seconds: f64 = 0.0;
+    let mut busy = false;
+    let mut caught_up = true;
+    for (partition, key) in partitions(config) {
+        let frontier = acknowledged_frontier(stream.conn(), &key, stream.group())
+            .await
+            .map_err(|e| RollupError::Mongo(mongodb::error::Error::custom(format!("Redis: {e}"))))?;
+        let Some((frontier_ms, _)) = frontier else { continue };
+        let closed = frontier_ms as i64 / RANGE_MS;
+        let mut next = rollups.next_range(generations.current, partition).await?;
+        let mut steps = 0;
+        while next < closed && steps < MAX_STEPS && still_leading(grants, grant) {
+            next = step(rollups, generations.current, partition, next, closed, grant.fence).await?;
+            steps += 1;
+        }
+        busy |= next < closed;
+        lag_seconds = lag_seconds.max((frontier_ms as f64 - (next * RANGE_MS) as f64).max(0.0) / 1000.0);
+        if let Some(building) = generations.building {
+            let mut built = rollups.next_range(building, partition).await?;
+            if built < closed && still_leading(grants, grant) {
+                built = step(rollups, building, partition, built, closed, grant.fence).await?;
+            }
+            busy |= built < closed;
+            caught_up &= built == next;
+        }
+    }
+    if let Some(building) = generations.building
+        && caught_up
+        && still_leading(grants, grant)
+    {
+        rollups.switch(building, now_ms(), grant.fence).await?;
+        tracing::info!(generation = building, "rollups rebuilt: readers now use the new generation");
+    }
+    if let Some((retired, at)) = generations.retired
+        && now_ms() - at > RETIRED_KEEP_MS
+    {
+        rollups.drop_retired(retired, grant.fence).await?;
+        tracing::info!(generation = retired, "deleted the retired rollup generation");
+    }
+    Ok(Outcome { lag_seconds, busy })
+}
+
+/// Counts one batch of closed ranges from `next` (up to `closed`), applies it and advances;
+/// returns the new `next`.
+async fn step(
+    rollups: &RollupStore,
+    generation: i64,
+    partition: i32,
+    next: i64,
+    closed: i64,
+    fence: i64,
+) -> Result<i64, RollupError> {
+    let started = Instant::now();
+    let counts = rollups.count_ranges(partition, next, closed).await?;
+    rollups.apply(generation, &counts, fence).await?;
+    rollups.advance(generation, partition, next, counts.to, fence).await?;
+    metrics::counter!(m::ROLLUP_RANGES).increment((counts.to - next) as u64);
+    metrics::counter!(m::ROLLUP_EVENTS).increment(counts.events);
+    tracing::debug!(
+        generation,
+        partition,
+        from = next,
+        to = counts.to,
+        events = counts.events,
+        took_ms = started.elapsed().as_millis() as u64,
+        "closed ranges counted"
+    );
+    Ok(counts.to)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
