@@ -15,15 +15,15 @@
 //! the same numbers, whoever counts it, however often.
 //!
 //! Each count document (one per generation, tenant, type and minute of `timestamp`) holds `count`
-//! and, per partition, `applied.<p>`: the last range whose contribution it includes. Invariant:
-//! `count` = the sum of the contributions of partition `p`'s ranges ≤ `applied.<p>`, over all `p`.
+//! and, per partition, `applied_<p>`: the last range whose contribution it includes. Invariant:
+//! `count` = the sum of the contributions of partition `p`'s ranges ≤ `applied_<p>`, over all `p`.
 //! The progress document of each (generation, partition) holds `next`: every range below it has
 //! been applied to every count document it contributes to. The job:
 //!
 //! 1. counts the closed ranges `[next, K)` of a partition (documents with `seq` in them);
-//! 2. updates each count document with `$inc` **only if** `applied.<p>` is below the first range
-//!    it is adding (else it re-reads the document and adds only the ranges above `applied.<p>`:
-//!    compare-and-set), setting `applied.<p>` to the last range it added;
+//! 2. updates each count document with `$inc` **only if** `applied_<p>` is below the first range
+//!    it is adding (else it re-reads the document and adds only the ranges above `applied_<p>`:
+//!    compare-and-set), setting `applied_<p>` to the last range it added;
 //! 3. only then moves `next` to `K`.
 //!
 //! A crash between steps leaves `next` behind; the next leader recounts the same ranges, gets the
@@ -146,6 +146,11 @@ pub fn minute_of(ms: i64) -> i64 {
 fn count_id(generation: i64, tenant: &str, event_type: &str, minute_ms: i64) -> String {
     // `type` has no '|' and the minute is digits, so the id is unique per (tenant, type, minute).
     format!("{generation}|{tenant}|{event_type}|{minute_ms}")
+}
+
+/// The field holding the last range of partition `p` a count document includes.
+fn applied_field(p: i32) -> String {
+    format!("applied_{p}")
 }
 
 fn progress_id(generation: i64, partition: i32) -> String {
@@ -295,8 +300,7 @@ impl RollupStore {
 
     /// Adds `counts` to `generation`'s count documents (step 2 above), each at most once.
     pub async fn apply(&self, generation: i64, counts: &RangeCounts, fence: i64) -> Result<(), RollupError> {
-        let p = counts.partition.to_string();
-        let applied = format!("applied.{p}");
+        let applied = applied_field(counts.partition);
         for chunk in counts.contributions.chunks(1_000) {
             let updates: Vec<Document> = chunk
                 .iter()
@@ -308,7 +312,10 @@ impl RollupStore {
                         "q": {
                             "_id": count_id(generation, &c.tenant, &c.event_type, c.minute_ms),
                             "fence": { "$lte": fence },
-                            "$or": [ { &applied: { "$lt": *first } }, { &applied: { "$exists": false } } ],
+                            // A document without the field (made by another partition) fails
+                            // this and takes the compare-and-set path. (No `$or` here: nx-27017
+                            // ignores `_id` in an update filter that has one.)
+                            &applied: { "$lt": *first },
                         },
                         "u": {
                             "$inc": { "count": total },
@@ -345,7 +352,7 @@ impl RollupStore {
     }
 
     /// Compare-and-set for one count document whose fast-path condition failed: adds only the
-    /// ranges above the `applied.<p>` it finds.
+    /// ranges above the `applied_<p>` it finds.
     async fn apply_rest(
         &self,
         generation: i64,
@@ -354,14 +361,14 @@ impl RollupStore {
         fence: i64,
     ) -> Result<(), RollupError> {
         let id = count_id(generation, &c.tenant, &c.event_type, c.minute_ms);
-        let applied = format!("applied.{partition}");
+        let applied = applied_field(partition);
         for _ in 0..5 {
             let Some(found) = self.counts.find_one(doc! { "_id": &id }).await? else { continue };
             let seen = int(&found, "fence").unwrap_or(0);
             if seen > fence {
                 return Err(RollupError::Fenced { ours: fence, seen });
             }
-            let done = found.get_document("applied").ok().and_then(|a| int(a, &partition.to_string()));
+            let done = int(&found, &applied);
             let rest: i64 = c.ranges.range(done.map_or(i64::MIN, |d| d + 1)..).map(|(_, n)| n).sum();
             let Some((&last, _)) = c.ranges.last_key_value() else { return Ok(()) };
             if rest == 0 {
@@ -472,14 +479,14 @@ impl RollupStore {
         if let Some(t) = event_type {
             filter.insert("type", t);
         }
-        let projection = doc! { "_id": 0, "type": 1, "minute": 1, "count": 1, "applied": 1 };
+        let projection = doc! { "_id": 0, "gen": 0, "tenant": 0, "fence": 0 };
         let mut applied: HashMap<(String, i64), Document> = HashMap::new();
         let mut cursor = self.counts.find(filter).projection(projection).await?;
         while let Some(d) = cursor.try_next().await? {
             let (Ok(t), Ok(minute)) = (d.get_str("type"), d.get_datetime("minute")) else { continue };
             let key = (t.to_owned(), minute.timestamp_millis());
             *out.counts.entry(key.clone()).or_default() += int(&d, "count").unwrap_or(0);
-            applied.insert(key, d.get_document("applied").cloned().unwrap_or_default());
+            applied.insert(key, d);
         }
         // The tail: events of ranges some count document may not have applied yet.
         let clauses: Vec<Document> = out
@@ -506,7 +513,7 @@ impl RollupStore {
                 continue;
             };
             let key = (t.to_owned(), minute_of(ts.timestamp_millis()));
-            let done = applied.get(&key).and_then(|a| int(a, &p.to_string()));
+            let done = applied.get(&key).and_then(|a| int(a, &applied_field(p)));
             if done.is_none_or(|done| k > done) {
                 *out.counts.entry(key).or_default() += 1;
             }

@@ -7,4 +7,5 @@ mod dlq;
 mod failures;
 mod hardening;
 mod helpers;
+mod rollups;
 mod trimming;
