@@ -8,6 +8,9 @@
 #   BENCH_PHASES="read" load-tests/bench.sh    # the read API by depth (not in the default run: against
 #       nx-27017, which scans the collection for every page, 500 pages of 1M events take hours;
 #       BENCH_READ_SIZES="100000" for less)
+#   BENCH_PHASES="analytics" load-tests/bench.sh   # analytics answer time with 10k and 1M events stored,
+#       rollup lag at 80% of the drain rate, lease failover (not in the default run: storing 1M events
+#       in nx-27017 takes minutes; BENCH_ANALYTICS_SIZES="10000 100000" for less)
 #   WORKER_BIN=/path/to/evp-worker load-tests/bench.sh   # measure another build's worker
 #   BENCH_KEEP_LOGS=/tmp/bench-logs load-tests/bench.sh  # keep the servers' and workers' logs
 #   BENCH_ROUNDS=5 load-tests/bench.sh    # rounds of the single-event comparison (3)
@@ -247,6 +250,89 @@ for size in ${BENCH_READ_SIZES:-100000 1000000}; do
 done
 fi
 
+# --- Analytics: answer time by events stored, rollup lag under load, lease failover ------------
+# The answer comes from the rollups plus the not-yet-rolled tail, so its time should not grow with
+# the events stored. Events are stored straight into MongoDB (spread over the last 24 h, as the
+# worker would store them), the rollup leader counts them, then a one-hour window (by minute) and
+# a one-day window (by hour) are each asked 50 times. Only with BENCH_PHASES=analytics.
+ANALYTICS_REPORT=""
+if phase analytics; then
+ANALYTICS_WORKERS=2
+"${REDIS_CLI[@]}" del events > /dev/null
+start_workers "$ANALYTICS_WORKERS"
+lag_s() { curl -s "$INGEST_URL/analytics/metrics" -H "x-api-key: $KEY" | python3 -c "import json,sys; print(json.load(sys.stdin)['rollup']['lag_seconds'])"; }
+complete_until() { curl -s "$INGEST_URL/analytics/metrics" -H "x-api-key: $KEY" | python3 -c "import json,sys; print(json.load(sys.stdin)['rollup']['complete_until'])"; }
+now_iso() { python3 -c "import datetime as d; print((d.datetime.now(d.timezone.utc) + d.timedelta(seconds=$1)).strftime('%Y-%m-%dT%H:%M:%SZ'))"; }
+stored=0
+for size in ${BENCH_ANALYTICS_SIZES:-10000 1000000}; do
+    echo "== storing events up to $size for analytics (spread over 24 h)"
+    "$BIN/evp-loadtest" mongo-insert --events $((size - stored)) --batch 500 --concurrency 4 \
+        --keep-in "$MONGODB_DATABASE" --tenant "$TENANT" --spread-s 86400
+    stored=$size
+    # A few events through the stream move the group's frontier past the stored ones.
+    loadtest --events 1000 --batch 100 --concurrency 4 --quiet > /dev/null
+    sleep 2
+    loadtest --events 100 --batch 100 --concurrency 1 --quiet > /dev/null
+    for _ in $(seq 1 600); do
+        python3 -c "import sys; sys.exit(0 if float('$(lag_s)') < 3 else 1)" && break
+        sleep 1
+    done
+    echo "   rolled up: lag $(lag_s) s"
+    for window in "from=$(now_iso -3600)&to=$(now_iso 0)&bucket=minute" "from=$(now_iso -86400)&to=$(now_iso 0)&bucket=hour"; do
+        "$BIN/evp-loadtest" analytics --url "$INGEST_URL" --key "$KEY" --query "$window" --samples 50 \
+            --json "$WORK/analytics.json" | tee -a "$WORK/analytics.txt"
+        label=$([[ "$window" == *minute ]] && echo "1 h by minute" || echo "1 day by hour")
+        ANALYTICS_REPORT+="  $size events, $label: $(json "$WORK/analytics.json" "f\"p50 {d['latency']['p50_ms']:.1f} ms p99 {d['latency']['p99_ms']:.1f} ms (total {d['total']})\"")
+"
+    done
+done
+
+# Rollup lag under a steady 80% of the drain rate: measure the drain, then send at 80% of it for
+# 60 s while sampling the lag every second.
+echo "== drain rate of $ANALYTICS_WORKERS workers (for the rollup-lag run)"
+stop_workers
+"${REDIS_CLI[@]}" del events > /dev/null
+LAG_DRAIN_EVENTS=$(n 40000)
+loadtest --events "$LAG_DRAIN_EVENTS" --batch 100 --concurrency 8 --quiet > /dev/null
+t0=$(date +%s.%N)
+start_workers "$ANALYTICS_WORKERS"
+until [ "$("${REDIS_CLI[@]}" xinfo groups events 2>/dev/null | awk 'prev == "entries-read" {r = $1} prev == "pending" {p = $1} prev == "lag" {l = $1} {prev = $1} END {print (r != "" && p == 0 && l == 0) ? 1 : 0}')" = 1 ]; do sleep 0.2; done
+LAG_DRAIN=$(python3 -c "print(int($LAG_DRAIN_EVENTS / ($(date +%s.%N) - $t0)))")
+LAG_RATE=$((LAG_DRAIN * 8 / 10))
+echo "   drain $LAG_DRAIN events/s; sending at $LAG_RATE events/s for 60 s"
+loadtest --duration 60 --rate "$LAG_RATE" --batch 100 --concurrency 8 --quiet > /dev/null &
+LOAD_PID=$!
+: > "$WORK/lags.txt"
+while kill -0 "$LOAD_PID" 2>/dev/null; do lag_s >> "$WORK/lags.txt"; sleep 1; done
+LAG_STATS=$(python3 -c "
+v = sorted(float(x) for x in open('$WORK/lags.txt') if x.strip())
+print(f'p50 {v[len(v)//2]:.1f} s, max {v[-1]:.1f} s over {len(v)} samples' if v else 'n/a')")
+echo "   rollup lag: $LAG_STATS"
+
+# Failover: SIGKILL the leader under light load; time until the rollups move again (the new
+# leader's first closed range). The lease TTL is the default, 10 s.
+loadtest --duration 40 --rate 500 --batch 10 --concurrency 2 --quiet > /dev/null &
+LOAD_PID=$!
+sleep 5
+holder=$("${REDIS_CLI[@]}" get '{events:lease:rollups}' | cut -d/ -f1)
+leader_pid=""
+for pid in "${WORKER_PIDS[@]}"; do
+    tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "CONSUMER_NAME=$holder" && leader_pid=$pid
+done
+before=$(complete_until)
+t0=$(date +%s.%N)
+kill -9 "$leader_pid"
+while [ "$(complete_until)" = "$before" ]; do sleep 0.1; done
+FAILOVER_S=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')")
+echo "   failover: rollups moved again ${FAILOVER_S} s after SIGKILL of the leader ($holder)"
+wait "$LOAD_PID" || true
+stop_workers
+ANALYTICS_REPORT+="  rollup lag at 80% of the drain rate ($LAG_RATE of $LAG_DRAIN events/s, $ANALYTICS_WORKERS workers, 60 s): $LAG_STATS
+  lease failover (LEASE_TTL_MS 10000): the rollups moved again ${FAILOVER_S} s after SIGKILL of the leader
+"
+"${REDIS_CLI[@]}" del events > /dev/null
+fi
+
 # --- The client library: the Emitter from one process against the load generator's batches ---
 # Both send batches of 100 to the ingest alone (no workers), one after the other.
 CLIENT_EVENTS=$(n 200000); CLIENT_LOADGEN=0; CLIENT_EMIT=0
@@ -293,4 +379,6 @@ Saturated MongoDB           $SAT_WORKERS workers draining $SAT_EVENTS into a dat
 Client library              Emitter (one process, batches of 100): $CLIENT_EMIT events/s = $(ratio "$CLIENT_EMIT" "$CLIENT_LOADGEN") of evp-loadtest's $CLIENT_LOADGEN events/s (32 connections)
 Read API by depth (BENCH_PHASES=read)
 $READ_REPORT
+Analytics (BENCH_PHASES=analytics)
+$ANALYTICS_REPORT
 REPORT

@@ -43,6 +43,25 @@ enum Command {
         /// The tenant of the kept documents.
         #[arg(long, default_value = "bench")]
         tenant: String,
+        /// Received times (and so timestamps) spread evenly over the last this many seconds
+        /// (default: all at the Unix epoch).
+        #[arg(long)]
+        spread_s: Option<u64>,
+    },
+    /// Time GET /analytics/metrics with --query (e.g. `from=…&to=…&bucket=hour`), --samples times
+    /// (p50, p99).
+    Analytics {
+        #[arg(long, env = "EVP_URL", default_value = "http://127.0.0.1:3000")]
+        url: String,
+        #[arg(long, env = "EVP_API_KEY", default_value = "demo-key")]
+        key: String,
+        #[arg(long, default_value = "")]
+        query: String,
+        #[arg(long, default_value_t = 50)]
+        samples: usize,
+        /// Also write the report here, as JSON.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// Count one tenant's documents of one event type every --every-ms for --seconds: the load a
     /// polling verifier puts on MongoDB, for measuring what it costs the workers.
@@ -194,9 +213,10 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => run(cli.run).await,
-        Some(Command::MongoInsert { mongodb_uri, events, batch, concurrency, payload_bytes, keep_in, tenant }) => {
+        Some(Command::MongoInsert { mongodb_uri, events, batch, concurrency, payload_bytes, keep_in, tenant, spread_s }) => {
             let keep_in = keep_in.as_deref().map(|database| (database, tenant.as_str()));
-            mongo_bench::bulk_insert_rate(&mongodb_uri, events, batch, concurrency, payload_bytes, keep_in).await.map(|rate| {
+            let spread = spread_s.map(Duration::from_secs);
+            mongo_bench::bulk_insert_rate(&mongodb_uri, events, batch, concurrency, payload_bytes, keep_in, spread).await.map(|rate| {
                 println!("mongodb bulk insert: {rate:.0} documents/s ({events} documents, batches of {batch}, {concurrency} writers)");
                 true
             })
@@ -217,6 +237,18 @@ async fn main() -> ExitCode {
                     "read{}: first page p50 {:.1} ms p99 {:.1} ms; page {} p50 {:.1} ms p99 {:.1} ms ({:.2}x the first at p50); walked in {:.1}s",
                     r.query, r.first.p50_ms, r.first.p99_ms, r.deep_page, r.deep.p50_ms, r.deep.p99_ms,
                     r.deep.p50_ms / r.first.p50_ms.max(1e-9), r.walk_s
+                );
+                if let Some(path) = json {
+                    std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
+                }
+                Ok(true)
+            })
+        }
+        Some(Command::Analytics { url, key, query, samples, json }) => {
+            evp_loadtest::read_bench::analytics(&url, &key, &query, samples).await.and_then(|r| {
+                println!(
+                    "analytics {}: p50 {:.1} ms p99 {:.1} ms (total {})",
+                    r.query, r.latency.p50_ms, r.latency.p99_ms, r.total
                 );
                 if let Some(path) = json {
                     std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;

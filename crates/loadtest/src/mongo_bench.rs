@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use evp_events::input::{Admission, Limits, admit_batch};
 use evp_store::{EventStore, Position, to_document};
@@ -22,13 +22,23 @@ pub async fn bulk_insert_rate(
     concurrency: usize,
     payload_bytes: usize,
     keep_in: Option<(&str, &str)>,
+    spread: Option<Duration>,
 ) -> anyhow::Result<f64> {
     let run = format!("bench{:08x}", rand::random::<u32>());
     let generator = Generator::new(&run, batch as u64, Some(events), payload_bytes);
     let tenant = keep_in.map_or("bench", |(_, tenant)| tenant);
-    let admission = Admission::new(tenant, 0, Limits::default());
+    let requests = generator.requests().unwrap_or(0);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let received_at = |request: u64| match spread {
+        None => 0,
+        Some(over) => {
+            now_ms - over.as_millis() as i64
+                + (over.as_millis() as i64 * request as i64) / requests.max(1) as i64
+        }
+    };
     let mut batches = VecDeque::new();
-    for request in 0..generator.requests().unwrap_or(0) {
+    for request in 0..requests {
+        let admission = Admission::new(tenant, received_at(request), Limits::default());
         let docs: Vec<RawDocumentBuf> = admit_batch(&generator.body(request), &admission)
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .into_iter()

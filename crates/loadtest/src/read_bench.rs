@@ -1,6 +1,7 @@
-//! The read API's cost by depth: the first page of `GET /events` against a page deep in the
+//! Read-side timings. [`run`]: the read API's cost by depth: the first page of `GET /events` against a page deep in the
 //! result (after `depth` pages), each requested `samples` times, p50 and p99. Keyset pages cost
-//! the same wherever they are; an offset would grow with the depth.
+//! the same wherever they are; an offset would grow with the depth. [`analytics`]: the answer time
+//! of `GET /analytics/metrics`, which should not grow with the number of events stored.
 
 use std::time::{Duration, Instant};
 
@@ -81,4 +82,26 @@ pub async fn run(
     let walk_s = started.elapsed().as_secs_f64();
     let deep = latency(&client, &url, key, samples).await?;
     Ok(ReadReport { query: query.to_string(), limit, first, deep_page: depth + 1, deep, walk_s })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AnalyticsReport {
+    pub query: String,
+    pub latency: PageLatency,
+    /// `total` of the last answer.
+    pub total: i64,
+}
+
+/// Times `GET {base}/analytics/metrics?{query}`, `samples` times.
+pub async fn analytics(
+    base: &str,
+    key: &str,
+    query: &str,
+    samples: usize,
+) -> anyhow::Result<AnalyticsReport> {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let url = format!("{base}/analytics/metrics?{query}");
+    let latency = latency(&client, &url, key, samples).await?;
+    let (_, body) = get(&client, &url, key).await?;
+    Ok(AnalyticsReport { query: query.to_string(), latency, total: body["total"].as_i64().unwrap_or(-1) })
 }

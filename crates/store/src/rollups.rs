@@ -58,7 +58,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, DateTime, Document, doc};
-use mongodb::options::{FindOptions, IndexOptions};
+use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 
 use crate::document::sortable_seq_parts;
@@ -247,44 +247,41 @@ impl RollupStore {
             doc! { "partition": partition, "seq": { "$gte": range_start_seq(from), "$lt": range_start_seq(hi) } }
         };
         let projection = doc! { "_id": 0, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 };
-        let options = FindOptions::builder()
+        let mut by_doc: HashMap<(String, String, i64), BTreeMap<i64, i64>> = HashMap::new();
+        let mut read = 0_i64;
+        let mut last_range = from;
+        let mut cursor = self
+            .events
+            .find(filter(to))
             .sort(doc! { "seq": 1 })
             .limit(MAX_BATCH_DOCS + 1)
-            .projection(projection.clone());
-        let mut docs: Vec<Document> =
-            self.events.find(filter(to)).with_options(options.build()).await?.try_collect().await?;
+            .projection(projection.clone())
+            .await?;
+        while let Some(d) = cursor.try_next().await? {
+            read += 1;
+            if let Some(k) = add(&mut by_doc, &d) {
+                last_range = k;
+            }
+        }
         let mut end = to;
-        if docs.len() as i64 > MAX_BATCH_DOCS {
-            // Only ranges before the last one read are complete.
-            let last = docs.last().and_then(|d| d.get_str("seq").ok()).and_then(range_of).unwrap_or(from + 1);
-            end = last.max(from + 1);
-            if last <= from {
+        if read > MAX_BATCH_DOCS {
+            // Sorted by position: only ranges before the last one read are complete.
+            for ranges in by_doc.values_mut() {
+                ranges.remove(&last_range);
+            }
+            end = last_range;
+            if last_range <= from {
                 // One range holds more than a batch: read it whole.
-                let whole = FindOptions::builder().projection(projection).build();
-                docs = self.events.find(filter(end)).with_options(whole).await?.try_collect().await?;
+                end = from + 1;
+                by_doc.clear();
+                let mut whole = self.events.find(filter(end)).projection(projection).await?;
+                while let Some(d) = whole.try_next().await? {
+                    add(&mut by_doc, &d);
+                }
             }
         }
-        let mut by_doc: HashMap<(String, String, i64), BTreeMap<i64, i64>> = HashMap::new();
-        for d in &docs {
-            let (Some(k), Ok(tenant), Ok(event_type), Ok(ts)) = (
-                d.get_str("seq").ok().and_then(range_of),
-                d.get_str("tenant"),
-                d.get_str("type"),
-                d.get_datetime("timestamp"),
-            ) else {
-                continue;
-            };
-            if k >= end {
-                continue;
-            }
-            let minute = minute_of(ts.timestamp_millis());
-            *by_doc
-                .entry((tenant.to_owned(), event_type.to_owned(), minute))
-                .or_default()
-                .entry(k)
-                .or_default() += 1;
-            counts.events += 1;
-        }
+        by_doc.retain(|_, ranges| !ranges.is_empty());
+        counts.events = by_doc.values().flat_map(BTreeMap::values).sum::<i64>() as u64;
         counts.to = end;
         counts.contributions = by_doc
             .into_iter()
@@ -520,6 +517,22 @@ impl RollupStore {
         }
         Ok(out)
     }
+}
+
+/// Adds one event document (seq, tenant, type, timestamp) to per-(tenant, type, minute) range
+/// counts; returns its range.
+fn add(by_doc: &mut HashMap<(String, String, i64), BTreeMap<i64, i64>>, d: &Document) -> Option<i64> {
+    let (Some(k), Ok(tenant), Ok(event_type), Ok(ts)) = (
+        d.get_str("seq").ok().and_then(range_of),
+        d.get_str("tenant"),
+        d.get_str("type"),
+        d.get_datetime("timestamp"),
+    ) else {
+        return None;
+    };
+    let key = (tenant.to_owned(), event_type.to_owned(), minute_of(ts.timestamp_millis()));
+    *by_doc.entry(key).or_default().entry(k).or_default() += 1;
+    Some(k)
 }
 
 /// An integer field, whichever width it was stored with.

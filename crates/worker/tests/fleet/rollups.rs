@@ -66,8 +66,8 @@ impl Pipeline {
         last
     }
 
-    fn rollups_store(&self) -> impl Future<Output = RollupStore> + '_ {
-        async move { RollupStore::new(&self.mongo.client().await, &self.database) }
+    async fn rollups_store(&self) -> RollupStore {
+        RollupStore::new(&self.mongo.client().await, &self.database)
     }
 
     /// Waits until the rollups of the current generation hold every range up to the one of
