@@ -237,7 +237,7 @@ if phase read; then
 stored=0
 for size in ${BENCH_READ_SIZES:-100000 1000000}; do
     echo "== storing events up to $size for the read API"
-    "$BIN/evp-loadtest" mongo-insert --events $((size - stored)) --batch 500 --concurrency 4 \
+    "$BIN/evp-loadtest" mongo-insert --events $((size - stored)) --concurrency 4 \
         --keep-in "$MONGODB_DATABASE" --tenant "$TENANT"
     stored=$size
     type=$(curl -s "$INGEST_URL/events?limit=1" -H "x-api-key: $KEY" | python3 -c "import json,sys; print(json.load(sys.stdin)['events'][0]['type'])")
@@ -266,8 +266,8 @@ now_iso() { python3 -c "import datetime as d; print((d.datetime.now(d.timezone.u
 stored=0
 for size in ${BENCH_ANALYTICS_SIZES:-10000 1000000}; do
     echo "== storing events up to $size for analytics (spread over 24 h)"
-    "$BIN/evp-loadtest" mongo-insert --events $((size - stored)) --batch 500 --concurrency 4 \
-        --keep-in "$MONGODB_DATABASE" --tenant "$TENANT" --spread-s 86400
+    "$BIN/evp-loadtest" mongo-insert --events $((size - stored)) --concurrency 4 \
+        --keep-in "$MONGODB_DATABASE" --tenant "$TENANT" --spread-s 86400 --batch 100
     stored=$size
     # A few events through the stream move the group's frontier past the stored ones.
     loadtest --events 1000 --batch 100 --concurrency 4 --quiet > /dev/null

@@ -79,6 +79,8 @@ pub struct Snapshot {
     pub length: u64,
     /// Entries ever appended (`entries-added`, Redis ≥ 7).
     pub entries_added: Option<u64>,
+    /// The id of the last entry appended (none while the stream does not exist).
+    pub last_generated: Option<EntryId>,
     /// Entries delivered to the group and not acknowledged.
     pub pending: u64,
     /// Entries not yet delivered to the group (Redis ≥ 7).
@@ -109,6 +111,11 @@ pub async fn snapshot(
         redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(&mut conn).await?;
     out.length = info.get("length").and_then(number).unwrap_or(0);
     out.entries_added = info.get("entries-added").and_then(number);
+    out.last_generated = info.get("last-generated-id").and_then(|v| match v {
+        Value::BulkString(b) => parse_id(std::str::from_utf8(b).ok()?),
+        Value::SimpleString(s) => parse_id(s),
+        _ => None,
+    });
     let groups: StreamInfoGroupsReply =
         redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(&mut conn).await?;
     let Some(ours) = groups.groups.into_iter().find(|g| g.name == group) else { return Ok(out) };

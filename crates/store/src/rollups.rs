@@ -72,6 +72,9 @@ pub const MINUTE_MS: i64 = 60_000;
 pub const MAX_BATCH_DOCS: i64 = 200_000;
 /// How long a retired generation is kept after a switch, for readers that started before it.
 pub const RETIRED_KEEP_MS: i64 = 60_000;
+/// Most keys the provisional counts of one partition may hold (they live in its progress
+/// document, which must stay far below 16 MiB); past it readers read those events instead.
+pub const MAX_PROVISIONAL: usize = 20_000;
 const POINTER_ID: &str = "current";
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -125,6 +128,33 @@ pub struct MinuteCounts {
     pub counts: HashMap<(String, i64), i64>,
     /// Per partition, the first range not in the rollups (`next`).
     pub next_range: BTreeMap<i32, i64>,
+}
+
+/// What readers read first: the generation, and per partition where the rollups stand.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub generation: i64,
+    pub partitions: BTreeMap<i32, PartitionProgress>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PartitionProgress {
+    /// The first range not in the count documents.
+    pub next: i64,
+    /// Where the provisional counts end (exclusive, a stream id); `range_start(next)` without any.
+    pub until: (u64, u64),
+    pub provisional: Vec<Provisional>,
+}
+
+/// One provisional count: the acknowledged events of one range (not yet closed, or not yet
+/// applied) for one (tenant, type, minute).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisional {
+    pub tenant: String,
+    pub event_type: String,
+    pub minute_ms: i64,
+    pub range: i64,
+    pub count: i64,
 }
 
 /// The range holding a stream position (`sortable` `seq`), if it parses.
@@ -454,25 +484,105 @@ impl RollupStore {
         Ok(())
     }
 
+    /// Counts the acknowledged events past the closed ranges, `[range_start(next), until)`, and
+    /// stores them beside `next` (the *provisional* counts, per range), so that readers need not
+    /// read those events. Written only while `next` is still what the caller saw; `until` is the
+    /// acknowledged frontier (every entry below it is acknowledged, so the documents counted are
+    /// final). Does nothing (and returns false) when that region holds more than
+    /// [`MAX_PROVISIONAL`] count keys.
+    pub async fn write_provisional(
+        &self,
+        generation: i64,
+        partition: i32,
+        next: i64,
+        until: (u64, u64),
+        fence: i64,
+    ) -> Result<bool, RollupError> {
+        let until_seq = format!("{:020}-{:020}", until.0, until.1);
+        let filter = doc! { "partition": partition, "seq": { "$gte": range_start_seq(next), "$lt": until_seq.as_str() } };
+        let projection = doc! { "_id": 0, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 };
+        let mut by_doc: HashMap<(String, String, i64), BTreeMap<i64, i64>> = HashMap::new();
+        let mut cursor = self.events.find(filter).projection(projection).await?;
+        while let Some(d) = cursor.try_next().await? {
+            add(&mut by_doc, &d);
+        }
+        let entries: Vec<Document> = by_doc
+            .iter()
+            .flat_map(|((t, y, m), ranges)| {
+                ranges
+                    .iter()
+                    .map(move |(k, n)| doc! { "t": t.as_str(), "y": y.as_str(), "m": *m, "k": *k, "n": *n })
+            })
+            .collect();
+        if entries.len() > MAX_PROVISIONAL {
+            return Ok(false);
+        }
+        let provisional = doc! { "next": next, "until": until_seq, "counts": entries };
+        let filter =
+            doc! { "_id": progress_id(generation, partition), "next": next, "fence": { "$lte": fence } };
+        self.progress.update_one(filter, doc! { "$set": { "provisional": provisional } }).await?;
+        Ok(true)
+    }
+
+    /// What a reader needs first (before the count documents): the current generation and, per
+    /// partition, `next` and the provisional counts written for it.
+    pub async fn progress(&self, partitions: &[i32]) -> mongodb::error::Result<Progress> {
+        let generation = self.generations().await?.current;
+        let mut out = Progress { generation, partitions: BTreeMap::new() };
+        for &p in partitions {
+            let found = self.progress.find_one(doc! { "_id": progress_id(generation, p) }).await?;
+            let next = found.as_ref().and_then(|d| int(d, "next")).unwrap_or(0);
+            let mut part = PartitionProgress {
+                next,
+                until: (u64::try_from(next * RANGE_MS).unwrap_or(0), 0),
+                provisional: Vec::new(),
+            };
+            let provisional = found.as_ref().and_then(|d| d.get_document("provisional").ok());
+            if let Some(prov) = provisional.filter(|prov| int(prov, "next") == Some(next))
+                && let Some(until) = prov.get_str("until").ok().and_then(sortable_seq_parts)
+            {
+                part.until = until;
+                for c in prov.get_array("counts").into_iter().flatten().filter_map(Bson::as_document) {
+                    let (Ok(t), Ok(y), Some(m), Some(k), Some(n)) =
+                        (c.get_str("t"), c.get_str("y"), int(c, "m"), int(c, "k"), int(c, "n"))
+                    else {
+                        continue;
+                    };
+                    part.provisional.push(Provisional {
+                        tenant: t.into(),
+                        event_type: y.into(),
+                        minute_ms: m,
+                        range: k,
+                        count: n,
+                    });
+                }
+            }
+            out.partitions.insert(p, part);
+        }
+        Ok(out)
+    }
+
     /// `tenant`'s exact counts per (type, minute) for minutes in `[from_ms, to_ms)` (both on
-    /// minute boundaries), optionally of one type: the current generation's count documents plus
-    /// the stored events of ranges not yet applied to them.
+    /// minute boundaries), optionally of one type: the count documents of `progress`'s generation,
+    /// plus the provisional counts and the stored events past them that the count documents do
+    /// not hold yet. `appended` gives, per partition, the last entry id Redis has appended, read
+    /// *after* `progress`: when it is below where the provisional counts end, no event can be
+    /// past them and the events are not read at all.
     pub async fn counts(
         &self,
         tenant: &str,
         event_type: Option<&str>,
         from_ms: i64,
         to_ms: i64,
-        partitions: &[i32],
+        progress: &Progress,
+        appended: &BTreeMap<i32, (u64, u64)>,
     ) -> mongodb::error::Result<MinuteCounts> {
-        let generation = self.generations().await?.current;
-        // Progress first: every range below `next` is in every count document read after.
-        let mut out = MinuteCounts::default();
-        for &p in partitions {
-            out.next_range.insert(p, self.next_range(generation, p).await?);
-        }
+        let mut out = MinuteCounts {
+            next_range: progress.partitions.iter().map(|(&p, part)| (p, part.next)).collect(),
+            ..Default::default()
+        };
         let window = doc! { "$gte": DateTime::from_millis(from_ms), "$lt": DateTime::from_millis(to_ms) };
-        let mut filter = doc! { "gen": generation, "tenant": tenant, "minute": window.clone() };
+        let mut filter = doc! { "gen": progress.generation, "tenant": tenant, "minute": window.clone() };
         if let Some(t) = event_type {
             filter.insert("type", t);
         }
@@ -485,11 +595,30 @@ impl RollupStore {
             *out.counts.entry(key.clone()).or_default() += int(&d, "count").unwrap_or(0);
             applied.insert(key, d);
         }
-        // The tail: events of ranges some count document may not have applied yet.
-        let clauses: Vec<Document> = out
-            .next_range
+        // Counted unless its count document, as read above, already holds its range.
+        let mut add_unless_applied = |p: i32, k: i64, key: (String, i64), n: i64| {
+            let done = applied.get(&key).and_then(|a| int(a, &applied_field(p)));
+            if done.is_none_or(|done| k > done) {
+                *out.counts.entry(key).or_default() += n;
+            }
+        };
+        for (&p, part) in &progress.partitions {
+            for c in &part.provisional {
+                let in_window = c.minute_ms >= from_ms && c.minute_ms < to_ms;
+                if c.tenant == tenant && in_window && event_type.is_none_or(|t| t == c.event_type) {
+                    add_unless_applied(p, c.range, (c.event_type.clone(), c.minute_ms), c.count);
+                }
+            }
+        }
+        // The tail: stored events past the provisional counts, in partitions where Redis has
+        // appended entries since (or cannot say).
+        let clauses: Vec<Document> = progress
+            .partitions
             .iter()
-            .map(|(&p, &next)| doc! { "partition": p, "seq": { "$gte": range_start_seq(next) } })
+            .filter(|(p, part)| appended.get(p).is_none_or(|last| *last >= part.until))
+            .map(|(&p, part)| {
+                doc! { "partition": p, "seq": { "$gte": format!("{:020}-{:020}", part.until.0, part.until.1) } }
+            })
             .collect();
         if clauses.is_empty() {
             return Ok(out);
@@ -509,11 +638,7 @@ impl RollupStore {
             ) else {
                 continue;
             };
-            let key = (t.to_owned(), minute_of(ts.timestamp_millis()));
-            let done = applied.get(&key).and_then(|a| int(a, &applied_field(p)));
-            if done.is_none_or(|done| k > done) {
-                *out.counts.entry(key).or_default() += 1;
-            }
+            add_unless_applied(p, k, (t.to_owned(), minute_of(ts.timestamp_millis())), 1);
         }
         Ok(out)
     }

@@ -9,7 +9,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evp_runtime::stream_state::acknowledged_frontier;
+use std::collections::HashMap;
+
+use evp_runtime::stream_state::{EntryId, acknowledged_frontier};
 use evp_store::rollups::{RANGE_MS, RETIRED_KEEP_MS, RollupError, RollupStore};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -65,6 +67,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut claimed: Option<i64> = None;
+    // Per (generation, partition), the (next, frontier) the provisional counts were last written for.
+    let mut provisional: HashMap<(i64, i32), (i64, EntryId)> = HashMap::new();
     while !shutdown.is_cancelled() {
         let grant = *grants.borrow_and_update();
         let Some(grant) = grant.filter(Grant::is_valid) else {
@@ -88,7 +92,7 @@ pub async fn run(
                 claimed = Some(grant.fence);
                 tracing::info!(fence = grant.fence, "rollup job starting under this grant");
             }
-            round(&stream, &rollups, &config, &grants, grant).await
+            round(&stream, &rollups, &config, &grants, grant, &mut provisional).await
         }
         .await;
         let pause = match result {
@@ -138,6 +142,7 @@ async fn round(
     config: &WorkerConfig,
     grants: &watch::Receiver<Option<Grant>>,
     grant: Grant,
+    provisional: &mut HashMap<(i64, i32), (i64, EntryId)>,
 ) -> Result<Outcome, RollupError> {
     let generations = rollups.generations().await?;
     let mut lag_seconds: f64 = 0.0;
@@ -147,7 +152,8 @@ async fn round(
         let frontier = acknowledged_frontier(stream.conn(), &key, stream.group())
             .await
             .map_err(|e| RollupError::Mongo(mongodb::error::Error::custom(format!("Redis: {e}"))))?;
-        let Some((frontier_ms, _)) = frontier else { continue };
+        let Some(frontier) = frontier else { continue };
+        let frontier_ms = frontier.0;
         let closed = frontier_ms as i64 / RANGE_MS;
         let mut next = rollups.next_range(generations.current, partition).await?;
         let mut steps = 0;
@@ -156,6 +162,14 @@ async fn round(
             steps += 1;
         }
         busy |= next < closed;
+        // Caught up: count the acknowledged events past the closed ranges once more, so that
+        // readers need not read them (only when something changed).
+        let key = (generations.current, partition);
+        if next >= closed && provisional.get(&key) != Some(&(next, frontier)) && still_leading(grants, grant)
+        {
+            rollups.write_provisional(generations.current, partition, next, frontier, grant.fence).await?;
+            provisional.insert(key, (next, frontier));
+        }
         lag_seconds = lag_seconds.max((frontier_ms as f64 - (next * RANGE_MS) as f64).max(0.0) / 1000.0);
         if let Some(building) = generations.building {
             let mut built = rollups.next_range(building, partition).await?;

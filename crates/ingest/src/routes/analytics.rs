@@ -3,6 +3,8 @@
 //! Parameters are checked before anything is asked (400 `invalid_query` naming the parameter);
 //! MongoDB or Redis not answering within [`READ_TIMEOUT`] is a 503 with `Retry-After`.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::{RawQuery, State};
 
@@ -38,19 +40,24 @@ pub async fn metrics(
 ) -> Result<Json<Metrics>, ApiError> {
     let window = AnalyticsQuery::parse(raw.as_deref())?.window(now_ms())?;
     let redis = |e: redis::RedisError| ApiError::ReadUnavailable { cause: format!("Redis read failed: {e}") };
-    // The frontier before the counts: the lag reported is never smaller than the truth.
+    // Where the rollups stand first; then Redis (whatever it reports was appended by then); then
+    // the counts. The lag is measured against a frontier read after the progress, so it is never
+    // smaller than the truth.
+    let progress = bounded(state.rollups.progress(&PARTITIONS)).await?;
     let (frontier, snapshot) = tokio::time::timeout(READ_TIMEOUT, async {
         tokio::try_join!(state.pipeline.frontier_ms(), state.pipeline.snapshot())
     })
     .await
     .map_err(|_| ApiError::ReadUnavailable { cause: format!("Redis took over {READ_TIMEOUT:?}") })?
     .map_err(redis)?;
+    let appended: BTreeMap<i32, (u64, u64)> = snapshot.last_generated.map(|id| (0, id)).into_iter().collect();
     let counts = bounded(state.rollups.counts(
         &tenant.0,
         window.event_type.as_deref(),
         window.from_ms,
         window.to_ms,
-        &PARTITIONS,
+        &progress,
+        &appended,
     ))
     .await?;
     let (total, by_type, series) = summarize(&window, &counts.counts);
