@@ -250,48 +250,35 @@ for size in ${BENCH_READ_SIZES:-100000 1000000}; do
 done
 fi
 
-# --- Analytics: answer time by events stored, rollup lag under load, lease failover ------------
-# The answer comes from the rollups plus the not-yet-rolled tail, so its time should not grow with
-# the events stored. Events are stored straight into MongoDB (spread over the last 24 h, as the
-# worker would store them), the rollup leader counts them, then a one-hour window (by minute) and
-# a one-day window (by hour) are each asked 50 times. Only with BENCH_PHASES=analytics.
+# --- Analytics: rollup lag under load, lease failover, answer time by events stored ----------
+# Only with BENCH_PHASES=analytics. First, on a fresh database: the rollup lag while events arrive
+# at 80% of what the workers drain, and the failover of the rollup lease. Then the answer time of
+# GET /analytics/metrics with 10k and with 1M events stored: the events are stored straight into
+# MongoDB (spread over the last 24 h, as the worker would store them), `evp-worker rollups
+# rebuild` counts them (events stored past the stream are counted by a rebuild only), and a
+# one-hour window (by minute) and a one-day window (by hour) are each asked 50 times.
 ANALYTICS_REPORT=""
 if phase analytics; then
 ANALYTICS_WORKERS=2
 "${REDIS_CLI[@]}" del events > /dev/null
-start_workers "$ANALYTICS_WORKERS"
-lag_s() { curl -s "$INGEST_URL/analytics/metrics" -H "x-api-key: $KEY" | python3 -c "import json,sys; print(json.load(sys.stdin)['rollup']['lag_seconds'])"; }
-complete_until() { curl -s "$INGEST_URL/analytics/metrics" -H "x-api-key: $KEY" | python3 -c "import json,sys; print(json.load(sys.stdin)['rollup']['complete_until'])"; }
+export WORKER_PORT_BASE=$(free_port)
+health_field() {   # the largest value of rollup.<field> over the workers' health (null when none)
+    for i in $(seq 1 "$ANALYTICS_WORKERS"); do
+        curl -s -m 2 "http://127.0.0.1:$((WORKER_PORT_BASE + i))/health" || echo '{}'
+        echo
+    done | python3 -c "
+import json, sys
+v = [json.loads(l).get('rollup', {}).get('$1') for l in sys.stdin if l.strip()]
+v = [x for x in v if isinstance(x, (int, float))]
+print(max(v) if v else 'null')"
+}
+complete_until() {
+    curl -s -m 5 "$INGEST_URL/analytics/metrics" -H "x-api-key: $KEY" \
+        | python3 -c "import json,sys; print(json.load(sys.stdin)['rollup']['complete_until'])" 2>/dev/null || echo unknown
+}
 now_iso() { python3 -c "import datetime as d; print((d.datetime.now(d.timezone.utc) + d.timedelta(seconds=$1)).strftime('%Y-%m-%dT%H:%M:%SZ'))"; }
-stored=0
-for size in ${BENCH_ANALYTICS_SIZES:-10000 1000000}; do
-    echo "== storing events up to $size for analytics (spread over 24 h)"
-    "$BIN/evp-loadtest" mongo-insert --events $((size - stored)) --concurrency 4 \
-        --keep-in "$MONGODB_DATABASE" --tenant "$TENANT" --spread-s 86400 --batch 100
-    stored=$size
-    # A few events through the stream move the group's frontier past the stored ones.
-    loadtest --events 1000 --batch 100 --concurrency 4 --quiet > /dev/null
-    sleep 2
-    loadtest --events 100 --batch 100 --concurrency 1 --quiet > /dev/null
-    for _ in $(seq 1 600); do
-        python3 -c "import sys; sys.exit(0 if float('$(lag_s)') < 3 else 1)" && break
-        sleep 1
-    done
-    echo "   rolled up: lag $(lag_s) s"
-    for window in "from=$(now_iso -3600)&to=$(now_iso 0)&bucket=minute" "from=$(now_iso -86400)&to=$(now_iso 0)&bucket=hour"; do
-        "$BIN/evp-loadtest" analytics --url "$INGEST_URL" --key "$KEY" --query "$window" --samples 50 \
-            --json "$WORK/analytics.json" | tee -a "$WORK/analytics.txt"
-        label=$([[ "$window" == *minute ]] && echo "1 h by minute" || echo "1 day by hour")
-        ANALYTICS_REPORT+="  $size events, $label: $(json "$WORK/analytics.json" "f\"p50 {d['latency']['p50_ms']:.1f} ms p99 {d['latency']['p99_ms']:.1f} ms (total {d['total']})\"")
-"
-    done
-done
 
-# Rollup lag under a steady 80% of the drain rate: measure the drain, then send at 80% of it for
-# 60 s while sampling the lag every second.
 echo "== drain rate of $ANALYTICS_WORKERS workers (for the rollup-lag run)"
-stop_workers
-"${REDIS_CLI[@]}" del events > /dev/null
 LAG_DRAIN_EVENTS=$(n 40000)
 loadtest --events "$LAG_DRAIN_EVENTS" --batch 100 --concurrency 8 --quiet > /dev/null
 t0=$(date +%s.%N)
@@ -303,10 +290,10 @@ echo "   drain $LAG_DRAIN events/s; sending at $LAG_RATE events/s for 60 s"
 loadtest --duration 60 --rate "$LAG_RATE" --batch 100 --concurrency 8 --quiet > /dev/null &
 LOAD_PID=$!
 : > "$WORK/lags.txt"
-while kill -0 "$LOAD_PID" 2>/dev/null; do lag_s >> "$WORK/lags.txt"; sleep 1; done
+while kill -0 "$LOAD_PID" 2>/dev/null; do health_field rollup_lag_seconds >> "$WORK/lags.txt"; sleep 1; done
 LAG_STATS=$(python3 -c "
-v = sorted(float(x) for x in open('$WORK/lags.txt') if x.strip())
-print(f'p50 {v[len(v)//2]:.1f} s, max {v[-1]:.1f} s over {len(v)} samples' if v else 'n/a')")
+v = sorted(float(x) for x in open('$WORK/lags.txt') if x.strip() not in ('', 'null'))
+print(f'p50 {v[len(v)//2]:.1f} s, p90 {v[int(len(v)*0.9)]:.1f} s, max {v[-1]:.1f} s over {len(v)} samples' if v else 'n/a')")
 echo "   rollup lag: $LAG_STATS"
 
 # Failover: SIGKILL the leader under light load; time until the rollups move again (the new
@@ -316,20 +303,42 @@ LOAD_PID=$!
 sleep 5
 holder=$("${REDIS_CLI[@]}" get '{events:lease:rollups}' | cut -d/ -f1)
 leader_pid=""
-for pid in "${WORKER_PIDS[@]}"; do
-    tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "CONSUMER_NAME=$holder" && leader_pid=$pid
-done
+for i in "${!WORKER_PIDS[@]}"; do [ "${WORKER_NAMES[$i]}" = "$holder" ] && leader_pid=${WORKER_PIDS[$i]}; done
 before=$(complete_until)
 t0=$(date +%s.%N)
 kill -9 "$leader_pid"
 while [ "$(complete_until)" = "$before" ]; do sleep 0.1; done
 FAILOVER_S=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')")
-echo "   failover: rollups moved again ${FAILOVER_S} s after SIGKILL of the leader ($holder)"
+echo "   failover: the rollups moved again ${FAILOVER_S} s after SIGKILL of the leader ($holder)"
 wait "$LOAD_PID" || true
 stop_workers
 ANALYTICS_REPORT+="  rollup lag at 80% of the drain rate ($LAG_RATE of $LAG_DRAIN events/s, $ANALYTICS_WORKERS workers, 60 s): $LAG_STATS
   lease failover (LEASE_TTL_MS 10000): the rollups moved again ${FAILOVER_S} s after SIGKILL of the leader
 "
+
+start_workers "$ANALYTICS_WORKERS"
+stored=0
+for size in ${BENCH_ANALYTICS_SIZES:-10000 1000000}; do
+    echo "== storing events up to $size for analytics (spread over 24 h), then rollups rebuild"
+    "$BIN/evp-loadtest" mongo-insert --events $((size - stored)) --batch 100 --concurrency 4 \
+        --keep-in "$MONGODB_DATABASE" --tenant "$TENANT" --spread-s 86400
+    stored=$size
+    t0=$(date +%s.%N)
+    "$BIN/evp-worker" rollups rebuild --timeout-s 3600 | tail -1
+    echo "   rebuilt in $(python3 -c "print(f'{$(date +%s.%N) - $t0:.0f}')") s"
+    # Settle: an idle minute of the leader, with a last event through the stream.
+    loadtest --events 100 --batch 100 --concurrency 1 --quiet > /dev/null
+    sleep 3
+    for window in "from=$(now_iso -3600)&to=$(now_iso 0)&bucket=minute" "from=$(now_iso -86400)&to=$(now_iso 0)&bucket=hour"; do
+        "$BIN/evp-loadtest" analytics --url "$INGEST_URL" --key "$KEY" --query "$window" --samples 50 \
+            --json "$WORK/analytics.json" | tee -a "$WORK/analytics.txt"
+        label=$([[ "$window" == *minute ]] && echo "1 h by minute" || echo "1 day by hour")
+        ANALYTICS_REPORT+="  $size events stored, $label: $(json "$WORK/analytics.json" "f\"p50 {d['latency']['p50_ms']:.1f} ms p99 {d['latency']['p99_ms']:.1f} ms (total {d['total']})\"")
+"
+    done
+done
+stop_workers
+unset WORKER_PORT_BASE
 "${REDIS_CLI[@]}" del events > /dev/null
 fi
 

@@ -9,6 +9,7 @@ command -v python3 > /dev/null || apt_install python3   # free ports and report 
 WORK="$(mktemp -d -t evp-load.XXXXXX)"
 PIDS=()
 WORKER_PIDS=()
+WORKER_NAMES=()
 KEY="load-key"
 TENANT="load"
 
@@ -75,9 +76,14 @@ start_ingest() {
 # $1: how many workers (the binary: WORKER_BIN, default the build's evp-worker, so that another
 # build's worker can be measured on the same servers).
 start_workers() {
+    local name
     for i in $(seq 1 "$1"); do
-        CONSUMER_NAME="load-worker-$i-$RANDOM" WORKER_PORT=0 "${WORKER_BIN:-$BIN/evp-worker}" >> "$WORK/worker-$i.log" 2>&1 &
+        name="load-worker-$i-$RANDOM"
+        # WORKER_PORT_BASE: worker i serves health and metrics on WORKER_PORT_BASE + i (else none).
+        CONSUMER_NAME="$name" WORKER_PORT="$((${WORKER_PORT_BASE:-0} ? ${WORKER_PORT_BASE:-0} + i : 0))" \
+            "${WORKER_BIN:-$BIN/evp-worker}" >> "$WORK/worker-$i.log" 2>&1 &
         WORKER_PIDS+=($!)
+        WORKER_NAMES+=("$name")
     done
 }
 

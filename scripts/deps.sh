@@ -5,6 +5,7 @@
 #   - a MongoDB-protocol server: a mongod on PATH or MONGODB_URI/MONGODB_TEST_URI when given,
 #     else nx-27017 (pinned, from PyPI) in the project-local venv .venv/
 #   - Schemathesis (pinned, from PyPI) in .venv/, for scripts/api-fuzz.sh
+#   - Chromium and chromedriver (Debian) and Selenium (pinned, in .venv/), for the dashboard test
 set -euo pipefail
 
 EVP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -53,6 +54,13 @@ ensure_venv() {
 }
 
 ensure_nx() { ensure_venv; }
+
+# Headless Chromium and its WebDriver, from Debian, for the dashboard's browser test (Selenium,
+# pinned in scripts/requirements-test.txt, drives them; no browser is downloaded).
+ensure_chromium() {
+    command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
+    apt_install chromium chromium-driver
+}
 
 # Signals the pids and waits for them, at most $STOP_GRACE seconds (default 20), then kills what is
 # left: a server that misses its SIGTERM (nx-27017 sometimes does) must not hang the run.

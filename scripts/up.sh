@@ -24,6 +24,7 @@ done
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 export MONGODB_URI="${MONGODB_URI:-mongodb://127.0.0.1:27017}"
 export API_KEYS="${API_KEYS:-demo:demo-key}"
+export ADMIN_KEYS="${ADMIN_KEYS:-demo-ops-key}"
 export PORT="${PORT:-3000}"
 export LOG_FORMAT="${LOG_FORMAT:-pretty}"
 RUN="$EVP_ROOT/.run"
@@ -99,6 +100,7 @@ cat <<MSG
 
 evp is running (logs in .run/). Ctrl-C stops everything.
   Swagger UI:  http://127.0.0.1:$PORT/docs
+  Dashboard:   http://127.0.0.1:$PORT/dashboard  (key $KEY, or the operator key ${ADMIN_KEYS%%,*})
   Health:      curl -s http://127.0.0.1:$PORT/health
   Send one:    curl -s -X POST http://127.0.0.1:$PORT/events \\
                  -H 'x-api-key: $KEY' -H 'content-type: application/json' \\

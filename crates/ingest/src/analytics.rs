@@ -313,6 +313,11 @@ impl Pipeline {
         Ok(Self { conn: evp_runtime::connect::redis_manager(&self.client, timeout)?, ..self.clone() })
     }
 
+    /// The dead letters of this stream, on this connection.
+    pub fn dead_letters(&self) -> evp_runtime::dead_letters::DeadLetters {
+        evp_runtime::dead_letters::DeadLetters::new(self.conn.clone(), &self.stream)
+    }
+
     pub async fn snapshot(&self) -> redis::RedisResult<Snapshot> {
         stream_state::snapshot(&self.conn, &self.stream, &self.dlq, &self.group).await
     }

@@ -1,4 +1,6 @@
-//! Authentication: the `x-api-key` header names a tenant ([`crate::keys`] holds the keys).
+//! Authentication: the `x-api-key` header names a tenant, or is an operator key
+//! ([`crate::keys`] holds both). [`Tenant`] guards the tenant routes, [`Operator`] `/admin/*`,
+//! and [`Viewer`] analytics (a tenant's counts, or an operator's over every tenant).
 
 use std::sync::Arc;
 
@@ -18,13 +20,52 @@ impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match Viewer::from_request_parts(parts, state).await? {
+            Viewer::Tenant(tenant) => Ok(tenant),
+            Viewer::Operator => Err(ApiError::Forbidden(
+                "an operator key names no tenant: send and read events with a tenant key",
+            )),
+        }
+    }
+}
+
+/// Who is asking: a tenant, or an operator (an `ADMIN_KEYS` key).
+#[derive(Debug, Clone)]
+pub enum Viewer {
+    Tenant(Tenant),
+    Operator,
+}
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let key =
             parts.headers.get(API_KEY_HEADER).ok_or(ApiError::Unauthorized("missing x-api-key header"))?;
-        state
-            .config
-            .api_keys
-            .tenant_of(key.as_bytes())
-            .map(Tenant)
-            .ok_or(ApiError::Unauthorized("unknown API key"))
+        // Both lists are searched every time, so timing does not tell them apart.
+        let tenant = state.config.api_keys.tenant_of(key.as_bytes());
+        let operator = state.config.admin_keys.contains(key.as_bytes());
+        match (tenant, operator) {
+            (Some(tenant), _) => Ok(Self::Tenant(Tenant(tenant))),
+            (None, true) => Ok(Self::Operator),
+            (None, false) => Err(ApiError::Unauthorized("unknown API key")),
+        }
+    }
+}
+
+/// An operator: only `ADMIN_KEYS` keys pass (a tenant key gets 403, none or an unknown one 401).
+#[derive(Debug, Clone, Copy)]
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match Viewer::from_request_parts(parts, state).await? {
+            Viewer::Operator => Ok(Self),
+            Viewer::Tenant(_) => {
+                Err(ApiError::Forbidden("a tenant key cannot use /admin: use an operator key (ADMIN_KEYS)"))
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@ use evp_events::Limits;
 use evp_events::data::MAX_EVENT_BYTES_CEILING;
 use evp_runtime::config::{CommonConfig, ConfigError, Env, error};
 
-use crate::keys::ApiKeys;
+use crate::keys::{AdminKeys, ApiKeys};
 
 /// Everything the ingest needs to run. Defaults are the contract's (see the README's table).
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct IngestConfig {
     pub port: u16,
     /// `API_KEYS`, required: comma-separated `tenant:key` pairs; a bare key is tenant `default`.
     pub api_keys: ApiKeys,
+    /// `ADMIN_KEYS`, default empty: operator keys for `/admin/*` and the dashboard.
+    pub admin_keys: AdminKeys,
     /// `CONSUMER_GROUP`, default `evp-workers-group`: the workers' group, whose pending entries,
     /// lag and consumers analytics reports.
     pub group: String,
@@ -60,6 +62,8 @@ impl IngestConfig {
         Ok(Self {
             common: CommonConfig::from_env(env)?,
             port: env.parse("PORT", 3000)?,
+            admin_keys: AdminKeys::parse(&env.string("ADMIN_KEYS", ""), &api_keys)
+                .map_err(|m| error("ADMIN_KEYS", m))?,
             api_keys,
             group: env.string("CONSUMER_GROUP", "evp-workers-group"),
             stream_high_water: env.positive("STREAM_HIGH_WATER", Self::DEFAULT_HIGH_WATER)?,

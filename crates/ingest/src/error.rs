@@ -40,6 +40,9 @@ pub enum ApiError {
     InvalidQuery { message: String, parameter: Option<&'static str> },
     #[error("{0}")]
     NotFound(String),
+    /// A valid key without the right to this route (a tenant key on `/admin/*`).
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// MongoDB did not answer a read. The cause is logged, never sent.
     #[error("the event store cannot be read right now; retry later")]
     ReadUnavailable { cause: String },
@@ -59,6 +62,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
             }
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         }
     }
 
@@ -96,8 +100,8 @@ pub struct ErrorResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable machine-readable code: `invalid_json`, `invalid_event`, `invalid_query`,
-    /// `unauthorized`, `payload_too_large`, `unsupported_media_type`, `service_unavailable`,
-    /// `not_found`.
+    /// `unauthorized`, `forbidden`, `payload_too_large`, `unsupported_media_type`,
+    /// `service_unavailable`, `not_found`.
     #[schema(value_type = String)]
     pub code: &'static str,
     /// Human-readable explanation.

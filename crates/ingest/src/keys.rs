@@ -83,6 +83,52 @@ impl ApiKeys {
     }
 }
 
+/// Operator keys (`ADMIN_KEYS`): they open `/admin/*`, the dashboard's operator panels, and
+/// analytics over every tenant; they name no tenant.
+#[derive(Clone, Default)]
+pub struct AdminKeys {
+    keys: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for AdminKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminKeys").field("count", &self.keys.len()).finish()
+    }
+}
+
+impl AdminKeys {
+    /// Parses `ADMIN_KEYS`: comma-separated keys (empty: no operator key); none may also be an
+    /// API key.
+    pub fn parse(raw: &str, api_keys: &ApiKeys) -> Result<Self, String> {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        if raw.trim().is_empty() {
+            return Ok(Self { keys });
+        }
+        for (n, key) in raw.split(',').map(str::trim).enumerate() {
+            let position = n + 1;
+            if key.is_empty() {
+                return Err(format!("entry {position} is empty"));
+            }
+            if api_keys.tenant_of(key.as_bytes()).is_some() {
+                return Err(format!(
+                    "entry {position} is also in API_KEYS: a key is either a tenant's or an operator's"
+                ));
+            }
+            keys.push(key.as_bytes().to_vec());
+        }
+        Ok(Self { keys })
+    }
+
+    /// Whether `candidate` is an operator key (compared in constant time against every key).
+    pub fn contains(&self, candidate: &[u8]) -> bool {
+        let mut found = false;
+        for key in &self.keys {
+            found |= bool::from(key.as_slice().ct_eq(candidate));
+        }
+        found
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +149,16 @@ mod tests {
         for bad in ["", "a:", ":k", "a:b:c", "k,,j", "bad tenant:k", "a:k,b:k"] {
             assert!(ApiKeys::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn admin_keys_are_their_own() {
+        let api = ApiKeys::parse("acme:k1").unwrap();
+        let admin = AdminKeys::parse(" ops1 , ops2", &api).unwrap();
+        assert!(admin.contains(b"ops1") && admin.contains(b"ops2") && !admin.contains(b"k1"));
+        assert!(!AdminKeys::parse("", &api).unwrap().contains(b""));
+        assert!(AdminKeys::parse("k1", &api).is_err(), "an API key cannot be an operator key");
+        assert!(AdminKeys::parse("a,,b", &api).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::API_KEY_HEADER;
 use crate::error::ApiError;
 use crate::metrics::{REQUEST_ID, TrackRequestsLayer};
-use crate::routes::{analytics, events, health, read};
+use crate::routes::{admin, analytics, dashboard, events, health, read};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -27,6 +27,7 @@ use crate::state::AppState;
     modifiers(&ApiKeyScheme),
     tags((name = "events", description = "Ingest events"), (name = "read", description = "Read stored events back"),
         (name = "analytics", description = "Exact counts from the rollups, and the pipeline"),
+        (name = "admin", description = "Operators only (ADMIN_KEYS): dead letters"),
         (name = "health", description = "Health and metrics"))
 )]
 struct ApiDoc;
@@ -60,6 +61,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(read::get_event))
         .routes(routes!(read::aggregate_events))
         .routes(routes!(analytics::metrics))
+        .routes(routes!(admin::list))
+        .routes(routes!(admin::replay))
+        .routes(routes!(admin::purge))
+        .routes(routes!(dashboard::page))
         .routes(routes!(health::health))
         .routes(routes!(health::live))
         .routes(routes!(health::ready))

@@ -3,6 +3,8 @@
 //! - [`config`]: typed reading of environment variables; an error names the variable and the fault.
 //! - [`connect`]: MongoDB clients and Redis connections with bounded timeouts, and their pings,
 //!   the same way in every program.
+//! - [`dead_letters`]: list, replay and purge the dead-letter stream (`evp-worker dlq` and the
+//!   ingest's `/admin/dlq*` share it).
 //! - [`health`]: the one health report (`/health`) and `/metrics` response every program serves.
 //! - [`telemetry`]: the tracing subscriber (`LOG_FORMAT=json|pretty`), installed once per process.
 //! - [`metrics`]: the Prometheus recorder, installed once per process by `main` (never by tests).
@@ -12,6 +14,7 @@
 
 pub mod config;
 pub mod connect;
+pub mod dead_letters;
 pub mod health;
 pub mod metrics;
 pub mod shutdown;

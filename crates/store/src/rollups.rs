@@ -562,15 +562,15 @@ impl RollupStore {
         Ok(out)
     }
 
-    /// `tenant`'s exact counts per (type, minute) for minutes in `[from_ms, to_ms)` (both on
-    /// minute boundaries), optionally of one type: the count documents of `progress`'s generation,
+    /// `tenant`'s (every tenant's with `None`) exact counts per (type, minute) for minutes in
+    /// `[from_ms, to_ms)` (both on minute boundaries), optionally of one type: the count documents of `progress`'s generation,
     /// plus the provisional counts and the stored events past them that the count documents do
     /// not hold yet. `appended` gives, per partition, the last entry id Redis has appended, read
     /// *after* `progress`: when it is below where the provisional counts end, no event can be
     /// past them and the events are not read at all.
     pub async fn counts(
         &self,
-        tenant: &str,
+        tenant: Option<&str>,
         event_type: Option<&str>,
         from_ms: i64,
         to_ms: i64,
@@ -582,22 +582,32 @@ impl RollupStore {
             ..Default::default()
         };
         let window = doc! { "$gte": DateTime::from_millis(from_ms), "$lt": DateTime::from_millis(to_ms) };
-        let mut filter = doc! { "gen": progress.generation, "tenant": tenant, "minute": window.clone() };
+        let mut filter = doc! { "gen": progress.generation, "minute": window.clone() };
+        if let Some(tenant) = tenant {
+            filter.insert("tenant", tenant);
+        }
         if let Some(t) = event_type {
             filter.insert("type", t);
         }
-        let projection = doc! { "_id": 0, "gen": 0, "tenant": 0, "fence": 0 };
-        let mut applied: HashMap<(String, i64), Document> = HashMap::new();
+        // Per count document (tenant, type, minute), what it has applied.
+        let mut applied: HashMap<(String, String, i64), Document> = HashMap::new();
+        let projection = doc! { "_id": 0, "gen": 0, "fence": 0 };
         let mut cursor = self.counts.find(filter).projection(projection).await?;
         while let Some(d) = cursor.try_next().await? {
-            let (Ok(t), Ok(minute)) = (d.get_str("type"), d.get_datetime("minute")) else { continue };
+            let (Ok(owner), Ok(t), Ok(minute)) =
+                (d.get_str("tenant"), d.get_str("type"), d.get_datetime("minute"))
+            else {
+                continue;
+            };
             let key = (t.to_owned(), minute.timestamp_millis());
             *out.counts.entry(key.clone()).or_default() += int(&d, "count").unwrap_or(0);
-            applied.insert(key, d);
+            applied.insert((owner.to_owned(), key.0, key.1), d);
         }
         // Counted unless its count document, as read above, already holds its range.
-        let mut add_unless_applied = |p: i32, k: i64, key: (String, i64), n: i64| {
-            let done = applied.get(&key).and_then(|a| int(a, &applied_field(p)));
+        let mut add_unless_applied = |p: i32, k: i64, owner: &str, key: (String, i64), n: i64| {
+            let done = applied
+                .get(&(owner.to_owned(), key.0.clone(), key.1))
+                .and_then(|a| int(a, &applied_field(p)));
             if done.is_none_or(|done| k > done) {
                 *out.counts.entry(key).or_default() += n;
             }
@@ -605,8 +615,9 @@ impl RollupStore {
         for (&p, part) in &progress.partitions {
             for c in &part.provisional {
                 let in_window = c.minute_ms >= from_ms && c.minute_ms < to_ms;
-                if c.tenant == tenant && in_window && event_type.is_none_or(|t| t == c.event_type) {
-                    add_unless_applied(p, c.range, (c.event_type.clone(), c.minute_ms), c.count);
+                let ours = tenant.is_none_or(|t| t == c.tenant);
+                if ours && in_window && event_type.is_none_or(|t| t == c.event_type) {
+                    add_unless_applied(p, c.range, &c.tenant, (c.event_type.clone(), c.minute_ms), c.count);
                 }
             }
         }
@@ -623,22 +634,26 @@ impl RollupStore {
         if clauses.is_empty() {
             return Ok(out);
         }
-        let mut filter = doc! { "$or": clauses, "tenant": tenant, "timestamp": window };
+        let mut filter = doc! { "$or": clauses, "timestamp": window };
+        if let Some(tenant) = tenant {
+            filter.insert("tenant", tenant);
+        }
         if let Some(t) = event_type {
             filter.insert("type", t);
         }
-        let projection = doc! { "_id": 0, "partition": 1, "seq": 1, "type": 1, "timestamp": 1 };
+        let projection = doc! { "_id": 0, "partition": 1, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 };
         let mut tail = self.events.find(filter).projection(projection).await?;
         while let Some(d) = tail.try_next().await? {
-            let (Ok(p), Some(k), Ok(t), Ok(ts)) = (
+            let (Ok(p), Some(k), Ok(owner), Ok(t), Ok(ts)) = (
                 d.get_i32("partition"),
                 d.get_str("seq").ok().and_then(range_of),
+                d.get_str("tenant"),
                 d.get_str("type"),
                 d.get_datetime("timestamp"),
             ) else {
                 continue;
             };
-            add_unless_applied(p, k, (t.to_owned(), minute_of(ts.timestamp_millis())), 1);
+            add_unless_applied(p, k, owner, (t.to_owned(), minute_of(ts.timestamp_millis())), 1);
         }
         Ok(out)
     }

@@ -16,15 +16,14 @@
 //! - [`lease`] competes for the `rollups` lease (one leader among the replicas, fencing numbers);
 //!   [`rollup_job`] runs on the leader: it counts closed stream ranges into the exact rollups
 //!   (`evp_store::rollups`), builds a new generation on `rollups rebuild`, and reports its lag.
-//! - [`stream`] holds every Redis command; [`dlq`] operates the dead-letter stream (the
-//!   `evp-worker dlq` subcommands); [`health`] serves `/health/*` and `/metrics` on `WORKER_PORT`.
+//! - [`stream`] holds every Redis command (the `evp-worker dlq` subcommands use
+//!   `evp_runtime::dead_letters`, shared with the ingest's `/admin/dlq*`); [`health`] serves `/health/*` and `/metrics` on `WORKER_PORT`.
 //!
 //! Shutdown: the token stops reading; batches in flight are written and acknowledged (MongoDB
 //! down: retried for a grace period, then left pending for another worker); then `run` returns.
 
 pub mod backoff;
 pub mod config;
-pub mod dlq;
 pub mod health;
 pub mod inflight_limit;
 pub mod lease;

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use evp_runtime::config::{CommonConfig, Env};
+use evp_runtime::dead_letters::{DeadLetters, Selection};
 use evp_store::rollups::RollupStore;
 use evp_worker::WorkerConfig;
-use evp_worker::dlq::{DeadLetters, Selection};
 use std::time::{Duration, Instant};
 
 /// Stream consumer of evp: reads the events stream, bulk-writes to MongoDB, acknowledges in batches.
@@ -182,14 +182,15 @@ fn range_time(range: i64) -> String {
 
 async fn dlq(action: DlqAction) -> anyhow::Result<()> {
     let common = CommonConfig::from_env(&Env::process())?;
-    let mut letters =
-        DeadLetters::connect(&common.redis_url, &common.stream).await.context("connecting to Redis")?;
+    let client = redis::Client::open(common.redis_url.as_str())?;
+    let conn = redis::aio::ConnectionManager::new(client).await.context("connecting to Redis")?;
+    let letters = DeadLetters::new(conn, &common.stream);
     let selection = |ids: Vec<String>, all: bool| if all { Selection::All } else { Selection::Ids(ids) };
     match action {
         DlqAction::List { count } => {
             let total = letters.len().await?;
-            for letter in letters.list(count).await? {
-                println!("{letter}");
+            for letter in letters.page(None, count).await?.0 {
+                println!("{}", serde_json::to_string(&letter)?);
             }
             eprintln!("{total} dead letter(s) in {}:dlq", common.stream);
         }

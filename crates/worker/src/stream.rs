@@ -55,8 +55,7 @@ for i = 1, #keep, 1000 do
 end
 return #keep
 ";
-/// Prefix of the fields the dead-letter stream adds to an entry's original fields.
-pub const DLQ_PREFIX: &str = "dlq_";
+pub use evp_runtime::dead_letters::DLQ_PREFIX;
 
 /// The consumer group's state after a trim.
 #[derive(Debug, Clone, Copy, Default)]

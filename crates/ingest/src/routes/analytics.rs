@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 
 use crate::analytics::{AnalyticsQuery, Consumer, Metrics, PipelineState, rfc3339, rollup_state, summarize};
-use crate::auth::Tenant;
+use crate::auth::Viewer;
 use crate::error::{ApiError, ErrorResponse};
 use crate::routes::read::{READ_TIMEOUT, bounded};
 use crate::state::AppState;
@@ -22,7 +22,8 @@ const PARTITIONS: [i32; 1] = [0];
 /// Counts are by event `timestamp`, in UTC buckets; `from` is rounded down and `to` up to the
 /// bucket. They are exact and current: the rollups hold closed stream ranges, and the events not
 /// yet rolled up are counted from the stored events (`rollup` says how far the rollups reach).
-/// `pipeline` is the stream and the worker group now, the same for every tenant.
+/// `pipeline` is the stream and the worker group now, the same for every tenant. With an operator
+/// key (`ADMIN_KEYS`) the counts are every tenant's.
 #[utoipa::path(get, path = "/analytics/metrics", tag = "analytics", params(AnalyticsQuery),
     responses(
         (status = 200, description = "Counts and pipeline", body = Metrics),
@@ -35,7 +36,7 @@ const PARTITIONS: [i32; 1] = [0];
     security(("api_key" = [])))]
 pub async fn metrics(
     State(state): State<AppState>,
-    tenant: Tenant,
+    viewer: Viewer,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Metrics>, ApiError> {
     let window = AnalyticsQuery::parse(raw.as_deref())?.window(now_ms())?;
@@ -52,7 +53,10 @@ pub async fn metrics(
     .map_err(redis)?;
     let appended: BTreeMap<i32, (u64, u64)> = snapshot.last_generated.map(|id| (0, id)).into_iter().collect();
     let counts = bounded(state.rollups.counts(
-        &tenant.0,
+        match &viewer {
+            Viewer::Tenant(tenant) => Some(&*tenant.0),
+            Viewer::Operator => None,
+        },
         window.event_type.as_deref(),
         window.from_ms,
         window.to_ms,

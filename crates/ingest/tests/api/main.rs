@@ -2,6 +2,7 @@
 //! a real MongoDB-protocol server). One test binary, so the crate links once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod analytics;
 mod binary;
 mod events;

@@ -238,7 +238,7 @@ async fn counts_stay_exact_when_the_leader_and_a_worker_are_killed_mid_run() {
         for tenant in ["acme", "globex", "sentinel"] {
             // 1990 to 2100.
             let c = store
-                .counts(tenant, None, 631_152_000_000, 4_102_444_800_000, &progress, &appended)
+                .counts(Some(tenant), None, 631_152_000_000, 4_102_444_800_000, &progress, &appended)
                 .await
                 .unwrap();
             for ((event_type, minute), n) in c.counts {
@@ -349,7 +349,7 @@ async fn rebuild_under_load_keeps_analytics_exact() {
     let count_a = || async {
         let progress = store.progress(&[0]).await.unwrap();
         let c = store
-            .counts("acme", Some("old"), a_minute, a_minute + 60_000, &progress, &BTreeMap::new())
+            .counts(Some("acme"), Some("old"), a_minute, a_minute + 60_000, &progress, &BTreeMap::new())
             .await
             .unwrap();
         c.counts.values().sum::<i64>()
@@ -369,8 +369,10 @@ async fn rebuild_under_load_keeps_analytics_exact() {
     let ghost = || async {
         let t = ghost_minute.timestamp_millis();
         let progress = store.progress(&[0]).await.unwrap();
-        let c =
-            store.counts("acme", Some("ghost"), t, t + 60_000, &progress, &BTreeMap::new()).await.unwrap();
+        let c = store
+            .counts(Some("acme"), Some("ghost"), t, t + 60_000, &progress, &BTreeMap::new())
+            .await
+            .unwrap();
         c.counts.values().sum::<i64>()
     };
     assert_eq!(ghost().await, 5);

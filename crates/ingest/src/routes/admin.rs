@@ -1,0 +1,195 @@
+//! `/admin/dlq*`: the dead letters, for operators (`ADMIN_KEYS`; a tenant key gets 403). The same
+//! operations as `evp-worker dlq …`, from the same code (`evp_runtime::dead_letters`).
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use evp_runtime::dead_letters::{DeadLetter, Selection};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::Operator;
+use crate::body::EventBody;
+use crate::error::{ApiError, ErrorResponse};
+use crate::read::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::routes::read::READ_TIMEOUT;
+use crate::state::AppState;
+
+/// Most ids one replay or purge may name.
+pub const MAX_IDS: usize = 10_000;
+
+/// Query parameters of `GET /admin/dlq`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DlqQuery {
+    /// Dead letters per page, 1 to 1000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of dead letters, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"dead_letters": [{"id": "1795474600000-0", "reason": "not stored after 5 deliveries",
+    "deliveries": 6, "source_id": "1795474500000-3", "consumer": "worker-1", "at": "2026-11-23T23:10:00Z",
+    "event": {"v": 1, "tenant": "acme", "id": "u-1", "type": "signup", "ts": 1_795_474_500_000_i64, "rcv": 1_795_474_500_000_i64, "data": {}},
+    "raw": null}], "next_cursor": null, "total": 1}))]
+pub struct DlqPage {
+    pub dead_letters: Vec<DeadLetter>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+    /// Dead letters in the stream now.
+    pub total: u64,
+}
+
+/// Which dead letters: `{"ids": [...]}` or `{"all": true}` (those present when the call starts).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"ids": ["1795474600000-0"]}))]
+pub struct SelectionBody {
+    pub ids: Option<Vec<String>>,
+    pub all: Option<bool>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Replayed {
+    pub replayed: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Purged {
+    pub purged: usize,
+}
+
+fn invalid(parameter: &'static str, message: String) -> ApiError {
+    ApiError::InvalidQuery { message: format!("{parameter}: {message}"), parameter: Some(parameter) }
+}
+
+fn is_entry_id(id: &str) -> bool {
+    evp_runtime::stream_state::parse_id(id).is_some()
+}
+
+async fn redis<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, ApiError> {
+    match tokio::time::timeout(READ_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(ApiError::ReadUnavailable { cause: format!("Redis failed: {e}") }),
+        Err(_) => Err(ApiError::ReadUnavailable { cause: format!("Redis took over {READ_TIMEOUT:?}") }),
+    }
+}
+
+fn selection(body: &[u8]) -> Result<Selection, ApiError> {
+    let parsed: SelectionBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::InvalidJson(format!("expected {{\"ids\": [...]}} or {{\"all\": true}}: {e}"))
+    })?;
+    match (parsed.ids, parsed.all) {
+        (Some(ids), None | Some(false)) if !ids.is_empty() => {
+            if ids.len() > MAX_IDS {
+                return Err(ApiError::InvalidJson(format!(
+                    "at most {MAX_IDS} ids at once, got {}",
+                    ids.len()
+                )));
+            }
+            if let Some(bad) = ids.iter().find(|id| !is_entry_id(id)) {
+                return Err(ApiError::InvalidJson(format!("not a dead-letter id: {bad:?}")));
+            }
+            Ok(Selection::Ids(ids))
+        }
+        (None, Some(true)) => Ok(Selection::All),
+        _ => Err(ApiError::InvalidJson(
+            "expected exactly one of a non-empty \"ids\" list or \"all\": true".into(),
+        )),
+    }
+}
+
+/// Dead letters, oldest first.
+///
+/// Each with its reason, deliveries, where it came from, and the event as it was in the stream.
+#[utoipa::path(get, path = "/admin/dlq", tag = "admin", params(DlqQuery),
+    responses(
+        (status = 200, description = "One page", body = DlqPage),
+        (status = 400, description = "`invalid_query`", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`: no key, or an unknown one", body = ErrorResponse),
+        (status = 403, description = "`forbidden`: a tenant key", body = ErrorResponse),
+        (status = 503, description = "Redis unreachable", body = ErrorResponse,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    _operator: Operator,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<DlqPage>, ApiError> {
+    let query: DlqQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::InvalidQuery { message: format!("bad query string: {e}"), parameter: None })?;
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(invalid(
+                    "limit",
+                    format!("must be a whole number from 1 to {MAX_LIMIT}, got {raw:?}"),
+                ));
+            }
+        },
+    };
+    if let Some(cursor) = &query.cursor
+        && !is_entry_id(cursor)
+    {
+        return Err(invalid("cursor", format!("not a cursor of this listing: {cursor:?}")));
+    }
+    let letters = state.pipeline.dead_letters();
+    let (dead_letters, more) = redis(letters.page(query.cursor.as_deref(), limit)).await?;
+    let total = redis(letters.len()).await?;
+    let next_cursor = if more { dead_letters.last().map(|l| l.id.clone()) } else { None };
+    Ok(Json(DlqPage { dead_letters, next_cursor, total }))
+}
+
+/// Moves dead letters back to the main stream, to be stored again (after fixing the cause).
+#[utoipa::path(post, path = "/admin/dlq/replay", tag = "admin", request_body = SelectionBody,
+    responses(
+        (status = 200, description = "How many were replayed (ids not found are skipped)", body = Replayed),
+        (status = 400, description = "`invalid_json`: not `{\"ids\": [...]}` or `{\"all\": true}`", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`", body = ErrorResponse),
+        (status = 403, description = "`forbidden`: a tenant key", body = ErrorResponse),
+        (status = 413, description = "`payload_too_large`", body = ErrorResponse),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorResponse),
+        (status = 503, description = "Redis unreachable", body = ErrorResponse,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
+pub async fn replay(
+    State(state): State<AppState>,
+    _operator: Operator,
+    EventBody(body): EventBody,
+) -> Result<Json<Replayed>, ApiError> {
+    let selection = selection(&body)?;
+    let replayed = redis(state.pipeline.dead_letters().replay(&selection)).await?;
+    tracing::info!(replayed, "dead letters replayed through /admin/dlq/replay");
+    Ok(Json(Replayed { replayed }))
+}
+
+/// Deletes dead letters for good.
+#[utoipa::path(post, path = "/admin/dlq/purge", tag = "admin", request_body = SelectionBody,
+    responses(
+        (status = 200, description = "How many were deleted", body = Purged),
+        (status = 400, description = "`invalid_json`: not `{\"ids\": [...]}` or `{\"all\": true}`", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`", body = ErrorResponse),
+        (status = 403, description = "`forbidden`: a tenant key", body = ErrorResponse),
+        (status = 413, description = "`payload_too_large`", body = ErrorResponse),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorResponse),
+        (status = 503, description = "Redis unreachable", body = ErrorResponse,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
+pub async fn purge(
+    State(state): State<AppState>,
+    _operator: Operator,
+    EventBody(body): EventBody,
+) -> Result<Json<Purged>, ApiError> {
+    let selection = selection(&body)?;
+    let purged = redis(state.pipeline.dead_letters().purge(&selection)).await?;
+    tracing::info!(purged, "dead letters purged through /admin/dlq/purge");
+    Ok(Json(Purged { purged }))
+}
