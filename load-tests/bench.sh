@@ -11,6 +11,7 @@
 #   BENCH_PHASES="analytics" load-tests/bench.sh   # analytics answer time with 10k and 1M events stored,
 #       rollup lag at 80% of the drain rate, lease failover (not in the default run: storing 1M events
 #       in nx-27017 takes minutes; BENCH_ANALYTICS_SIZES="10000 100000" for less)
+#   BENCH_PHASES="dashboard" load-tests/bench.sh   # single events with and without an open dashboard
 #   WORKER_BIN=/path/to/evp-worker load-tests/bench.sh   # measure another build's worker
 #   BENCH_KEEP_LOGS=/tmp/bench-logs load-tests/bench.sh  # keep the servers' and workers' logs
 #   BENCH_ROUNDS=5 load-tests/bench.sh    # rounds of the single-event comparison (3)
@@ -355,6 +356,38 @@ CLIENT_EMIT=$("$BIN/evp-loadtest" emit --url "$INGEST_URL" --key "$KEY" --events
 "${REDIS_CLI[@]}" del events > /dev/null
 fi
 
+# --- The dashboard's cost: single events with and without an open dashboard ----------------
+# Alternating wrk rounds of single events (ingest alone, no workers): without a dashboard, then
+# with one open in headless Chromium (logged in, polling every 2 s). Only with
+# BENCH_PHASES=dashboard. Chromium runs on the same two cores, so its own CPU is part of the cost.
+DASH_REPORT=""
+if phase dashboard; then
+ensure_chromium
+ensure_venv
+wrk_script "$WORK/single.lua"
+DASH_WITHOUT=(); DASH_WITH=()
+for round in $(seq "$ROUNDS"); do
+    "${REDIS_CLI[@]}" del events > /dev/null
+    wrk_single "$INGEST_URL/events" "$INGEST_PID"
+    DASH_WITHOUT+=("$WRK_RPS")
+    "${REDIS_CLI[@]}" del events > /dev/null
+    "$EVP_ROOT/.venv/bin/python" "$EVP_ROOT/scripts/dashboard_open.py" "$INGEST_URL" "$KEY" --seconds 16 \
+        > "$WORK/dashboard-open.txt" 2>&1 &
+    DASH_PID=$!
+    for _ in $(seq 100); do grep -q "dashboard open" "$WORK/dashboard-open.txt" && break; sleep 0.1; done
+    sleep 2   # the first polls
+    wrk_single "$INGEST_URL/events" "$INGEST_PID"
+    DASH_WITH+=("$WRK_RPS")
+    wait "$DASH_PID" || true
+    echo "   round $round: without ${DASH_WITHOUT[-1]}/s, with a dashboard open ${DASH_WITH[-1]}/s"
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+DW=$(median "${DASH_WITHOUT[@]}"); DD=$(median "${DASH_WITH[@]}")
+DASH_REPORT="  single events from wrk, median of $ROUNDS alternating rounds: without $DW/s, with a dashboard open $DD/s = $(python3 -c "print(f'{$DD / $DW:.3f}')")x (rounds: without ${DASH_WITHOUT[*]}; with ${DASH_WITH[*]})
+"
+"${REDIS_CLI[@]}" del events > /dev/null
+fi
+
 # --- Report ---------------------------------------------------------------------------------
 p() { json "$WORK/$1.json" "f\"p50 {d['latency_ms']['p50']:.1f} ms, p99 {d['latency_ms']['p99']:.1f} ms\""; }
 read -r I1 W1 V1 R1 L1 <<< "$AT_100K"
@@ -390,4 +423,6 @@ Read API by depth (BENCH_PHASES=read)
 $READ_REPORT
 Analytics (BENCH_PHASES=analytics)
 $ANALYTICS_REPORT
+Dashboard (BENCH_PHASES=dashboard)
+$DASH_REPORT
 REPORT

@@ -227,3 +227,22 @@ async fn step(
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn degraded_while_lagging_or_failing_only() {
+        let max = Duration::from_secs(60);
+        let healthy = RollupStatus { leader: true, rollup_lag_seconds: Some(59.0), ..Default::default() };
+        assert!(!healthy.degraded(max));
+        let lagging = RollupStatus { rollup_lag_seconds: Some(61.0), ..healthy.clone() };
+        assert!(lagging.degraded(max));
+        let failing = RollupStatus { failures: FAILING_AFTER, ..healthy.clone() };
+        assert!(failing.degraded(max));
+        let once = RollupStatus { failures: 1, last_error: Some("x".into()), ..healthy };
+        assert!(!once.degraded(max), "one failed round is not yet degraded");
+        assert!(!RollupStatus::default().degraded(max), "a standby is not degraded");
+    }
+}

@@ -44,13 +44,47 @@ pub struct DlqPage {
 }
 
 /// Which dead letters: `{"ids": [...]}` or `{"all": true}` (those present when the call starts).
-#[derive(Debug, Deserialize, ToSchema)]
+/// Its OpenAPI schema (written below) says exactly what [`selection`] accepts.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"ids": ["1795474600000-0"]}))]
 pub struct SelectionBody {
     pub ids: Option<Vec<String>>,
     pub all: Option<bool>,
 }
+
+/// A dead-letter id as the schema states it: `<ms>-<seq>`, each part fitting 64 bits.
+const ID_PATTERN: &str = "^[0-9]{1,19}-[0-9]{1,19}$";
+
+impl utoipa::PartialSchema for SelectionBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, SchemaType, Type,
+        };
+        let id = ObjectBuilder::new().schema_type(SchemaType::new(Type::String)).pattern(Some(ID_PATTERN));
+        let ids = ObjectBuilder::new()
+            .schema_type(SchemaType::new(Type::Object))
+            .property("ids", ArrayBuilder::new().items(id).min_items(Some(1)).max_items(Some(MAX_IDS)))
+            .required("ids")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .description(Some("These dead letters (ids not there are skipped)."));
+        let all = ObjectBuilder::new()
+            .schema_type(SchemaType::new(Type::Object))
+            .property(
+                "all",
+                ObjectBuilder::new().schema_type(SchemaType::new(Type::Boolean)).enum_values(Some([true])),
+            )
+            .required("all")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .description(Some("Every dead letter present when the call starts."));
+        OneOfBuilder::new()
+            .item(ids)
+            .item(all)
+            .examples([serde_json::json!({"ids": ["1795474600000-0"]})])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for SelectionBody {}
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Replayed {
@@ -67,7 +101,9 @@ fn invalid(parameter: &'static str, message: String) -> ApiError {
 }
 
 fn is_entry_id(id: &str) -> bool {
-    evp_runtime::stream_state::parse_id(id).is_some()
+    id.split_once('-').is_some_and(|(ms, seq)| {
+        [ms, seq].iter().all(|p| (1..=19).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 async fn redis<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, ApiError> {
