@@ -28,18 +28,29 @@ pub async fn bulk_insert_rate(
     let generator = Generator::new(&run, batch as u64, Some(events), payload_bytes);
     let tenant = keep_in.map_or("bench", |(_, tenant)| tenant);
     let requests = generator.requests().unwrap_or(0);
+    let events_total = events;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-    let received_at = |request: u64| match spread {
-        None => 0,
-        Some(over) => {
-            now_ms - over.as_millis() as i64
-                + (over.as_millis() as i64 * request as i64) / requests.max(1) as i64
+    // With a spread, each event gets its own timestamp, evenly over the last `spread`.
+    let timestamped = |request: u64| -> anyhow::Result<Vec<u8>> {
+        let body = generator.body(request);
+        let Some(over) = spread else { return Ok(body) };
+        let mut events: Vec<serde_json::Value> = match serde_json::from_slice(&body)? {
+            serde_json::Value::Array(events) => events,
+            one => vec![one],
+        };
+        let over_ms = over.as_millis() as i64;
+        for (i, event) in events.iter_mut().enumerate() {
+            let n = request as i64 * batch as i64 + i as i64;
+            let ms = now_ms - over_ms + over_ms * n / (events_total.max(1) as i64);
+            let at = mongodb::bson::DateTime::from_millis(ms).try_to_rfc3339_string()?;
+            event["timestamp"] = serde_json::Value::String(at);
         }
+        Ok(serde_json::to_vec(&events)?)
     };
     let mut batches = VecDeque::new();
     for request in 0..requests {
-        let admission = Admission::new(tenant, received_at(request), Limits::default());
-        let docs: Vec<RawDocumentBuf> = admit_batch(&generator.body(request), &admission)
+        let admission = Admission::new(tenant, now_ms, Limits::default());
+        let docs: Vec<RawDocumentBuf> = admit_batch(&timestamped(request)?, &admission)
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .into_iter()
             .enumerate()
