@@ -274,10 +274,6 @@ v = [json.loads(l).get('rollup', {}).get('$1') for l in sys.stdin if l.strip()]
 v = [x for x in v if isinstance(x, (int, float))]
 print(max(v) if v else 'null')"
 }
-complete_until() {
-    curl -s -m 5 "$INGEST_URL/analytics/metrics" -H "x-api-key: $KEY" \
-        | python3 -c "import json,sys; print(json.load(sys.stdin)['rollup']['complete_until'])" 2>/dev/null || echo unknown
-}
 
 echo "== drain rate of $ANALYTICS_WORKERS workers (for the rollup-lag run)"
 LAG_DRAIN_EVENTS=$(n 40000)
@@ -303,18 +299,24 @@ loadtest --duration 40 --rate 500 --batch 10 --concurrency 2 --quiet > /dev/null
 LOAD_PID=$!
 sleep 5
 holder=$("${REDIS_CLI[@]}" get '{events:lease:rollups}' | cut -d/ -f1)
-leader_pid=""
-for i in "${!WORKER_PIDS[@]}"; do [ "${WORKER_NAMES[$i]}" = "$holder" ] && leader_pid=${WORKER_PIDS[$i]}; done
-before=$(complete_until)
+leader_pid=""; standby=""
+for i in "${!WORKER_PIDS[@]}"; do
+    if [ "${WORKER_NAMES[$i]}" = "$holder" ]; then leader_pid=${WORKER_PIDS[$i]}; else standby=$((i + 1)); fi
+done
+closed() {   # ranges the standby has closed (it becomes the leader): its own counter, no database read
+    curl -s -m 2 "http://127.0.0.1:$((WORKER_PORT_BASE + standby))/metrics" \
+        | awk '/^evp_worker_rollup_ranges_closed_total/ {print $2; found=1} END {if (!found) print 0}'
+}
+before=$(closed)
 t0=$(date +%s.%N)
 kill -9 "$leader_pid"
-while [ "$(complete_until)" = "$before" ]; do sleep 0.1; done
+while [ "$(closed)" = "$before" ]; do sleep 0.1; done
 FAILOVER_S=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')")
-echo "   failover: the rollups moved again ${FAILOVER_S} s after SIGKILL of the leader ($holder)"
+echo "   failover: the new leader closed its first range ${FAILOVER_S} s after SIGKILL of the leader ($holder)"
 wait "$LOAD_PID" || true
 stop_workers
 ANALYTICS_REPORT+="  rollup lag at 80% of the drain rate ($LAG_RATE of $LAG_DRAIN events/s, $ANALYTICS_WORKERS workers, 60 s): $LAG_STATS
-  lease failover (LEASE_TTL_MS 10000): the rollups moved again ${FAILOVER_S} s after SIGKILL of the leader
+  lease failover (LEASE_TTL_MS 10000): the new leader closed its first range ${FAILOVER_S} s after SIGKILL of the leader
 "
 
 start_workers "$ANALYTICS_WORKERS"

@@ -26,6 +26,9 @@ use crate::error::ApiError;
 
 /// Most points a series may have.
 pub const MAX_POINTS: i64 = 10_000;
+/// Analytics answers one ingest process computes at once; the others wait (at most the read
+/// timeout, then 503).
+pub const CONCURRENT_ANSWERS: usize = 2;
 /// The window of the rates.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 

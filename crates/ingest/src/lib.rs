@@ -75,6 +75,7 @@ pub async fn build_state(
         rollups,
         pipeline,
         rates: analytics::RateSampler::default(),
+        analytics_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(analytics::CONCURRENT_ANSWERS)),
         cursors,
         prometheus: metrics,
         metrics: metrics_handles,

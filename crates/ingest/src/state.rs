@@ -39,6 +39,9 @@ pub struct Shared {
     pub pipeline: Pipeline,
     /// Redis's counters sampled each second (shared by every server thread): the rates.
     pub rates: RateSampler,
+    /// Analytics answers computed at once, for the whole process: many open dashboards wait their
+    /// turn (or get 503) instead of piling queries onto MongoDB.
+    pub analytics_slots: Arc<tokio::sync::Semaphore>,
     /// Issues and checks the read API's page cursors.
     pub cursors: CursorSigner,
     /// Renders `/metrics`; `None` when no recorder is installed (in-process tests).
@@ -65,6 +68,7 @@ impl AppState {
             rollups: self.rollups.clone(),
             pipeline: self.pipeline.on_this_runtime(self.config.redis_timeout)?,
             rates: self.rates.clone(),
+            analytics_slots: self.analytics_slots.clone(),
             cursors: self.cursors.clone(),
             prometheus: self.prometheus.clone(),
             metrics: self.metrics.clone(),

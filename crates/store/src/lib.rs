@@ -20,5 +20,9 @@ pub mod document;
 pub mod reader;
 pub mod rollups;
 
+/// Longest a read for a client (a page, an analytics answer) may run on the server (`maxTimeMS`):
+/// a client that gave up must not leave its query running, nor a pile of them queue up.
+pub const READ_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub use bulk_writer::{EventStore, Failure, Verdict};
 pub use document::{Fields, Position, Unusable, to_document};

@@ -95,7 +95,11 @@ impl EventReader {
     }
 
     async fn page(&self, query: Query, limit: usize) -> mongodb::error::Result<(Vec<Document>, bool)> {
-        let options = FindOptions::builder().sort(query.sort).limit(limit as i64 + 1).build();
+        let options = FindOptions::builder()
+            .sort(query.sort)
+            .limit(limit as i64 + 1)
+            .max_time(crate::READ_MAX_TIME)
+            .build();
         let mut docs: Vec<Document> =
             self.events.find(query.filter).with_options(options).await?.try_collect().await?;
         let more = docs.len() > limit;

@@ -592,7 +592,8 @@ impl RollupStore {
         // Per count document (tenant, type, minute), what it has applied.
         let mut applied: HashMap<(String, String, i64), Document> = HashMap::new();
         let projection = doc! { "_id": 0, "gen": 0, "fence": 0 };
-        let mut cursor = self.counts.find(filter).projection(projection).await?;
+        let mut cursor =
+            self.counts.find(filter).projection(projection).max_time(crate::READ_MAX_TIME).await?;
         while let Some(d) = cursor.try_next().await? {
             let (Ok(owner), Ok(t), Ok(minute)) =
                 (d.get_str("tenant"), d.get_str("type"), d.get_datetime("minute"))
@@ -642,7 +643,7 @@ impl RollupStore {
             filter.insert("type", t);
         }
         let projection = doc! { "_id": 0, "partition": 1, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 };
-        let mut tail = self.events.find(filter).projection(projection).await?;
+        let mut tail = self.events.find(filter).projection(projection).max_time(crate::READ_MAX_TIME).await?;
         while let Some(d) = tail.try_next().await? {
             let (Ok(p), Some(k), Ok(owner), Ok(t), Ok(ts)) = (
                 d.get_i32("partition"),

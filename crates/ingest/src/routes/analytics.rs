@@ -40,6 +40,10 @@ pub async fn metrics(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Metrics>, ApiError> {
     let window = AnalyticsQuery::parse(raw.as_deref())?.window(now_ms())?;
+    let _slot = tokio::time::timeout(READ_TIMEOUT, state.analytics_slots.acquire())
+        .await
+        .map_err(|_| ApiError::ReadUnavailable { cause: "too many analytics answers in progress".into() })?
+        .map_err(|_| ApiError::ReadUnavailable { cause: "shutting down".into() })?;
     let redis = |e: redis::RedisError| ApiError::ReadUnavailable { cause: format!("Redis read failed: {e}") };
     // Where the rollups stand first; then Redis (whatever it reports was appended by then); then
     // the counts. The lag is measured against a frontier read after the progress, so it is never
