@@ -324,7 +324,7 @@ stored=0
 for size in ${BENCH_ANALYTICS_SIZES:-10000 1000000}; do
     echo "== storing events up to $size for analytics (spread over 24 h), then rollups rebuild"
     "$BIN/evp-loadtest" mongo-insert --events $((size - stored)) --batch 100 --concurrency 4 \
-        --keep-in "$MONGODB_DATABASE" --tenant "$TENANT" --spread-s 86400
+        --keep-in "$MONGODB_DATABASE" --tenant "$TENANT" --spread-s 86400 --event-type bench.analytics
     stored=$size
     t0=$(date +%s.%N)
     "$BIN/evp-worker" rollups rebuild --timeout-s 3600 | tail -1
@@ -371,7 +371,7 @@ DASH_WITHOUT=(); DASH_WITH=(); DASH_POLL=()
 chromium_ticks() { local t=0 pid; for pid in $(pgrep -f "chromium" || true); do t=$((t + $(proc_ticks "$pid" 2>/dev/null || echo 0))); done; echo "$t"; }
 poll_like_the_dashboard() {   # the page's requests, every 2 s, without a browser
     while true; do
-        curl -s -o /dev/null "$INGEST_URL/analytics/metrics?from=$(now_iso -3600)&to=$(now_iso 0)&bucket=minute" -H "x-api-key: $KEY"
+        curl -s -o /dev/null "$INGEST_URL/analytics/metrics?from=$(date -u -d '-1 hour' +%FT%TZ)&to=$(date -u +%FT%TZ)&bucket=minute" -H "x-api-key: $KEY"
         curl -s -o /dev/null "$INGEST_URL/health"
         sleep 2
     done

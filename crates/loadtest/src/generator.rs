@@ -24,6 +24,12 @@ impl Generator {
         }
     }
 
+    /// The same run with another event type (every event still has its own id).
+    pub fn with_event_type(mut self, event_type: &str) -> Self {
+        self.event_type = event_type.to_owned();
+        self
+    }
+
     /// The event type shared by every event of the run.
     pub fn event_type(&self) -> &str {
         &self.event_type

@@ -47,6 +47,9 @@ enum Command {
         /// (default: all at the Unix epoch).
         #[arg(long)]
         spread_s: Option<u64>,
+        /// The event type of every event (default `loadtest.<run>`, a new one each run).
+        #[arg(long)]
+        event_type: Option<String>,
     },
     /// Time GET /analytics/metrics with --query (e.g. `from=…&to=…&bucket=hour`), --samples times
     /// (p50, p99).
@@ -213,10 +216,20 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => run(cli.run).await,
-        Some(Command::MongoInsert { mongodb_uri, events, batch, concurrency, payload_bytes, keep_in, tenant, spread_s }) => {
+        Some(Command::MongoInsert {
+            mongodb_uri,
+            events,
+            batch,
+            concurrency,
+            payload_bytes,
+            keep_in,
+            tenant,
+            spread_s,
+            event_type,
+        }) => {
             let keep_in = keep_in.as_deref().map(|database| (database, tenant.as_str()));
             let spread = spread_s.map(Duration::from_secs);
-            mongo_bench::bulk_insert_rate(&mongodb_uri, events, batch, concurrency, payload_bytes, keep_in, spread).await.map(|rate| {
+            mongo_bench::bulk_insert_rate(&mongodb_uri, events, batch, concurrency, payload_bytes, keep_in, spread, event_type.as_deref()).await.map(|rate| {
                 println!("mongodb bulk insert: {rate:.0} documents/s ({events} documents, batches of {batch}, {concurrency} writers)");
                 true
             })

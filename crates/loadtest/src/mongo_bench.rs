@@ -23,9 +23,13 @@ pub async fn bulk_insert_rate(
     payload_bytes: usize,
     keep_in: Option<(&str, &str)>,
     spread: Option<Duration>,
+    event_type: Option<&str>,
 ) -> anyhow::Result<f64> {
     let run = format!("bench{:08x}", rand::random::<u32>());
-    let generator = Generator::new(&run, batch as u64, Some(events), payload_bytes);
+    let mut generator = Generator::new(&run, batch as u64, Some(events), payload_bytes);
+    if let Some(event_type) = event_type {
+        generator = generator.with_event_type(event_type);
+    }
     let tenant = keep_in.map_or("bench", |(_, tenant)| tenant);
     let requests = generator.requests().unwrap_or(0);
     let events_total = events;
