@@ -229,7 +229,7 @@ async fn main() -> ExitCode {
         }) => {
             let keep_in = keep_in.as_deref().map(|database| (database, tenant.as_str()));
             let spread = spread_s.map(Duration::from_secs);
-            mongo_bench::bulk_insert_rate(&mongodb_uri, events, batch, concurrency, payload_bytes, keep_in, spread, event_type.as_deref()).await.map(|rate| {
+            mongo_bench::bulk_insert_rate(&mongodb_uri, events, batch, concurrency, payload_bytes, keep_in, mongo_bench::Shape { spread, event_type: event_type.as_deref() }).await.map(|rate| {
                 println!("mongodb bulk insert: {rate:.0} documents/s ({events} documents, batches of {batch}, {concurrency} writers)");
                 true
             })

@@ -15,6 +15,15 @@ use crate::generator::Generator;
 /// Inserts `events` documents in batches of `batch` with `concurrency` writers; returns documents
 /// per second. Into a scratch database, dropped afterwards, unless `keep_in` names the database
 /// and tenant to fill (to give a benchmark a database that already holds many events).
+/// How the inserted events look, beyond the generator's defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape<'a> {
+    /// Timestamps one by one, evenly over the last this long (default: all now).
+    pub spread: Option<Duration>,
+    /// One event type for all (default `loadtest.<run>`).
+    pub event_type: Option<&'a str>,
+}
+
 pub async fn bulk_insert_rate(
     mongodb_uri: &str,
     events: u64,
@@ -22,9 +31,9 @@ pub async fn bulk_insert_rate(
     concurrency: usize,
     payload_bytes: usize,
     keep_in: Option<(&str, &str)>,
-    spread: Option<Duration>,
-    event_type: Option<&str>,
+    shape: Shape<'_>,
 ) -> anyhow::Result<f64> {
+    let Shape { spread, event_type } = shape;
     let run = format!("bench{:08x}", rand::random::<u32>());
     let mut generator = Generator::new(&run, batch as u64, Some(events), payload_bytes);
     if let Some(event_type) = event_type {
