@@ -122,7 +122,22 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
+impl Pipeline {
+    /// The consumer name holding the rollup lease in Redis (the lease's own record).
+    async fn lease_holder(&self) -> Option<String> {
+        let token: Option<String> =
+            self.redis_query(redis::cmd("GET").arg(format!("{{{STREAM}:lease:rollups}}"))).await;
+        token.and_then(|t| t.split_once('/').map(|(holder, _)| holder.to_owned()))
+    }
+
+    /// Whether `name` holds the lease.
+    async fn holds_lease(&self, name: &str) -> bool {
+        self.lease_holder().await.as_deref() == Some(name)
+    }
+}
+
 impl Worker {
+    /// Whether the worker's own health says it leads.
     async fn is_leader(&self) -> bool {
         let Ok(resp) = reqwest::Client::new()
             .get(format!("http://127.0.0.1:{}/health", self.port))
@@ -185,9 +200,12 @@ async fn counts_stay_exact_when_the_leader_and_a_worker_are_killed_mid_run() {
     assert!(counted, "the leader never counted anything");
     let killed_at = Instant::now();
     killed.process.kill();
-    let took_over = eventually(Duration::from_millis(TTL_MS + 1_000), || standby.is_leader()).await;
+    let standby_name = if lead == 0 { "r-w2" } else { "r-w1" };
+    let took_over = eventually(Duration::from_millis(TTL_MS + 1_000), || p.holds_lease(standby_name)).await;
     let failover = killed_at.elapsed();
     assert!(took_over, "the standby did not take over within LEASE_TTL_MS + 1 s");
+    let says_so = eventually(Duration::from_secs(5), || standby.is_leader()).await;
+    assert!(says_so, "the new leader's health does not say it leads");
     eprintln!("failover after SIGKILL: {failover:?}");
     let w3 = worker(&p, "r-w3");
 
@@ -287,7 +305,8 @@ async fn a_deposed_leader_cannot_change_the_rollups() {
     // Freeze the leader past its lease; the standby takes over and carries on.
     let pid = old.process.pid().unwrap().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
-    let took_over = eventually(Duration::from_millis(TTL_MS + 1_500), || new.is_leader()).await;
+    let new_name = if lead == 0 { "d-w2" } else { "d-w1" };
+    let took_over = eventually(Duration::from_millis(TTL_MS + 1_000), || p.holds_lease(new_name)).await;
     assert!(took_over, "the standby did not take over from a frozen leader: {}", tail(&new.process.log()));
     let second = events("g", 3_000);
     let last = p.send("globex", &second).await;
