@@ -87,6 +87,18 @@ start_workers() {
     done
 }
 
+# What the dashboard's browser scripts need: Chromium and Selenium, the debug binaries, and a
+# running system with an operator key (ADMIN_KEYS) and two workers.
+start_dashboard_system() {
+    ensure_chromium
+    ensure_venv
+    cargo build --locked --bins -q
+    start_servers "$EVP_ROOT/target/debug"
+    export ADMIN_KEYS="ops-key-$RANDOM"
+    start_ingest
+    start_workers 2
+}
+
 stop_workers() {
     stop_pids "${WORKER_PIDS[@]}"
     WORKER_PIDS=()

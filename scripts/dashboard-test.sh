@@ -6,13 +6,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../load-tests/lib.sh"
 cd "$EVP_ROOT"
-ensure_chromium
-ensure_venv
-cargo build --locked --bins -q
-start_servers "$EVP_ROOT/target/debug"
-export ADMIN_KEYS="ops-key-$RANDOM"
-start_ingest
-start_workers 2
+start_dashboard_system
 
 EVP_URL="$INGEST_URL" EVP_KEY="$KEY" EVP_ADMIN_KEY="$ADMIN_KEYS" REDIS_PORT="$REDIS_PORT" \
 EVP_WORKERS="$(IFS=,; echo "${WORKER_NAMES[*]}")" EVP_INGEST_PID="$INGEST_PID" \

@@ -6,13 +6,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../load-tests/lib.sh"
 cd "$EVP_ROOT"
 OUT="$(realpath -m "${1:-docs/dashboard.png}")"
-ensure_chromium
-ensure_venv
-cargo build --locked --bins -q
-start_servers "$EVP_ROOT/target/debug"
-export ADMIN_KEYS="ops-key-$RANDOM"
-start_ingest
-start_workers 2
+start_dashboard_system
 for t in page_view signup checkout; do
     curl -s -X POST "$INGEST_URL/events/batch" -H "x-api-key: $KEY" -H 'content-type: application/json' \
         -d "$(python3 -c "import json; print(json.dumps([{'type': '$t'} for _ in range({'page_view': 900, 'signup': 120, 'checkout': 45}['$t'])]))")" > /dev/null

@@ -140,7 +140,8 @@ fn parse_query<T: serde::de::DeserializeOwned>(raw: Option<&str>) -> Result<T, A
         .map_err(|e| ApiError::InvalidQuery { message: format!("bad query string: {e}"), parameter: None })
 }
 
-fn parse_limit(raw: Option<&str>) -> Result<usize, ApiError> {
+/// A `limit` parameter: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent (also `/admin/dlq`'s).
+pub fn parse_limit(raw: Option<&str>) -> Result<usize, ApiError> {
     match raw {
         None => Ok(DEFAULT_LIMIT),
         Some(raw) => match raw.parse::<usize>() {

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::Operator;
 use crate::body::EventBody;
 use crate::error::{ApiError, ErrorResponse};
-use crate::read::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::read::parse_limit;
 use crate::routes::read::READ_TIMEOUT;
 use crate::state::AppState;
 
@@ -158,18 +158,7 @@ pub async fn list(
 ) -> Result<Json<DlqPage>, ApiError> {
     let query: DlqQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::InvalidQuery { message: format!("bad query string: {e}"), parameter: None })?;
-    let limit = match query.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(invalid(
-                    "limit",
-                    format!("must be a whole number from 1 to {MAX_LIMIT}, got {raw:?}"),
-                ));
-            }
-        },
-    };
+    let limit = parse_limit(query.limit.as_deref())?;
     if let Some(cursor) = &query.cursor
         && !is_entry_id(cursor)
     {
