@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
+use crate::read::{invalid, parse_query, parse_time};
 
 /// Most points a series may have.
 pub const MAX_POINTS: i64 = 10_000;
@@ -62,17 +63,6 @@ pub struct Window {
     pub event_type: Option<String>,
 }
 
-fn invalid(parameter: &'static str, message: String) -> ApiError {
-    ApiError::InvalidQuery { message: format!("{parameter}: {message}"), parameter: Some(parameter) }
-}
-
-fn parse_time(parameter: &'static str, raw: &str) -> Result<i64, ApiError> {
-    OffsetDateTime::parse(raw, &Rfc3339)
-        .ok()
-        .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
-        .ok_or_else(|| invalid(parameter, format!("must be an RFC 3339 date-time, got {raw:?}")))
-}
-
 /// Unix ms as RFC 3339 (UTC, `Z`).
 pub fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
@@ -83,10 +73,7 @@ pub fn rfc3339(ms: i64) -> String {
 
 impl AnalyticsQuery {
     pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| ApiError::InvalidQuery {
-            message: format!("bad query string: {e}"),
-            parameter: None,
-        })
+        parse_query(raw)
     }
 
     /// The window, checked against `now_ms`'s defaults.

@@ -73,6 +73,7 @@ pub struct Lease {
     fence_key: String,
     token: String,
     ttl: Duration,
+    scripts: Arc<[redis::Script; 3]>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -91,6 +92,7 @@ impl Lease {
             key,
             token: format!("{holder}/{}", uuid::Uuid::new_v4().simple()),
             ttl,
+            scripts: Arc::new([ACQUIRE, RENEW, RELEASE].map(redis::Script::new)),
         }
     }
 
@@ -104,7 +106,7 @@ impl Lease {
 
     /// The grant's fencing number when the lease was free, else `None`.
     pub async fn try_acquire(&self) -> RedisResult<Option<i64>> {
-        redis::Script::new(ACQUIRE)
+        self.scripts[0]
             .key(&self.key)
             .key(&self.fence_key)
             .arg(&self.token)
@@ -115,7 +117,7 @@ impl Lease {
 
     /// Extends the lease while we still hold it; false when it is another's or expired.
     pub async fn renew(&self) -> RedisResult<bool> {
-        let extended: i64 = redis::Script::new(RENEW)
+        let extended: i64 = self.scripts[1]
             .key(&self.key)
             .arg(&self.token)
             .arg(self.ttl_ms())

@@ -105,7 +105,7 @@ pub async fn run(
                 if outcome.busy { Duration::ZERO } else { ROUND_EVERY }
             }
             Err(e) => {
-                if matches!(e, RollupError::Fenced { .. }) {
+                if matches!(e, RoundError::Rollup(RollupError::Fenced { .. })) {
                     metrics::counter!(m::ROLLUP_FENCED).increment(1);
                     tracing::warn!(error = %e, "rollup write refused: a newer leader exists; standing by");
                     claimed = None;
@@ -122,6 +122,21 @@ pub async fn run(
         if !pause.is_zero() {
             sleep_unless_cancelled(pause, &shutdown).await;
         }
+    }
+}
+
+/// Why a round failed: a rollup write or read, or Redis.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error(transparent)]
+    Rollup(#[from] RollupError),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl From<mongodb::error::Error> for RoundError {
+    fn from(e: mongodb::error::Error) -> Self {
+        Self::Rollup(e.into())
     }
 }
 
@@ -143,15 +158,13 @@ async fn round(
     grants: &watch::Receiver<Option<Grant>>,
     grant: Grant,
     provisional: &mut HashMap<(i64, i32), (i64, EntryId)>,
-) -> Result<Outcome, RollupError> {
+) -> Result<Outcome, RoundError> {
     let generations = rollups.generations().await?;
     let mut lag_seconds: f64 = 0.0;
     let mut busy = false;
     let mut caught_up = true;
     for (partition, key) in partitions(config) {
-        let frontier = acknowledged_frontier(stream.conn(), &key, stream.group())
-            .await
-            .map_err(|e| RollupError::Mongo(mongodb::error::Error::custom(format!("Redis: {e}"))))?;
+        let frontier = acknowledged_frontier(stream.conn(), &key, stream.group()).await?;
         let Some(frontier) = frontier else { continue };
         let frontier_ms = frontier.0;
         let closed = frontier_ms as i64 / RANGE_MS;

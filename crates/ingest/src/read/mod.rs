@@ -53,17 +53,15 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-fn invalid(parameter: &'static str, message: String) -> ApiError {
+/// 400 `invalid_query` naming `parameter` (also analytics' and `/admin/dlq`'s).
+pub fn invalid(parameter: &'static str, message: String) -> ApiError {
     ApiError::InvalidQuery { message: format!("{parameter}: {message}"), parameter: Some(parameter) }
 }
 
 impl ListQuery {
     /// Parses a query string; unknown and repeated parameters are refused, naming them.
     pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
-        serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| ApiError::InvalidQuery {
-            message: format!("bad query string: {e}"),
-            parameter: None,
-        })
+        parse_query(raw)
     }
 
     /// Events per page.
@@ -82,18 +80,8 @@ impl ListQuery {
 
     /// The filters of `GET /events`, checked.
     pub fn filters(&self) -> Result<Filters, ApiError> {
-        let time = |parameter: &'static str, raw: &Option<String>| -> Result<Option<i64>, ApiError> {
-            raw.as_deref()
-                .map(|s| {
-                    OffsetDateTime::parse(s, &Rfc3339)
-                        .ok()
-                        .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
-                        .ok_or_else(|| {
-                            invalid(parameter, format!("must be an RFC 3339 date-time, got {s:?}"))
-                        })
-                })
-                .transpose()
-        };
+        let time =
+            |parameter, raw: &Option<String>| raw.as_deref().map(|s| parse_time(parameter, s)).transpose();
         let filters = Filters {
             event_type: self.event_type.clone(),
             source: self.source.clone(),
@@ -135,9 +123,18 @@ impl PageQuery {
     }
 }
 
-fn parse_query<T: serde::de::DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError> {
+/// Parses a query string into `T`; unknown and repeated parameters are refused, naming them.
+pub fn parse_query<T: serde::de::DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError> {
     serde_urlencoded::from_str(raw.unwrap_or(""))
         .map_err(|e| ApiError::InvalidQuery { message: format!("bad query string: {e}"), parameter: None })
+}
+
+/// An RFC 3339 date-time parameter, as Unix milliseconds (also analytics' `from` and `to`).
+pub fn parse_time(parameter: &'static str, raw: &str) -> Result<i64, ApiError> {
+    OffsetDateTime::parse(raw, &Rfc3339)
+        .ok()
+        .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+        .ok_or_else(|| invalid(parameter, format!("must be an RFC 3339 date-time, got {raw:?}")))
 }
 
 /// A `limit` parameter: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent (also `/admin/dlq`'s).

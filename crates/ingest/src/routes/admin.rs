@@ -10,8 +10,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::Operator;
 use crate::body::EventBody;
 use crate::error::{ApiError, ErrorResponse};
-use crate::read::parse_limit;
-use crate::routes::read::READ_TIMEOUT;
+use crate::read::{invalid, parse_limit, parse_query};
+use crate::routes::read::bounded_from;
 use crate::state::AppState;
 
 /// Most ids one replay or purge may name.
@@ -96,10 +96,6 @@ pub struct Purged {
     pub purged: usize,
 }
 
-fn invalid(parameter: &'static str, message: String) -> ApiError {
-    ApiError::InvalidQuery { message: format!("{parameter}: {message}"), parameter: Some(parameter) }
-}
-
 fn is_entry_id(id: &str) -> bool {
     id.split_once('-').is_some_and(|(ms, seq)| {
         [ms, seq].iter().all(|p| (1..=19).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
@@ -107,11 +103,7 @@ fn is_entry_id(id: &str) -> bool {
 }
 
 async fn redis<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, ApiError> {
-    match tokio::time::timeout(READ_TIMEOUT, call).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(ApiError::ReadUnavailable { cause: format!("Redis failed: {e}") }),
-        Err(_) => Err(ApiError::ReadUnavailable { cause: format!("Redis took over {READ_TIMEOUT:?}") }),
-    }
+    bounded_from("Redis", call).await
 }
 
 fn selection(body: &[u8]) -> Result<Selection, ApiError> {
@@ -156,8 +148,7 @@ pub async fn list(
     _operator: Operator,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<DlqPage>, ApiError> {
-    let query: DlqQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::InvalidQuery { message: format!("bad query string: {e}"), parameter: None })?;
+    let query: DlqQuery = parse_query(raw.as_deref())?;
     let limit = parse_limit(query.limit.as_deref())?;
     if let Some(cursor) = &query.cursor
         && !is_entry_id(cursor)

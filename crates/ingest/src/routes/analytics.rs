@@ -11,7 +11,8 @@ use axum::extract::{RawQuery, State};
 use crate::analytics::{AnalyticsQuery, Consumer, Metrics, PipelineState, rfc3339, rollup_state, summarize};
 use crate::auth::Viewer;
 use crate::error::{ApiError, ErrorResponse};
-use crate::routes::read::{READ_TIMEOUT, bounded};
+use crate::routes::now_ms;
+use crate::routes::read::{READ_TIMEOUT, bounded, bounded_from};
 use crate::state::AppState;
 
 /// The partitions whose rollups are read (one stream today).
@@ -44,17 +45,14 @@ pub async fn metrics(
         .await
         .map_err(|_| ApiError::ReadUnavailable { cause: "too many analytics answers in progress".into() })?
         .map_err(|_| ApiError::ReadUnavailable { cause: "shutting down".into() })?;
-    let redis = |e: redis::RedisError| ApiError::ReadUnavailable { cause: format!("Redis read failed: {e}") };
     // Where the rollups stand first; then Redis (whatever it reports was appended by then); then
     // the counts. The lag is measured against a frontier read after the progress, so it is never
     // smaller than the truth.
     let progress = bounded(state.rollups.progress(&PARTITIONS)).await?;
-    let (frontier, snapshot) = tokio::time::timeout(READ_TIMEOUT, async {
+    let (frontier, snapshot) = bounded_from("Redis", async {
         tokio::try_join!(state.pipeline.frontier_ms(), state.pipeline.snapshot())
     })
-    .await
-    .map_err(|_| ApiError::ReadUnavailable { cause: format!("Redis took over {READ_TIMEOUT:?}") })?
-    .map_err(redis)?;
+    .await?;
     let appended: BTreeMap<i32, (u64, u64)> = snapshot.last_generated.map(|id| (0, id)).into_iter().collect();
     let counts = bounded(state.rollups.counts(
         match &viewer {
@@ -92,8 +90,4 @@ pub async fn metrics(
             processing_rate,
         },
     }))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

@@ -1,7 +1,5 @@
 //! `POST /events` and `POST /events/batch`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -14,6 +12,7 @@ use crate::auth::Tenant;
 use crate::body::EventBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::metrics as m;
+use crate::routes::now_ms;
 use crate::state::AppState;
 use crate::stream_publisher::PublishError;
 
@@ -182,8 +181,4 @@ fn below_high_water(state: &AppState) -> Result<(), ApiError> {
         )));
     }
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

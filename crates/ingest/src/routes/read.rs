@@ -28,14 +28,24 @@ struct NewestPosition(i64, String);
 #[derive(Serialize, Deserialize)]
 struct StreamPosition(i32, String);
 
-pub async fn bounded<T>(read: impl Future<Output = mongodb::error::Result<T>>) -> Result<T, ApiError> {
+/// Awaits a read of `source` (MongoDB, Redis) for at most [`READ_TIMEOUT`]; a failure or a
+/// timeout is a 503 with `Retry-After`, its cause logged, never sent.
+pub async fn bounded_from<T, E: std::fmt::Display>(
+    source: &str,
+    read: impl Future<Output = Result<T, E>>,
+) -> Result<T, ApiError> {
     match tokio::time::timeout(READ_TIMEOUT, read).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(ApiError::ReadUnavailable { cause: format!("MongoDB read failed: {e}") }),
+        Ok(Err(e)) => Err(ApiError::ReadUnavailable { cause: format!("{source} read failed: {e}") }),
         Err(_) => {
-            Err(ApiError::ReadUnavailable { cause: format!("MongoDB read took over {READ_TIMEOUT:?}") })
+            Err(ApiError::ReadUnavailable { cause: format!("{source} read took over {READ_TIMEOUT:?}") })
         }
     }
+}
+
+/// [`bounded_from`] for MongoDB.
+pub async fn bounded<T>(read: impl Future<Output = mongodb::error::Result<T>>) -> Result<T, ApiError> {
+    bounded_from("MongoDB", read).await
 }
 
 /// The position in `cursor`, when one was given; 400 when it was not issued for `scope`.

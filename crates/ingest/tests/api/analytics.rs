@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, expect_error};
-use crate::read::ReadApp;
+use crate::read::{OPS_KEY, ReadApp};
 
 /// `minutes` after 09:00 on 2026-11-20, plus `second` seconds.
 fn at(minutes: u32, second: u32) -> String {
@@ -80,6 +80,8 @@ async fn counts_per_type_and_bucket_are_the_tenants_own() {
     assert_eq!(past["total"], 1, "an old timestamp lands in its own day: {past}");
     let default_tenant = r.page("key-default", &format!("/analytics/metrics?{window}")).await;
     assert_eq!(default_tenant["total"], 0);
+    let operator = r.page(OPS_KEY, &format!("/analytics/metrics?{window}")).await;
+    assert_eq!(operator["total"], 37, "an operator key counts every tenant: {operator}");
     assert!(body["pipeline"]["consumers"].is_array() && body["rollup"]["lag_seconds"].is_number(), "{body}");
 }
 

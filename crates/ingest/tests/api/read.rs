@@ -10,6 +10,9 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, expect_error};
 
+/// The operator key (`ADMIN_KEYS`) of [`ReadApp`].
+pub const OPS_KEY: &str = "ops-key";
+
 /// An ingest with its own Redis, and a MongoDB database of the test's own.
 pub struct ReadApp {
     pub app: TestApp,
@@ -23,7 +26,11 @@ impl ReadApp {
         let mongo = MongoServer::start().await;
         let database = mongo.unique_database("read");
         let db = database.clone();
-        let app = TestApp::spawn_with(mongo.uri(), move |c| c.common.mongodb_database = db).await;
+        let app = TestApp::spawn_with(mongo.uri(), move |c| {
+            c.common.mongodb_database = db;
+            c.admin_keys = evp_ingest::keys::AdminKeys::parse(OPS_KEY, &c.api_keys).unwrap();
+        })
+        .await;
         let store = EventStore::new(mongo.client().await, &database);
         store.ensure_indexes().await.unwrap();
         Self { app, store, database, _mongo: mongo }
