@@ -22,10 +22,11 @@ apt_install() {
 }
 
 ensure_redis() {
-    command -v redis-server >/dev/null && return 0
-    apt_install redis-server
+    # redis-cli (redis-tools, a dependency of redis-server) builds the test clusters.
+    command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return 0
+    apt_install redis-server redis-tools
     # Debian starts a system redis on 6379 after install; evp starts its own servers.
-    command -v redis-server >/dev/null
+    command -v redis-server >/dev/null && command -v redis-cli >/dev/null
 }
 
 # Needs a MongoDB server of our own unless one is given ($1: the variable that would name it).

@@ -20,6 +20,17 @@ pub const VERSION: u8 = 1;
 pub struct EncodedEvent {
     pub id: String,
     pub payload: Vec<u8>,
+    /// [`route_hash`] of its `aggregate_id`, else its `id`: which partition it goes to.
+    pub route: u64,
+}
+
+/// FNV-1a (64 bit) of an event's routing key (its `aggregate_id`, else its `id`); the partition
+/// is this mod `STREAM_PARTITIONS`. Stable across processes, versions and machines.
+pub fn route_hash(key: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = fnv::FnvHasher::default();
+    hasher.write(key.as_bytes());
+    hasher.finish()
 }
 
 /// An event that passed validation ([`crate::input`]); `id` and `timestamp` are filled in.
@@ -118,7 +129,8 @@ pub fn encode(event: &ValidEvent<'_>, tenant: &str, received_at_ms: i64) -> Enco
     let mut payload = Vec::with_capacity(capacity);
     // Serializing plain strings, integers and already-valid raw JSON into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut payload, &out);
-    EncodedEvent { id: event.id.clone().into_owned(), payload }
+    let route = route_hash(event.aggregate_id.as_deref().unwrap_or(&event.id));
+    EncodedEvent { id: event.id.clone().into_owned(), payload, route }
 }
 
 fn data_len(data: Option<&RawValue>) -> usize {

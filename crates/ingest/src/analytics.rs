@@ -13,9 +13,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evp_runtime::stream_state::{self, Snapshot};
+use evp_runtime::partitions::Partitions;
+use evp_runtime::redis_conn::{RedisConn, RedisTarget};
+use evp_runtime::stream_state::{self, ConsumerState, Snapshot};
 use evp_store::rollups::{MINUTE_MS, RANGE_MS};
-use redis::aio::ConnectionManager;
+use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -243,8 +245,8 @@ impl RateSampler {
                 if let Ok(s) = pipeline.snapshot().await {
                     let sample = Sample {
                         at: Instant::now(),
-                        added: s.entries_added.unwrap_or(0),
-                        read: s.entries_read.unwrap_or(0),
+                        added: s.total.entries_added.unwrap_or(0),
+                        read: s.total.entries_read.unwrap_or(0),
                     };
                     let mut samples = samples.lock().unwrap_or_else(|p| p.into_inner());
                     samples.push_back(sample);
@@ -269,64 +271,129 @@ impl RateSampler {
     }
 }
 
-/// Reads the stream's and the group's state (one connection per server thread).
+/// Reads the partitions' and the group's state (one connection per server thread).
 #[derive(Clone)]
 pub struct Pipeline {
-    client: redis::Client,
-    conn: ConnectionManager,
-    stream: Arc<str>,
-    dlq: Arc<str>,
+    target: RedisTarget,
+    conn: RedisConn,
+    partitions: Arc<Partitions>,
     group: Arc<str>,
 }
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("stream", &self.stream).field("group", &self.group).finish()
+        f.debug_struct("Pipeline")
+            .field("partitions", &self.partitions.len())
+            .field("group", &self.group)
+            .finish()
     }
+}
+
+/// Every partition's state at one moment, added up, and each partition's last appended id.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineSnapshot {
+    /// Sums over the partitions; a consumer's pending entries are summed and its idle time is
+    /// its smallest.
+    pub total: Snapshot,
+    /// The last entry appended to each partition (absent while its stream does not exist).
+    pub appended: BTreeMap<i32, (u64, u64)>,
 }
 
 impl Pipeline {
     pub fn new(
-        redis_url: &str,
-        stream: &str,
-        dlq: &str,
+        target: RedisTarget,
+        partitions: Partitions,
         group: &str,
         timeout: Duration,
     ) -> redis::RedisResult<Self> {
-        let client = redis::Client::open(redis_url)?;
-        let conn = evp_runtime::connect::redis_manager(&client, timeout)?;
-        Ok(Self { client, conn, stream: Arc::from(stream), dlq: Arc::from(dlq), group: Arc::from(group) })
+        let conn = target.shared(timeout)?;
+        Ok(Self { target, conn, partitions: Arc::new(partitions), group: Arc::from(group) })
     }
 
     /// The same, with a connection of the calling thread's runtime.
     pub fn on_this_runtime(&self, timeout: Duration) -> redis::RedisResult<Self> {
-        Ok(Self { conn: evp_runtime::connect::redis_manager(&self.client, timeout)?, ..self.clone() })
+        Ok(Self { conn: self.target.shared(timeout)?, ..self.clone() })
     }
 
-    /// The dead letters of this stream, on this connection.
+    /// The dead letters of every partition, on this connection.
     pub fn dead_letters(&self) -> evp_runtime::dead_letters::DeadLetters {
-        evp_runtime::dead_letters::DeadLetters::new(self.conn.clone(), &self.stream)
+        evp_runtime::dead_letters::DeadLetters::new(self.conn.clone(), (*self.partitions).clone())
     }
 
-    pub async fn snapshot(&self) -> redis::RedisResult<Snapshot> {
-        stream_state::snapshot(&self.conn, &self.stream, &self.dlq, &self.group).await
+    /// Every partition's snapshot (read concurrently), added up.
+    pub async fn snapshot(&self) -> redis::RedisResult<PipelineSnapshot> {
+        let reads = self
+            .partitions
+            .iter()
+            .map(|p| stream_state::snapshot(&self.conn, &p.stream, &p.dlq, &self.group));
+        let mut out = PipelineSnapshot::default();
+        let mut consumers: BTreeMap<String, ConsumerState> = BTreeMap::new();
+        for (partition, snapshot) in self.partitions.iter().zip(join_all(reads).await) {
+            let snapshot = snapshot?;
+            let total = &mut out.total;
+            total.length += snapshot.length;
+            total.pending += snapshot.pending;
+            total.dead_letters += snapshot.dead_letters;
+            total.entries_added = add(total.entries_added, snapshot.entries_added);
+            total.entries_read = add(total.entries_read, snapshot.entries_read);
+            total.lag = add(total.lag, snapshot.lag);
+            if let Some(last) = snapshot.last_generated {
+                out.appended.insert(partition.index as i32, last);
+            }
+            for consumer in snapshot.consumers {
+                match consumers.get_mut(&consumer.name) {
+                    Some(seen) => {
+                        seen.pending += consumer.pending;
+                        seen.idle_ms = seen.idle_ms.min(consumer.idle_ms);
+                    }
+                    None => drop(consumers.insert(consumer.name.clone(), consumer)),
+                }
+            }
+        }
+        out.total.consumers = consumers.into_values().collect();
+        Ok(out)
     }
 
-    /// The group's acknowledged frontier, in ms of stream time.
-    pub async fn frontier_ms(&self) -> redis::RedisResult<Option<i64>> {
-        Ok(stream_state::acknowledged_frontier(&self.conn, &self.stream, &self.group)
-            .await?
-            .map(|(ms, _)| ms as i64))
+    /// Each partition's acknowledged frontier, in ms of stream time (partitions without a group
+    /// yet are absent).
+    pub async fn frontiers_ms(&self) -> redis::RedisResult<BTreeMap<i32, i64>> {
+        let reads = self
+            .partitions
+            .iter()
+            .map(|p| stream_state::acknowledged_frontier(&self.conn, &p.stream, &self.group));
+        let mut out = BTreeMap::new();
+        for (partition, frontier) in self.partitions.iter().zip(join_all(reads).await) {
+            if let Some((ms, _)) = frontier? {
+                out.insert(partition.index as i32, ms as i64);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The partition numbers, as the rollups name them.
+    pub fn partition_numbers(&self) -> Vec<i32> {
+        self.partitions.iter().map(|p| p.index as i32).collect()
     }
 }
 
-/// The rollup section from each partition's `next` range and the acknowledged frontier.
-pub fn rollup_state(next_range: &BTreeMap<i32, i64>, frontier_ms: Option<i64>) -> RollupState {
+/// A sum of counters a partition may not report (its stream does not exist yet).
+fn add(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (None, None) => None,
+        _ => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    }
+}
+
+/// The rollup section from each partition's `next` range and acknowledged frontier: complete
+/// until the earliest partition's `next`, lagging by the partition furthest behind its frontier.
+pub fn rollup_state(next_range: &BTreeMap<i32, i64>, frontiers_ms: &BTreeMap<i32, i64>) -> RollupState {
     let complete = next_range.values().min().map(|next| next * RANGE_MS);
-    let lag_seconds = match (complete, frontier_ms) {
-        (Some(complete), Some(frontier)) => ((frontier - complete).max(0) as f64) / 1000.0,
-        _ => 0.0,
-    };
+    let lag_ms = frontiers_ms
+        .iter()
+        .filter_map(|(p, frontier)| next_range.get(p).map(|next| (frontier - next * RANGE_MS).max(0)))
+        .max()
+        .unwrap_or(0);
+    let lag_seconds = lag_ms as f64 / 1000.0;
     RollupState { complete_until: complete.filter(|c| *c > 0).map(rfc3339), lag_seconds }
 }
 

@@ -23,7 +23,11 @@ pub struct IngestConfig {
     /// `CONSUMER_GROUP`, default `evp-workers-group`: the workers' group, whose pending entries,
     /// lag and consumers analytics reports.
     pub group: String,
-    /// `STREAM_HIGH_WATER`, default 1,000,000: backlog at which requests get 503.
+    /// `REDIS_WAIT_REPLICAS`, default 0: replicas that must confirm appended entries (Redis
+    /// `WAIT`) before a 202.
+    pub wait_replicas: u32,
+    /// `STREAM_HIGH_WATER`, default 1,000,000: backlog (summed over the partitions) at which
+    /// requests get 503.
     pub stream_high_water: u64,
     /// `MAX_EVENT_BYTES` (65,536) and `MAX_BATCH_EVENTS` (1,000).
     pub limits: Limits,
@@ -66,6 +70,7 @@ impl IngestConfig {
                 .map_err(|m| error("ADMIN_KEYS", m))?,
             api_keys,
             group: env.string("CONSUMER_GROUP", "evp-workers-group"),
+            wait_replicas: env.parse("REDIS_WAIT_REPLICAS", 0)?,
             stream_high_water: env.positive("STREAM_HIGH_WATER", Self::DEFAULT_HIGH_WATER)?,
             limits,
             max_body_bytes: env.positive("MAX_BODY_BYTES", 5_242_880)?,

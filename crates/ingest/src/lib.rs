@@ -50,23 +50,22 @@ pub async fn build_state(
     shutdown: CancellationToken,
 ) -> anyhow::Result<AppState> {
     let common = &config.common;
-    let publisher =
-        stream_publisher::StreamPublisher::new(&common.redis_url, &common.stream, config.redis_timeout)
-            .context("REDIS_URL")?;
+    let target = common.redis_target().context("REDIS_URL")?;
+    let publisher = stream_publisher::StreamPublisher::new(
+        target.clone(),
+        common.partitions(),
+        config.wait_replicas,
+        config.redis_timeout,
+    )
+    .context("REDIS_URL")?;
     let mongo =
         evp_runtime::connect::mongo_client(&common.mongodb_uri, "evp-ingest").await.context("MONGODB_URI")?;
     let metrics_handles = metrics::IngestMetrics::register();
     let reader = evp_store::reader::EventReader::new(&mongo, &common.mongodb_database);
     let cursors = read::cursor::CursorSigner::new(&config.api_keys.secret_material());
     let rollups = evp_store::rollups::RollupStore::new(&mongo, &common.mongodb_database);
-    let pipeline = analytics::Pipeline::new(
-        &common.redis_url,
-        &common.stream,
-        &common.dead_letter_stream(),
-        &config.group,
-        config.redis_timeout,
-    )
-    .context("REDIS_URL")?;
+    let pipeline = analytics::Pipeline::new(target, common.partitions(), &config.group, config.redis_timeout)
+        .context("REDIS_URL")?;
     Ok(AppState::new(state::Shared {
         config,
         publisher,

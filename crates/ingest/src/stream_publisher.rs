@@ -1,13 +1,22 @@
-//! Appending accepted events to the Redis stream.
+//! Appending accepted events to the Redis stream partitions.
 //!
 //! One [`StreamPublisher`] is shared by all requests of a server thread ([`crate::shards`]; each
-//! thread has its own, made with [`StreamPublisher::on_this_runtime`]). It holds one multiplexed
-//! connection (redis-rs `ConnectionManager`, which reconnects by itself after Redis comes back), so
-//! concurrent requests share a socket. Every call is bounded by a timeout, so an unreachable Redis
-//! turns into a quick 503, never a hanging request.
+//! thread has its own, made with [`StreamPublisher::on_this_runtime`]). It holds one shared
+//! connection ([`evp_runtime::redis_conn`]: one server, or a Redis Cluster whose client routes each
+//! pipeline to the master of its partition's slot), so concurrent requests share sockets. Every
+//! call is bounded by a timeout, so an unreachable Redis turns into a quick 503, never a hanging
+//! request.
 //!
-//! - A **batch** is one MULTI/EXEC pipeline of XADDs ([`StreamPublisher::publish_batch`]): all of
-//!   its entries land, or none do.
+//! Each event goes to the partition of its routing hash ([`evp_runtime::partitions`]); every
+//! pipeline below holds one partition's XADDs only, so it goes to one node.
+//!
+//! - A **batch** is one MULTI/EXEC pipeline of XADDs per partition it touches
+//!   ([`StreamPublisher::publish_batch`]), sent concurrently: within a partition all of its
+//!   entries land or none do. If some partitions fail, the answer is 503 although other
+//!   partitions' entries landed; a retry with the same ids (the client library's, or the same
+//!   `Idempotency-Key`) appends them again and the workers store each event once.
+//! - With `REDIS_WAIT_REPLICAS=N`, each pipeline ends with `WAIT N`: the events count as appended
+//!   only once N replicas confirmed them, otherwise the answer is 503.
 //! - A **single event** ([`StreamPublisher::publish_one`]) goes through a coalescer: a task that
 //!   takes every single event queued at that moment and sends them as one pipeline of independent
 //!   XADDs, each with its own reply. Under load many requests share one round trip, which costs
@@ -25,8 +34,9 @@ use std::time::{Duration, Instant};
 
 use evp_events::EncodedEvent;
 use evp_events::entry::FIELD;
-use evp_runtime::connect::redis_manager;
-use redis::aio::ConnectionManager;
+use evp_runtime::partitions::{Partition, Partitions};
+use evp_runtime::redis_conn::{RedisConn, RedisTarget};
+use futures::future::join_all;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +60,8 @@ pub enum PublishError {
     Redis(Arc<redis::RedisError>),
     #[error("Redis refused the XADD: {0}")]
     Refused(String),
+    #[error("{got} of the {wanted} replicas required (REDIS_WAIT_REPLICAS) confirmed the write in time")]
+    Replicas { wanted: u32, got: i64 },
     #[error("the publisher has stopped")]
     Stopped,
 }
@@ -63,9 +75,11 @@ impl From<redis::RedisError> for PublishError {
 /// Shared handle for appending to the events stream.
 #[derive(Clone)]
 pub struct StreamPublisher {
-    client: redis::Client,
-    conn: ConnectionManager,
-    stream: Arc<str>,
+    target: RedisTarget,
+    conn: RedisConn,
+    partitions: Arc<Partitions>,
+    /// `REDIS_WAIT_REPLICAS`.
+    wait_replicas: u32,
     timeout: Duration,
     backlog: Arc<AtomicU64>,
     reachable: Arc<AtomicBool>,
@@ -76,6 +90,8 @@ pub struct StreamPublisher {
 /// One single event waiting for the coalescer, and where its outcome goes.
 struct Single {
     payload: Vec<u8>,
+    /// The event's routing hash.
+    route: u64,
     reply: oneshot::Sender<Result<(), PublishError>>,
 }
 
@@ -87,7 +103,7 @@ struct PipelineMetrics {
 
 impl std::fmt::Debug for StreamPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamPublisher").field("stream", &self.stream).finish_non_exhaustive()
+        f.debug_struct("StreamPublisher").field("partitions", &self.partitions.len()).finish_non_exhaustive()
     }
 }
 
@@ -96,25 +112,30 @@ impl StreamPublisher {
     /// even while Redis is down, and connects on first use. Starts the coalescer task, so call it
     /// inside the runtime, and after the metrics recorder is installed (it takes its metric
     /// handles here). The coalescer stops once every clone of the publisher is dropped.
-    pub fn new(redis_url: &str, stream: &str, timeout: Duration) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(redis_url)?;
-        let conn = redis_manager(&client, timeout)?;
+    pub fn new(
+        target: RedisTarget,
+        partitions: Partitions,
+        wait_replicas: u32,
+        timeout: Duration,
+    ) -> Result<Self, redis::RedisError> {
+        let conn = target.shared(timeout)?;
         let metrics = PipelineMetrics {
             seconds: metrics::histogram!(m::XADD_SECONDS),
             events: metrics::histogram!(m::PIPELINE_EVENTS),
         };
         let (singles, queue) = mpsc::channel(QUEUE);
         let this = Self {
-            client,
+            target,
             conn,
-            stream: Arc::from(stream),
+            partitions: Arc::new(partitions),
+            wait_replicas,
             timeout,
             backlog: Arc::new(AtomicU64::new(0)),
             reachable: Arc::new(AtomicBool::new(true)),
             singles,
             metrics,
         };
-        tokio::spawn(this.coalescer().run(queue));
+        tokio::spawn(this.coalescer().run(queue, this.partitions.clone()));
         Ok(this)
     }
 
@@ -123,41 +144,53 @@ impl StreamPublisher {
     /// it, so each server thread appends through a publisher of its own rather than waking
     /// another thread for every request.
     pub fn on_this_runtime(&self) -> Result<Self, redis::RedisError> {
-        let conn = redis_manager(&self.client, self.timeout)?;
+        let conn = self.target.shared(self.timeout)?;
         let (singles, queue) = mpsc::channel(QUEUE);
         let this = Self { conn, singles, ..self.clone() };
-        tokio::spawn(this.coalescer().run(queue));
+        tokio::spawn(this.coalescer().run(queue, this.partitions.clone()));
         Ok(this)
     }
 
     fn coalescer(&self) -> Coalescer {
-        Coalescer {
+        Coalescer { appender: self.appender() }
+    }
+
+    fn appender(&self) -> Appender {
+        Appender {
             conn: self.conn.clone(),
-            stream: self.stream.clone(),
+            wait_replicas: self.wait_replicas,
             timeout: self.timeout,
             metrics: self.metrics.clone(),
         }
     }
 
-    /// Appends every event of a batch, atomically (MULTI/EXEC), in one round trip.
+    /// Appends every event of a batch: per partition, atomically (MULTI/EXEC) in one round trip;
+    /// the partitions concurrently. Fails if any partition failed.
     pub async fn publish_batch(&self, events: &[EncodedEvent]) -> Result<(), PublishError> {
-        let mut pipe = redis::Pipeline::with_capacity(events.len());
-        pipe.atomic();
-        for event in events {
-            pipe.add_command(xadd(&self.stream, &event.payload)).ignore();
+        let appender = self.appender();
+        if self.partitions.len() == 1 {
+            let partition = self.partitions.for_hash(0);
+            return appender.atomic(partition, events.iter().map(|e| e.payload.as_slice())).await;
         }
-        let started = Instant::now();
-        let result = bounded(self.timeout, pipe.exec_async(&mut self.conn.clone())).await;
-        self.metrics.seconds.record(started.elapsed().as_secs_f64());
-        self.metrics.events.record(events.len() as f64);
-        result
+        let mut by_partition: Vec<Vec<&[u8]>> = vec![Vec::new(); self.partitions.len()];
+        for event in events {
+            by_partition[self.partitions.for_hash(event.route).index as usize].push(&event.payload);
+        }
+        let sends =
+            self.partitions.iter().zip(by_partition).filter(|(_, payloads)| !payloads.is_empty()).map(
+                |(partition, payloads)| {
+                    let appender = &appender;
+                    async move { appender.atomic(partition, payloads.into_iter()).await }
+                },
+            );
+        join_all(sends).await.into_iter().collect()
     }
 
     /// Appends one event, sharing a pipeline with the single events of concurrent requests.
-    pub async fn publish_one(&self, payload: Vec<u8>) -> Result<(), PublishError> {
+    pub async fn publish_one(&self, payload: Vec<u8>, route: u64) -> Result<(), PublishError> {
         let (reply, outcome) = oneshot::channel();
         let queued_and_answered = async {
-            self.singles.send(Single { payload, reply }).await.map_err(|_| PublishError::Stopped)?;
+            self.singles.send(Single { payload, route, reply }).await.map_err(|_| PublishError::Stopped)?;
             outcome.await.map_err(|_| PublishError::Stopped)?
         };
         match tokio::time::timeout(self.timeout, queued_and_answered).await {
@@ -168,13 +201,18 @@ impl StreamPublisher {
 
     /// PING, for health and readiness.
     pub async fn ping(&self) -> Result<(), PublishError> {
-        bounded(self.timeout, evp_runtime::connect::redis_ping(&self.conn)).await
+        bounded(self.timeout, self.conn.ping()).await
     }
 
-    /// Entries in the stream: acknowledged entries are trimmed by the workers, so this is the
-    /// backlog of entries not yet stored.
+    /// Entries in every partition's stream: acknowledged entries are trimmed by the workers, so
+    /// this is the backlog of entries not yet stored.
     pub async fn stream_length(&self) -> Result<u64, PublishError> {
-        bounded(self.timeout, redis::cmd("XLEN").arg(&*self.stream).query_async(&mut self.conn.clone())).await
+        let lengths = self.partitions.iter().map(|partition| {
+            let mut conn = self.conn.clone();
+            let xlen = redis::cmd("XLEN").arg(&partition.stream).clone();
+            bounded(self.timeout, async move { xlen.query_async::<u64>(&mut conn).await })
+        });
+        join_all(lengths).await.into_iter().sum()
     }
 
     /// The last sampled backlog, for the high-water check.
@@ -230,16 +268,107 @@ async fn bounded<T>(
     }
 }
 
-/// Sends queued single events as pipelines, at most [`MAX_PIPELINES`] at a time.
-struct Coalescer {
-    conn: ConnectionManager,
-    stream: Arc<str>,
+/// Sends pipelines of XADDs to one partition, and `WAIT`s for replicas when asked to.
+#[derive(Clone)]
+struct Appender {
+    conn: RedisConn,
+    wait_replicas: u32,
     timeout: Duration,
     metrics: PipelineMetrics,
 }
 
+impl Appender {
+    /// All of `payloads` or none, in one MULTI/EXEC (then `WAIT`).
+    async fn atomic<'p>(
+        &self,
+        partition: &Partition,
+        payloads: impl ExactSizeIterator<Item = &'p [u8]>,
+    ) -> Result<(), PublishError> {
+        let n = payloads.len();
+        let mut pipe = redis::Pipeline::with_capacity(n + 3);
+        if self.wait_replicas == 0 {
+            pipe.atomic();
+            for payload in payloads {
+                pipe.add_command(xadd(&partition.stream, payload)).ignore();
+            }
+            return self.timed(n, pipe.exec_async(&mut self.conn.clone())).await;
+        }
+        // MULTI … EXEC, then WAIT on the same connection: WAIT inside the transaction would not wait.
+        pipe.cmd("MULTI").ignore();
+        for payload in payloads {
+            pipe.add_command(xadd(&partition.stream, payload)).ignore();
+        }
+        pipe.cmd("EXEC").ignore();
+        self.add_wait(&mut pipe);
+        let (confirmed,): (i64,) = self.timed(n, pipe.query_async(&mut self.conn.clone())).await?;
+        self.confirmed(confirmed)
+    }
+
+    /// One XADD per payload, each with its own reply (then `WAIT`, whose failure fails them all).
+    async fn independent(
+        &self,
+        partition: &Partition,
+        payloads: &[&[u8]],
+    ) -> Result<Vec<redis::Value>, PublishError> {
+        let mut pipe = redis::Pipeline::with_capacity(payloads.len() + 1);
+        pipe.ignore_errors();
+        for payload in payloads {
+            pipe.add_command(xadd(&partition.stream, payload));
+        }
+        if self.wait_replicas > 0 {
+            self.add_wait(&mut pipe);
+        }
+        let mut replies: Vec<redis::Value> =
+            self.timed(payloads.len(), pipe.query_async(&mut self.conn.clone())).await?;
+        if self.wait_replicas > 0 {
+            match replies.pop() {
+                Some(redis::Value::Int(confirmed)) => self.confirmed(confirmed)?,
+                other => return Err(PublishError::Refused(format!("WAIT answered {other:?}"))),
+            }
+        }
+        if replies.len() != payloads.len() {
+            return Err(PublishError::Refused(format!(
+                "{} replies to {} XADDs",
+                replies.len(),
+                payloads.len()
+            )));
+        }
+        Ok(replies)
+    }
+
+    /// `WAIT <replicas> <ms>`: at most half the request's timeout, so a missing replica costs a
+    /// 503 in time rather than a timeout.
+    fn add_wait(&self, pipe: &mut redis::Pipeline) {
+        pipe.cmd("WAIT").arg(self.wait_replicas).arg((self.timeout / 2).as_millis() as u64);
+    }
+
+    fn confirmed(&self, confirmed: i64) -> Result<(), PublishError> {
+        if confirmed < i64::from(self.wait_replicas) {
+            return Err(PublishError::Replicas { wanted: self.wait_replicas, got: confirmed });
+        }
+        Ok(())
+    }
+
+    async fn timed<T>(
+        &self,
+        events: usize,
+        call: impl Future<Output = Result<T, redis::RedisError>>,
+    ) -> Result<T, PublishError> {
+        let started = Instant::now();
+        let result = bounded(self.timeout, call).await;
+        self.metrics.seconds.record(started.elapsed().as_secs_f64());
+        self.metrics.events.record(events as f64);
+        result
+    }
+}
+
+/// Sends queued single events as pipelines, at most [`MAX_PIPELINES`] at a time.
+struct Coalescer {
+    appender: Appender,
+}
+
 impl Coalescer {
-    async fn run(self, mut queue: mpsc::Receiver<Single>) {
+    async fn run(self, mut queue: mpsc::Receiver<Single>, partitions: Arc<Partitions>) {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(MAX_PIPELINES));
         loop {
@@ -251,32 +380,43 @@ impl Coalescer {
                 return; // every publisher is gone
             }
             let this = this.clone();
+            let partitions = partitions.clone();
             tokio::spawn(async move {
-                this.send(batch).await;
+                this.send(batch, &partitions).await;
                 drop(slot);
             });
         }
     }
 
-    async fn send(&self, mut batch: Vec<Single>) {
+    /// One pipeline per partition among `batch`, sent concurrently.
+    async fn send(&self, mut batch: Vec<Single>, partitions: &Partitions) {
         // A request that gave up (timed out, or its client went away) has answered 503 or
         // nothing: its event must not be appended behind its back.
         batch.retain(|single| !single.reply.is_closed());
         if batch.is_empty() {
             return;
         }
-        let mut pipe = redis::Pipeline::with_capacity(batch.len());
-        pipe.ignore_errors();
-        for single in &batch {
-            pipe.add_command(xadd(&self.stream, &single.payload));
+        if partitions.len() == 1 {
+            return self.send_to(partitions.for_hash(0), batch).await;
         }
-        let started = Instant::now();
-        let replies: Result<Vec<redis::Value>, PublishError> =
-            bounded(self.timeout, pipe.query_async(&mut self.conn.clone())).await;
-        self.metrics.seconds.record(started.elapsed().as_secs_f64());
-        self.metrics.events.record(batch.len() as f64);
-        match replies {
-            Ok(replies) if replies.len() == batch.len() => {
+        let mut by_partition: Vec<Vec<Single>> = (0..partitions.len()).map(|_| Vec::new()).collect();
+        for single in batch {
+            by_partition[partitions.for_hash(single.route).index as usize].push(single);
+        }
+        let sends = partitions
+            .iter()
+            .zip(by_partition)
+            .filter(|(_, singles)| !singles.is_empty())
+            .map(|(partition, singles)| self.send_to(partition, singles));
+        join_all(sends).await;
+    }
+
+    async fn send_to(&self, partition: &Partition, batch: Vec<Single>) {
+        let payloads: Vec<&[u8]> = batch.iter().map(|s| s.payload.as_slice()).collect();
+        let outcome = self.appender.independent(partition, &payloads).await;
+        drop(payloads);
+        match outcome {
+            Ok(replies) => {
                 for (single, reply) in batch.into_iter().zip(replies) {
                     let outcome = match reply {
                         redis::Value::ServerError(e) => Err(PublishError::Refused(e.to_string())),
@@ -284,10 +424,6 @@ impl Coalescer {
                     };
                     let _ = single.reply.send(outcome);
                 }
-            }
-            Ok(replies) => {
-                let e = PublishError::Refused(format!("{} replies to {} XADDs", replies.len(), batch.len()));
-                batch.into_iter().for_each(|single| drop(single.reply.send(Err(e.clone()))));
             }
             Err(e) => batch.into_iter().for_each(|single| drop(single.reply.send(Err(e.clone())))),
         }
@@ -302,19 +438,21 @@ mod tests {
 
     fn single(payload: &str) -> (Single, oneshot::Receiver<Result<(), PublishError>>) {
         let (reply, outcome) = oneshot::channel();
-        (Single { payload: payload.as_bytes().to_vec(), reply }, outcome)
+        (Single { payload: payload.as_bytes().to_vec(), route: 0, reply }, outcome)
     }
 
     #[tokio::test]
     async fn an_event_whose_request_gave_up_is_not_sent_and_the_others_get_their_own_replies() {
         let redis = RedisServer::start();
-        let publisher = StreamPublisher::new(&redis.url(), "events", Duration::from_secs(2)).unwrap();
+        let target = RedisTarget::new(&redis.url(), false).unwrap();
+        let publisher =
+            StreamPublisher::new(target, Partitions::new("events", 1), 0, Duration::from_secs(2)).unwrap();
         let coalescer = publisher.coalescer();
         let (kept, kept_outcome) = single("kept");
         let (abandoned, abandoned_outcome) = single("abandoned");
         drop(abandoned_outcome); // the request timed out or its client went away
         let (also_kept, also_kept_outcome) = single("also kept");
-        coalescer.send(vec![kept, abandoned, also_kept]).await;
+        coalescer.send(vec![kept, abandoned, also_kept], &publisher.partitions).await;
 
         assert!(kept_outcome.await.unwrap().is_ok());
         assert!(also_kept_outcome.await.unwrap().is_ok());

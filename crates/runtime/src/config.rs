@@ -119,8 +119,13 @@ impl FromStr for LogFormat {
 /// The settings every evp program shares: where Redis, MongoDB and the stream are, and logging.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommonConfig {
-    /// `REDIS_URL`, default `redis://127.0.0.1:6379`.
+    /// `REDIS_URL`, default `redis://127.0.0.1:6379`; with `REDIS_CLUSTER=true`, comma-separated
+    /// seed node URLs.
     pub redis_url: String,
+    /// `REDIS_CLUSTER`, default false: talk to a Redis Cluster.
+    pub redis_cluster: bool,
+    /// `STREAM_PARTITIONS`, default 1 (at most [`crate::partitions::MAX_PARTITIONS`]).
+    pub partitions: u32,
     /// `MONGODB_URI`, default `mongodb://127.0.0.1:27017`; `mongodb+srv://` (DNS seed lists, as
     /// hosted MongoDB hands out) is resolved by the driver.
     pub mongodb_uri: String,
@@ -135,8 +140,32 @@ pub struct CommonConfig {
 impl CommonConfig {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let redis_url = env.string("REDIS_URL", "redis://127.0.0.1:6379");
-        if redis::parse_redis_url(&redis_url).is_none() {
-            return Err(error("REDIS_URL", format!("{redis_url:?} is not a redis:// URL")));
+        let redis_cluster = env.parse("REDIS_CLUSTER", false)?;
+        let seeds: Vec<&str> =
+            if redis_cluster { redis_url.split(',').map(str::trim).collect() } else { vec![&redis_url] };
+        if let Some(bad) = seeds.iter().find(|url| redis::parse_redis_url(url).is_none()) {
+            let what =
+                if redis_cluster { "a comma-separated list of redis:// URLs" } else { "a redis:// URL" };
+            return Err(error("REDIS_URL", format!("{bad:?} in {redis_url:?} is not {what}")));
+        }
+        let partitions: u32 = env.positive("STREAM_PARTITIONS", 1)?;
+        if partitions > crate::partitions::MAX_PARTITIONS {
+            return Err(error(
+                "STREAM_PARTITIONS",
+                format!("{partitions} is more than {}", crate::partitions::MAX_PARTITIONS),
+            ));
+        }
+        let stream = env.string("EVENTS_STREAM", "events");
+        if redis_cluster && partitions == 1 && !crate::partitions::has_hash_tag(&stream) {
+            // The dead-letter move is one MULTI over the stream and `<stream>:dlq`: on a cluster
+            // both must hash to one slot.
+            return Err(error(
+                "EVENTS_STREAM",
+                format!(
+                    "{stream:?} needs a hash tag with REDIS_CLUSTER=true and STREAM_PARTITIONS=1 (e.g. \"{{{stream}}}\"), \
+                     so that its dead-letter stream shares its slot; or set STREAM_PARTITIONS > 1"
+                ),
+            ));
         }
         let mongodb_uri = env.string("MONGODB_URI", "mongodb://127.0.0.1:27017");
         if !mongodb_uri.starts_with("mongodb://") && !mongodb_uri.starts_with("mongodb+srv://") {
@@ -147,16 +176,23 @@ impl CommonConfig {
         }
         Ok(Self {
             redis_url,
+            redis_cluster,
+            partitions,
             mongodb_uri,
             mongodb_database: env.string("MONGODB_DATABASE", "evp"),
-            stream: env.string("EVENTS_STREAM", "events"),
+            stream,
             log_format: env.parse("LOG_FORMAT", LogFormat::Json)?,
         })
     }
 
-    /// The dead-letter stream, `<EVENTS_STREAM>:dlq`.
-    pub fn dead_letter_stream(&self) -> String {
-        format!("{}:dlq", self.stream)
+    /// Where Redis is (connects on first use).
+    pub fn redis_target(&self) -> redis::RedisResult<crate::redis_conn::RedisTarget> {
+        crate::redis_conn::RedisTarget::new(&self.redis_url, self.redis_cluster)
+    }
+
+    /// The stream partitions and their keys.
+    pub fn partitions(&self) -> crate::partitions::Partitions {
+        crate::partitions::Partitions::new(&self.stream, self.partitions)
     }
 }
 
@@ -182,7 +218,8 @@ mod tests {
         assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
         assert_eq!(c.mongodb_uri, "mongodb://127.0.0.1:27017");
         assert_eq!((c.mongodb_database.as_str(), c.stream.as_str()), ("evp", "events"));
-        assert_eq!(c.dead_letter_stream(), "events:dlq");
+        assert_eq!((c.redis_cluster, c.partitions), (false, 1));
+        assert_eq!(c.partitions().get(0).unwrap().dlq, "events:dlq");
         let bad = |k: &str, v: &str| CommonConfig::from_env(&Env::from_pairs([(k, v)])).unwrap_err().variable;
         assert_eq!(bad("REDIS_URL", "localhost:6379"), "REDIS_URL");
         assert_eq!(bad("MONGODB_URI", "postgres://x"), "MONGODB_URI");
@@ -192,5 +229,25 @@ mod tests {
         )]);
         assert!(CommonConfig::from_env(&srv).unwrap().mongodb_uri.starts_with("mongodb+srv://"));
         assert_eq!(bad("LOG_FORMAT", "xml"), "LOG_FORMAT");
+        assert_eq!(bad("STREAM_PARTITIONS", "0"), "STREAM_PARTITIONS");
+        assert_eq!(bad("STREAM_PARTITIONS", "257"), "STREAM_PARTITIONS");
+        assert_eq!(bad("REDIS_CLUSTER", "maybe"), "REDIS_CLUSTER");
+        assert_eq!(bad("REDIS_URL", "redis://a:1,redis://b:2"), "REDIS_URL");
+    }
+
+    #[test]
+    fn cluster_settings() {
+        let env = |pairs: &[(&str, &str)]| CommonConfig::from_env(&Env::from_pairs(pairs.iter().copied()));
+        let seeds = "redis://127.0.0.1:7000, redis://127.0.0.1:7001";
+        let c = env(&[("REDIS_CLUSTER", "true"), ("REDIS_URL", seeds), ("STREAM_PARTITIONS", "8")]).unwrap();
+        assert!(c.redis_cluster && c.redis_target().unwrap().is_cluster());
+        assert_eq!(c.partitions().len(), 8);
+        let bad = env(&[("REDIS_CLUSTER", "true"), ("REDIS_URL", "redis://a:1,nope")]).unwrap_err();
+        assert_eq!(bad.variable, "REDIS_URL");
+        // One partition on a cluster: the stream needs a hash tag for its dead letters' slot.
+        let untagged = env(&[("REDIS_CLUSTER", "true"), ("REDIS_URL", seeds)]).unwrap_err();
+        assert_eq!(untagged.variable, "EVENTS_STREAM");
+        let tagged = env(&[("REDIS_CLUSTER", "true"), ("REDIS_URL", seeds), ("EVENTS_STREAM", "{events}")]);
+        assert_eq!(tagged.unwrap().partitions().get(0).unwrap().dlq, "{events}:dlq");
     }
 }

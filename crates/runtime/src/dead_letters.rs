@@ -1,5 +1,10 @@
-//! The dead-letter stream (`<EVENTS_STREAM>:dlq`): list, replay to the main stream, purge. One
-//! implementation behind both `evp-worker dlq …` and the ingest's `/admin/dlq*`.
+//! The dead-letter streams (`<stream>:dlq` of every partition): list, replay to the partition's
+//! stream, purge. One implementation behind both `evp-worker dlq …` and the ingest's
+//! `/admin/dlq*`.
+//!
+//! A dead letter's id is its entry id in its dead-letter stream; with more than one partition it
+//! is prefixed by the partition, `<partition>:<entry id>`, so ids stay unique and pages run
+//! partition by partition in order.
 //!
 //! A dead letter keeps the entry's original fields and adds `dlq_reason`, `dlq_deliveries`,
 //! `dlq_source_id`, `dlq_group`, `dlq_consumer` and `dlq_at`. Replaying copies the original fields
@@ -8,7 +13,8 @@
 //! command starts (read in pages), so entries that fail again while it runs are not replayed in a
 //! loop.
 
-use redis::aio::ConnectionManager;
+use crate::partitions::{Partition, Partitions};
+use crate::redis_conn::RedisConn;
 use redis::streams::{StreamId, StreamRangeReply};
 use redis::{RedisResult, Value};
 use serde::Serialize;
@@ -30,8 +36,11 @@ pub enum Selection {
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetter {
-    /// Its id in the dead-letter stream (what replay and purge take).
+    /// Its id (what replay and purge take): the entry id in the dead-letter stream, prefixed by
+    /// `<partition>:` when there is more than one partition.
     pub id: String,
+    /// The partition it came from (0 with one partition).
+    pub partition: u32,
     /// Why it was dead-lettered.
     pub reason: Option<String>,
     /// Deliveries it had when it was dead-lettered.
@@ -51,121 +60,189 @@ pub struct DeadLetter {
     pub other_fields: std::collections::BTreeMap<String, String>,
 }
 
-/// The dead letters of one stream.
+/// The dead letters of every partition.
 #[derive(Clone)]
 pub struct DeadLetters {
-    conn: ConnectionManager,
-    stream: String,
-    dlq: String,
+    conn: RedisConn,
+    partitions: Partitions,
 }
 
 impl std::fmt::Debug for DeadLetters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeadLetters").field("dlq", &self.dlq).finish()
+        f.debug_struct("DeadLetters").field("partitions", &self.partitions.len()).finish()
     }
 }
 
 impl DeadLetters {
-    /// On `conn`, for the stream named `stream` (its dead letters are in `<stream>:dlq`).
-    pub fn new(conn: ConnectionManager, stream: &str) -> Self {
-        Self { conn, stream: stream.to_string(), dlq: format!("{stream}:dlq") }
+    /// On `conn`, for `partitions` (each one's dead letters are in its `<stream>:dlq`).
+    pub fn new(conn: RedisConn, partitions: Partitions) -> Self {
+        Self { conn, partitions }
+    }
+
+    /// Whether `id` has the shape of a dead letter's id here (not whether it exists).
+    pub fn is_valid_id(&self, id: &str) -> bool {
+        self.parse_id(id).is_some()
+    }
+
+    /// `(partition, entry id)` of a dead letter's id.
+    fn parse_id<'a>(&self, id: &'a str) -> Option<(&Partition, &'a str)> {
+        let (partition, entry) = match id.split_once(':') {
+            Some((p, entry)) if self.partitions.len() > 1 => (self.partitions.get(p.parse().ok()?)?, entry),
+            None if self.partitions.len() == 1 => (self.partitions.get(0)?, id),
+            _ => return None,
+        };
+        crate::stream_state::parse_id(entry).map(|_| (partition, entry))
+    }
+
+    fn letter_id(&self, partition: &Partition, entry: &str) -> String {
+        if self.partitions.len() > 1 { format!("{}:{entry}", partition.index) } else { entry.to_string() }
     }
 
     /// Number of dead letters.
     pub async fn len(&self) -> RedisResult<u64> {
-        redis::cmd("XLEN").arg(&self.dlq).query_async(&mut self.conn.clone()).await
+        let mut total = 0;
+        for partition in &self.partitions {
+            let n: u64 = redis::cmd("XLEN").arg(&partition.dlq).query_async(&mut self.conn.clone()).await?;
+            total += n;
+        }
+        Ok(total)
     }
 
-    /// Up to `limit` dead letters after the id `after` (from the oldest when `None`), oldest
-    /// first, and whether more follow.
+    /// Up to `limit` dead letters after the id `after` (from the first when `None`), partition by
+    /// partition, oldest first within each, and whether more follow. An `after` that is not a
+    /// dead letter's id reads as the start.
     pub async fn page(&self, after: Option<&str>, limit: usize) -> RedisResult<(Vec<DeadLetter>, bool)> {
-        let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
-        let reply: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&self.dlq)
-            .arg(start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit + 1)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        let more = reply.ids.len() > limit;
-        Ok((reply.ids.into_iter().take(limit).map(describe).collect(), more))
+        let after = after.and_then(|id| self.parse_id(id));
+        let first = after.map_or(0, |(p, _)| p.index);
+        let mut found = Vec::new();
+        for partition in self.partitions.iter().skip(first as usize) {
+            let start = match after {
+                Some((p, id)) if p.index == partition.index => format!("({id}"),
+                _ => "-".to_string(),
+            };
+            let reply: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&partition.dlq)
+                .arg(start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit + 1 - found.len())
+                .query_async(&mut self.conn.clone())
+                .await?;
+            found.extend(reply.ids.into_iter().map(|letter| self.describe(partition, letter)));
+            if found.len() > limit {
+                break;
+            }
+        }
+        let more = found.len() > limit;
+        found.truncate(limit);
+        Ok((found, more))
     }
 
-    /// Moves the selected dead letters back to the main stream; returns how many moved.
+    /// Moves the selected dead letters back to their partition's stream; returns how many moved.
     pub async fn replay(&self, selection: &Selection) -> RedisResult<usize> {
         let mut moved = 0;
-        for letter in self.select(selection).await? {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            let xadd = pipe.cmd("XADD").arg(&self.stream).arg("*");
-            for (name, value) in &letter.map {
-                if !name.starts_with(DLQ_PREFIX) {
-                    xadd.arg(name).arg(bytes(value));
+        for (partition, letters) in self.select(selection).await? {
+            for letter in letters {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                let xadd = pipe.cmd("XADD").arg(&partition.stream).arg("*");
+                for (name, value) in &letter.map {
+                    if !name.starts_with(DLQ_PREFIX) {
+                        xadd.arg(name).arg(bytes(value));
+                    }
                 }
+                xadd.ignore();
+                pipe.cmd("XDEL").arg(&partition.dlq).arg(&letter.id).ignore();
+                pipe.exec_async(&mut self.conn.clone()).await?;
+                moved += 1;
             }
-            xadd.ignore();
-            pipe.cmd("XDEL").arg(&self.dlq).arg(&letter.id).ignore();
-            pipe.exec_async(&mut self.conn.clone()).await?;
-            moved += 1;
         }
         Ok(moved)
     }
 
     /// Deletes the selected dead letters; returns how many were deleted.
     pub async fn purge(&self, selection: &Selection) -> RedisResult<usize> {
-        let ids: Vec<String> = self.select(selection).await?.into_iter().map(|l| l.id).collect();
         let mut deleted = 0;
-        for chunk in ids.chunks(1000) {
-            let n: usize =
-                redis::cmd("XDEL").arg(&self.dlq).arg(chunk).query_async(&mut self.conn.clone()).await?;
-            deleted += n;
+        for (partition, letters) in self.select(selection).await? {
+            let ids: Vec<String> = letters.into_iter().map(|l| l.id).collect();
+            for chunk in ids.chunks(1000) {
+                let n: usize = redis::cmd("XDEL")
+                    .arg(&partition.dlq)
+                    .arg(chunk)
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                deleted += n;
+            }
         }
         Ok(deleted)
     }
 
-    async fn select(&self, selection: &Selection) -> RedisResult<Vec<StreamId>> {
-        let mut conn = self.conn.clone();
-        match selection {
-            Selection::Ids(ids) => {
-                let mut found = Vec::new();
-                for id in ids {
-                    let reply: StreamRangeReply =
-                        redis::cmd("XRANGE").arg(&self.dlq).arg(id).arg(id).query_async(&mut conn).await?;
-                    found.extend(reply.ids);
-                }
-                Ok(found)
-            }
-            Selection::All => {
-                // Fix the end first: letters added while we work are not part of this run.
-                let last: StreamRangeReply = redis::cmd("XREVRANGE")
-                    .arg(&self.dlq)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(&mut conn)
-                    .await?;
-                let Some(end) = last.ids.into_iter().next().map(|l| l.id) else { return Ok(Vec::new()) };
-                let mut found: Vec<StreamId> = Vec::new();
-                loop {
-                    let start = found.last().map_or_else(|| "-".to_string(), |l| format!("({}", l.id));
-                    let reply: StreamRangeReply = redis::cmd("XRANGE")
-                        .arg(&self.dlq)
-                        .arg(start)
-                        .arg(&end)
-                        .arg("COUNT")
-                        .arg(PAGE)
-                        .query_async(&mut conn)
-                        .await?;
-                    let n = reply.ids.len();
-                    found.extend(reply.ids);
-                    if n < PAGE {
-                        return Ok(found);
+    /// The selected dead letters that exist, by partition.
+    async fn select(&self, selection: &Selection) -> RedisResult<Vec<(Partition, Vec<StreamId>)>> {
+        let mut out = Vec::new();
+        for partition in &self.partitions {
+            let letters = match selection {
+                Selection::Ids(ids) => {
+                    let mut found = Vec::new();
+                    for id in ids {
+                        let Some((p, entry)) = self.parse_id(id) else { continue };
+                        if p.index != partition.index {
+                            continue;
+                        }
+                        let reply: StreamRangeReply = redis::cmd("XRANGE")
+                            .arg(&partition.dlq)
+                            .arg(entry)
+                            .arg(entry)
+                            .query_async(&mut self.conn.clone())
+                            .await?;
+                        found.extend(reply.ids);
                     }
+                    found
                 }
+                Selection::All => self.all_of(partition).await?,
+            };
+            if !letters.is_empty() {
+                out.push((partition.clone(), letters));
             }
         }
+        Ok(out)
+    }
+
+    /// Every dead letter of `partition` present now: the end is fixed first, so letters added
+    /// while a command works are not part of it.
+    async fn all_of(&self, partition: &Partition) -> RedisResult<Vec<StreamId>> {
+        let mut conn = self.conn.clone();
+        let last: StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(&partition.dlq)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        let Some(end) = last.ids.into_iter().next().map(|l| l.id) else { return Ok(Vec::new()) };
+        let mut found: Vec<StreamId> = Vec::new();
+        loop {
+            let start = found.last().map_or_else(|| "-".to_string(), |l| format!("({}", l.id));
+            let reply: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&partition.dlq)
+                .arg(start)
+                .arg(&end)
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut conn)
+                .await?;
+            let n = reply.ids.len();
+            found.extend(reply.ids);
+            if n < PAGE {
+                return Ok(found);
+            }
+        }
+    }
+
+    fn describe(&self, partition: &Partition, letter: StreamId) -> DeadLetter {
+        let id = self.letter_id(partition, &letter.id);
+        DeadLetter { id, partition: partition.index, ..describe(letter) }
     }
 }
 
@@ -205,5 +282,6 @@ fn describe(letter: StreamId) -> DeadLetter {
         raw: if event.is_none() { payload } else { None },
         event,
         id: letter.id,
+        partition: 0,
     }
 }

@@ -1,8 +1,10 @@
 //! Process plumbing shared by the evp programs, so each `main.rs` stays a few lines.
 //!
 //! - [`config`]: typed reading of environment variables; an error names the variable and the fault.
-//! - [`connect`]: MongoDB clients and Redis connections with bounded timeouts, and their pings,
-//!   the same way in every program.
+//! - [`connect`]: MongoDB clients with bounded timeouts, and their ping.
+//! - [`redis_conn`]: where Redis is (one server or a cluster) and the shared and dedicated
+//!   connections to it, behind one connection type.
+//! - [`partitions`]: `STREAM_PARTITIONS`: each partition's keys and the routing of an event.
 //! - [`dead_letters`]: list, replay and purge the dead-letter stream (`evp-worker dlq` and the
 //!   ingest's `/admin/dlq*` share it).
 //! - [`health`]: the one health report (`/health`) and `/metrics` response every program serves.
@@ -17,6 +19,8 @@ pub mod connect;
 pub mod dead_letters;
 pub mod health;
 pub mod metrics;
+pub mod partitions;
+pub mod redis_conn;
 pub mod shutdown;
 pub mod stream_state;
 pub mod telemetry;

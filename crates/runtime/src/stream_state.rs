@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingReply};
 use redis::{RedisResult, Value};
 
@@ -35,7 +35,7 @@ pub fn next_id((ms, seq): EntryId) -> EntryId {
 /// It is the smaller of the oldest pending entry and the id after the group's last delivered
 /// entry; both are read in one transaction.
 pub async fn acknowledged_frontier(
-    conn: &ConnectionManager,
+    conn: &RedisConn,
     stream: &str,
     group: &str,
 ) -> RedisResult<Option<EntryId>> {
@@ -93,12 +93,7 @@ pub struct Snapshot {
 }
 
 /// Reads [`Snapshot`]; a missing stream or group reads as empty.
-pub async fn snapshot(
-    conn: &ConnectionManager,
-    stream: &str,
-    dlq: &str,
-    group: &str,
-) -> RedisResult<Snapshot> {
+pub async fn snapshot(conn: &RedisConn, stream: &str, dlq: &str, group: &str) -> RedisResult<Snapshot> {
     let mut conn = conn.clone();
     let mut pipe = redis::pipe();
     pipe.cmd("EXISTS").arg(stream).cmd("XLEN").arg(dlq);

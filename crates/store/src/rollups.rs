@@ -623,38 +623,36 @@ impl RollupStore {
             }
         }
         // The tail: stored events past the provisional counts, in partitions where Redis has
-        // appended entries since (or cannot say).
-        let clauses: Vec<Document> = progress
+        // appended entries since (or cannot say). One query per partition, each served by the
+        // `rollup_position` index (and no `$or`, which nx-27017 mishandles).
+        let tails = progress
             .partitions
             .iter()
-            .filter(|(p, part)| appended.get(p).is_none_or(|last| *last >= part.until))
-            .map(|(&p, part)| {
-                doc! { "partition": p, "seq": { "$gte": format!("{:020}-{:020}", part.until.0, part.until.1) } }
-            })
-            .collect();
-        if clauses.is_empty() {
-            return Ok(out);
-        }
-        let mut filter = doc! { "$or": clauses, "timestamp": window };
-        if let Some(tenant) = tenant {
-            filter.insert("tenant", tenant);
-        }
-        if let Some(t) = event_type {
-            filter.insert("type", t);
-        }
-        let projection = doc! { "_id": 0, "partition": 1, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 };
-        let mut tail = self.events.find(filter).projection(projection).max_time(crate::READ_MAX_TIME).await?;
-        while let Some(d) = tail.try_next().await? {
-            let (Ok(p), Some(k), Ok(owner), Ok(t), Ok(ts)) = (
-                d.get_i32("partition"),
-                d.get_str("seq").ok().and_then(range_of),
-                d.get_str("tenant"),
-                d.get_str("type"),
-                d.get_datetime("timestamp"),
-            ) else {
-                continue;
-            };
-            add_unless_applied(p, k, owner, (t.to_owned(), minute_of(ts.timestamp_millis())), 1);
+            .filter(|(p, part)| appended.get(p).is_none_or(|last| *last >= part.until));
+        for (&p, part) in tails {
+            let from_seq = format!("{:020}-{:020}", part.until.0, part.until.1);
+            let mut filter =
+                doc! { "partition": p, "seq": { "$gte": from_seq }, "timestamp": window.clone() };
+            if let Some(tenant) = tenant {
+                filter.insert("tenant", tenant);
+            }
+            if let Some(t) = event_type {
+                filter.insert("type", t);
+            }
+            let projection = doc! { "_id": 0, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 };
+            let mut tail =
+                self.events.find(filter).projection(projection).max_time(crate::READ_MAX_TIME).await?;
+            while let Some(d) = tail.try_next().await? {
+                let (Some(k), Ok(owner), Ok(t), Ok(ts)) = (
+                    d.get_str("seq").ok().and_then(range_of),
+                    d.get_str("tenant"),
+                    d.get_str("type"),
+                    d.get_datetime("timestamp"),
+                ) else {
+                    continue;
+                };
+                add_unless_applied(p, k, owner, (t.to_owned(), minute_of(ts.timestamp_millis())), 1);
+            }
         }
         Ok(out)
     }

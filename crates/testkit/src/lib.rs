@@ -1,6 +1,8 @@
 //! Dev-only fixtures that start real servers for integration tests.
 //!
 //! - [`RedisServer`]: a `redis-server` child process (binary overridable with `REDIS_SERVER_BIN`).
+//! - [`RedisCluster`]: a loopback Redis Cluster (three masters with a replica each by default),
+//!   whose nodes can be SIGKILLed to force a failover.
 //! - [`MongoServer`]: `MONGODB_TEST_URI` when set, else a `mongod` on PATH, else `nx-27017` (the
 //!   MongoDB-wire-compatible server from PyPI, found through `NX_27017_BIN` or the project's `.venv`).
 //!
@@ -11,8 +13,10 @@
 
 mod mongo;
 mod process;
+mod redis_cluster;
 mod redis_server;
 
 pub use mongo::MongoServer;
 pub use process::{ChildGuard, free_port, workspace_root};
+pub use redis_cluster::{ClusterNode, RedisCluster};
 pub use redis_server::RedisServer;

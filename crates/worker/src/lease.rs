@@ -22,8 +22,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use evp_runtime::redis_conn::RedisConn;
 use redis::RedisResult;
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +67,7 @@ impl Grant {
 /// A named lease for one process (its token names the process, for the logs of the others).
 #[derive(Clone)]
 pub struct Lease {
-    conn: ConnectionManager,
+    conn: RedisConn,
     name: Arc<str>,
     key: String,
     fence_key: String,
@@ -83,7 +83,7 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
-    pub fn new(conn: ConnectionManager, stream: &str, name: &str, holder: &str, ttl: Duration) -> Self {
+    pub fn new(conn: RedisConn, stream: &str, name: &str, holder: &str, ttl: Duration) -> Self {
         let key = format!("{{{stream}:lease:{name}}}");
         Self {
             conn,

@@ -109,14 +109,7 @@ pub async fn run(
         let job_stop = shutdown.child_token();
         let lease_stop = CancellationToken::new();
         let leasing = tokio::spawn(lease::hold(lease, grants, lease_stop.clone()));
-        let job = tokio::spawn(rollup_job::run(
-            stream.clone(),
-            rollups,
-            config.clone(),
-            granted,
-            rollup_status,
-            job_stop,
-        ));
+        let job = tokio::spawn(rollup_job::run(stream.clone(), rollups, granted, rollup_status, job_stop));
         let processor = Processor::new(stream, store, config.clone(), shutdown.clone());
         let reader = tokio::spawn(stream_reader::run(processor.clone()));
         let reclaimer = tokio::spawn(pending_reclaimer::run(processor.clone()));
@@ -136,7 +129,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Creates the indexes and the consumer group, retrying until both exist. Writing before the
+/// Creates the indexes and the consumer group (on every partition), retrying until both exist. Writing before the
 /// unique index exists could store an event twice, so nothing is read until then. Returns false
 /// when shutdown came first.
 async fn prepare(
@@ -151,7 +144,13 @@ async fn prepare(
         rollups.ensure_indexes().await
     })
     .await
-        && retry_until_ok("create the consumer group", config, shutdown, || stream.ensure_group()).await
+        && retry_until_ok("create the consumer group", config, shutdown, || async {
+            for partition in stream.partitions() {
+                partition.ensure_group().await?;
+            }
+            Ok::<(), redis::RedisError>(())
+        })
+        .await
 }
 
 /// Runs `op` until it succeeds (true) or shutdown comes first (false), backing off between tries.

@@ -182,9 +182,16 @@ fn range_time(range: i64) -> String {
 
 async fn dlq(action: DlqAction) -> anyhow::Result<()> {
     let common = CommonConfig::from_env(&Env::process())?;
-    let client = redis::Client::open(common.redis_url.as_str())?;
-    let conn = redis::aio::ConnectionManager::new(client).await.context("connecting to Redis")?;
-    let letters = DeadLetters::new(conn, &common.stream);
+    let conn = common.redis_target().context("REDIS_URL")?.shared(std::time::Duration::from_secs(10))?;
+    conn.ping().await.context("connecting to Redis")?;
+    let partitions = common.partitions();
+    let where_ = if partitions.len() == 1 {
+        format!("{}:dlq", common.stream)
+    } else {
+        format!("the dead-letter streams of {} partitions", partitions.len())
+    };
+    let partitions_n = partitions.len();
+    let letters = DeadLetters::new(conn, partitions);
     let selection = |ids: Vec<String>, all: bool| if all { Selection::All } else { Selection::Ids(ids) };
     match action {
         DlqAction::List { count } => {
@@ -192,11 +199,14 @@ async fn dlq(action: DlqAction) -> anyhow::Result<()> {
             for letter in letters.page(None, count).await?.0 {
                 println!("{}", serde_json::to_string(&letter)?);
             }
-            eprintln!("{total} dead letter(s) in {}:dlq", common.stream);
+            eprintln!("{total} dead letter(s) in {where_}");
         }
         DlqAction::Replay { ids, all } => {
             let n = letters.replay(&selection(ids, all)).await?;
-            println!("replayed {n} dead letter(s) to {}", common.stream);
+            match partitions_n {
+                1 => println!("replayed {n} dead letter(s) to {}", common.stream),
+                _ => println!("replayed {n} dead letter(s) to their partitions' streams"),
+            }
         }
         DlqAction::Purge { ids, all } => {
             let n = letters.purge(&selection(ids, all)).await?;

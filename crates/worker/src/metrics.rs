@@ -34,6 +34,10 @@ pub const BACKPRESSURE_SECONDS: &str = "evp_worker_backpressure_wait_seconds";
 pub const GROUP_PENDING: &str = "evp_worker_group_pending";
 /// Gauge: entries not yet delivered to the group.
 pub const GROUP_LAG: &str = "evp_worker_group_lag";
+/// Gauge, by `partition`: entries of that partition delivered to the group and not acknowledged.
+pub const PARTITION_PENDING: &str = "evp_worker_partition_pending";
+/// Gauge, by `partition`: entries of that partition not yet delivered to the group.
+pub const PARTITION_LAG: &str = "evp_worker_partition_lag";
 /// Counter: trim rounds completed (whether or not anything was trimmed): proof that the trimmer runs.
 pub const TRIM_RUNS: &str = "evp_worker_trim_runs_total";
 /// Counter: upkeep that failed (trim, consumer cleanup, claim renewal), by `task`; each is also a warning.

@@ -37,6 +37,7 @@ const REDIS_ATTEMPTS: u32 = 5;
 
 #[derive(Clone, Debug)]
 pub struct Processor {
+    /// Partition 0's client; [`StreamClient::partitions`] gives every partition's.
     pub stream: StreamClient,
     pub store: EventStore,
     pub config: Arc<WorkerConfig>,
@@ -87,17 +88,18 @@ impl Processor {
         self.store_up.load(Ordering::Relaxed)
     }
 
-    /// Processes one batch to the end. Entries that could not be stored (shutdown came first)
-    /// stay pending.
-    pub async fn process(&self, entries: Vec<Entry>) {
+    /// Processes one batch of partition `part` to the end. Entries that could not be stored
+    /// (shutdown came first) stay pending.
+    pub async fn process(&self, part: &StreamClient, entries: Vec<Entry>) {
         let _inflight = InflightGauge::enter();
-        let _renewal = AbortOnDrop(self.keep_claim(entries.iter().map(|e| e.id.clone()).collect()));
+        let _renewal = AbortOnDrop(self.keep_claim(part, entries.iter().map(|e| e.id.clone()).collect()));
+        let partition = part.partition() as i32;
 
         let mut letters = Vec::new();
         let mut docs = Vec::with_capacity(entries.len());
         let mut writable = Vec::with_capacity(entries.len());
         for entry in entries {
-            match to_document(&entry.fields, Position { partition: 0, entry_id: &entry.id }) {
+            match to_document(&entry.fields, Position { partition, entry_id: &entry.id }) {
                 Ok(doc) => {
                     docs.push(doc);
                     writable.push(entry);
@@ -108,7 +110,7 @@ impl Processor {
             }
         }
         if !letters.is_empty() {
-            self.dead_letter(letters).await;
+            self.dead_letter(part, letters).await;
         }
         if docs.is_empty() {
             return;
@@ -142,9 +144,9 @@ impl Processor {
         metrics::counter!(m::EVENTS_DUPLICATE).increment(duplicates);
         metrics::counter!(m::EVENTS_FAILED).increment(refused.len() as u64);
         if !refused.is_empty() {
-            self.dead_letter(refused).await;
+            self.dead_letter(part, refused).await;
         }
-        self.ack(&stored).await;
+        self.ack(part, &stored).await;
     }
 
     /// Writes until every document has a final verdict (written, duplicate or refused); `None`
@@ -226,8 +228,8 @@ impl Processor {
 
     /// Renews this worker's claim on `ids` until the returned task is aborted. Entries another
     /// worker has claimed meanwhile are left to it.
-    fn keep_claim(&self, ids: Vec<String>) -> JoinHandle<()> {
-        let stream = self.stream.clone();
+    fn keep_claim(&self, part: &StreamClient, ids: Vec<String>) -> JoinHandle<()> {
+        let stream = part.clone();
         let every = self.config.lease_renewal();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -252,10 +254,10 @@ impl Processor {
         }
     }
 
-    async fn ack(&self, ids: &[String]) {
+    async fn ack(&self, part: &StreamClient, ids: &[String]) {
         let mut backoff = Backoff::new(self.config.backoff);
         loop {
-            match self.stream.ack(ids).await {
+            match part.ack(ids).await {
                 Ok(n) => {
                     metrics::counter!(m::EVENTS_ACKED).increment(n);
                     return;
@@ -272,12 +274,13 @@ impl Processor {
         }
     }
 
-    /// Moves entries to the dead-letter stream (and acknowledges them), retrying a few times.
-    pub async fn dead_letter(&self, letters: Vec<DeadLetter>) {
+    /// Moves entries of partition `part` to its dead-letter stream (and acknowledges them),
+    /// retrying a few times.
+    pub async fn dead_letter(&self, part: &StreamClient, letters: Vec<DeadLetter>) {
         let now = DateTime::now().try_to_rfc3339_string().unwrap_or_default();
         let mut backoff = Backoff::new(self.config.backoff);
         loop {
-            match self.stream.dead_letter(&letters, &now).await {
+            match part.dead_letter(&letters, &now).await {
                 Ok(()) => {
                     for letter in &letters {
                         tracing::warn!(

@@ -17,7 +17,6 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::WorkerConfig;
 use crate::lease::Grant;
 use crate::metrics as m;
 use crate::stream::StreamClient;
@@ -53,15 +52,14 @@ impl RollupStatus {
 
 pub type SharedStatus = Arc<Mutex<RollupStatus>>;
 
-/// The partitions and their streams (one today: partition 0 is `EVENTS_STREAM`).
-fn partitions(config: &WorkerConfig) -> Vec<(i32, String)> {
-    vec![(0, config.common.stream.clone())]
+/// The partitions' numbers and streams; each one's ranges close at its own frontier.
+fn partitions(stream: &StreamClient) -> Vec<(i32, String)> {
+    stream.partitions().iter().map(|p| (p.partition() as i32, p.stream().to_string())).collect()
 }
 
 pub async fn run(
     stream: StreamClient,
     rollups: RollupStore,
-    config: Arc<WorkerConfig>,
     mut grants: watch::Receiver<Option<Grant>>,
     status: SharedStatus,
     shutdown: CancellationToken,
@@ -92,7 +90,7 @@ pub async fn run(
                 claimed = Some(grant.fence);
                 tracing::info!(fence = grant.fence, "rollup job starting under this grant");
             }
-            round(&stream, &rollups, &config, &grants, grant, &mut provisional).await
+            round(&stream, &rollups, &grants, grant, &mut provisional).await
         }
         .await;
         let pause = match result {
@@ -154,7 +152,6 @@ fn still_leading(grants: &watch::Receiver<Option<Grant>>, grant: Grant) -> bool 
 async fn round(
     stream: &StreamClient,
     rollups: &RollupStore,
-    config: &WorkerConfig,
     grants: &watch::Receiver<Option<Grant>>,
     grant: Grant,
     provisional: &mut HashMap<(i64, i32), (i64, EntryId)>,
@@ -163,7 +160,7 @@ async fn round(
     let mut lag_seconds: f64 = 0.0;
     let mut busy = false;
     let mut caught_up = true;
-    for (partition, key) in partitions(config) {
+    for (partition, key) in partitions(stream) {
         let frontier = acknowledged_frontier(stream.conn(), &key, stream.group()).await?;
         let Some(frontier) = frontier else { continue };
         let frontier_ms = frontier.0;

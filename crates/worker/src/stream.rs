@@ -1,18 +1,24 @@
 //! Every Redis command the worker sends, behind methods named for their intent.
 //!
-//! Two kinds of connection: a shared multiplexed one ([`StreamClient`]) for short commands (ack,
-//! claim, dead-letter, trim), and one dedicated connection per [`Reader`] for the blocking
-//! XREADGROUP, which would otherwise hold up every command queued behind it.
+//! A [`StreamClient`] is one partition's stream and dead-letter stream (the only one with
+//! `STREAM_PARTITIONS=1`); [`StreamClient::partitions`] gives one per partition, all on the same
+//! connections. Every command names one partition's keys, which share a hash tag, so on a Redis
+//! Cluster each command and each MULTI goes to the one master of that slot.
+//!
+//! Two kinds of connection ([`evp_runtime::redis_conn`]): a shared multiplexed one for short
+//! commands (ack, claim, dead-letter, trim), and one dedicated connection per [`Reader`] for the
+//! blocking XREADGROUP, which would otherwise hold up every command queued behind it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use evp_runtime::partitions::{Partition, Partitions};
+use evp_runtime::redis_conn::{RedisConn, RedisTarget};
 use redis::streams::{
     StreamClaimReply, StreamId, StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingCountReply,
     StreamPendingId, StreamPendingReply, StreamReadReply,
 };
-use redis::{AsyncConnectionConfig, RedisResult, Value};
+use redis::{RedisResult, Value};
 
 use crate::config::WorkerConfig;
 use evp_store::Fields;
@@ -68,11 +74,13 @@ pub struct GroupState {
     pub trimmed: u64,
 }
 
-/// Shared handle for the short stream commands.
+/// Shared handle for the short stream commands of one partition.
 #[derive(Clone)]
 pub struct StreamClient {
-    client: redis::Client,
-    conn: ConnectionManager,
+    target: RedisTarget,
+    conn: RedisConn,
+    all: Arc<Partitions>,
+    partition: u32,
     stream: Arc<str>,
     dlq: Arc<str>,
     group: Arc<str>,
@@ -89,15 +97,24 @@ impl std::fmt::Debug for StreamClient {
 }
 
 impl StreamClient {
-    /// Creates the client; connects on first use, so a worker starts even while Redis is down.
+    /// Creates the client of partition 0; connects on first use, so a worker starts even while
+    /// Redis is down.
     pub fn new(config: &WorkerConfig) -> RedisResult<Self> {
-        let client = redis::Client::open(config.common.redis_url.as_str())?;
-        let conn = evp_runtime::connect::redis_manager(&client, Duration::from_secs(5))?;
+        let target = config.common.redis_target()?;
+        let conn = target.shared(Duration::from_secs(5))?;
+        let all = config.common.partitions();
+        let first = all.get(0).cloned().unwrap_or_else(|| Partition {
+            index: 0,
+            stream: config.common.stream.clone(),
+            dlq: format!("{}:dlq", config.common.stream),
+        });
         Ok(Self {
-            client,
+            target,
             conn,
-            stream: Arc::from(config.common.stream.as_str()),
-            dlq: Arc::from(config.common.dead_letter_stream().as_str()),
+            all: Arc::new(all),
+            partition: first.index,
+            stream: Arc::from(first.stream.as_str()),
+            dlq: Arc::from(first.dlq.as_str()),
             group: Arc::from(config.group.as_str()),
             consumer: Arc::from(config.consumer.as_str()),
             renew_script: Arc::new(redis::Script::new(RENEW_SCRIPT)),
@@ -105,15 +122,33 @@ impl StreamClient {
         })
     }
 
-    /// A reader on its own connection, for blocking reads of up to `block`.
+    /// One client per partition, in partition order, sharing this one's connection.
+    pub fn partitions(&self) -> Vec<StreamClient> {
+        self.all
+            .iter()
+            .map(|p| Self {
+                partition: p.index,
+                stream: Arc::from(p.stream.as_str()),
+                dlq: Arc::from(p.dlq.as_str()),
+                ..self.clone()
+            })
+            .collect()
+    }
+
+    /// This client's partition number (stored with each event as `partition`).
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// This partition's stream.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// A reader on its own connection, for blocking reads of up to `block`, of any partition.
     pub async fn reader(&self, block: Duration) -> RedisResult<Reader> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(block + Duration::from_secs(5)));
-        let conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
         Ok(Reader {
-            conn,
-            stream: self.stream.clone(),
+            conn: self.target.dedicated(block).await?,
             group: self.group.clone(),
             consumer: self.consumer.clone(),
         })
@@ -121,7 +156,7 @@ impl StreamClient {
 
     /// The shared connection, for callers that read stream state ([`evp_runtime::stream_state`])
     /// or hold a lease.
-    pub fn conn(&self) -> &ConnectionManager {
+    pub fn conn(&self) -> &RedisConn {
         &self.conn
     }
 
@@ -131,7 +166,7 @@ impl StreamClient {
     }
 
     pub async fn ping(&self) -> RedisResult<()> {
-        evp_runtime::connect::redis_ping(&self.conn).await
+        self.conn.ping().await
     }
 
     /// Creates the consumer group at the start of the stream (and the stream itself) when missing.
@@ -328,8 +363,7 @@ impl StreamClient {
 
 /// A consumer's blocking reader, on its own connection.
 pub struct Reader {
-    conn: MultiplexedConnection,
-    stream: Arc<str>,
+    conn: RedisConn,
     group: Arc<str>,
     consumer: Arc<str>,
 }
@@ -341,22 +375,23 @@ impl std::fmt::Debug for Reader {
 }
 
 impl Reader {
-    /// XREADGROUP: `from` is `>` for new entries, or an id to re-read this consumer's own pending
-    /// entries after it (which does not block).
-    pub async fn read(&mut self, from: &str, count: usize, block: Duration) -> RedisResult<Vec<Entry>> {
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&*self.group)
-            .arg(&*self.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&*self.stream)
-            .arg(from)
-            .query_async(&mut self.conn)
-            .await?;
+    /// XREADGROUP on `stream`: `from` is `>` for new entries, or an id to re-read this consumer's
+    /// own pending entries after it (which does not block). `block`: how long to wait for new
+    /// entries (`None`: not at all).
+    pub async fn read(
+        &mut self,
+        stream: &str,
+        from: &str,
+        count: usize,
+        block: Option<Duration>,
+    ) -> RedisResult<Vec<Entry>> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(&*self.group).arg(&*self.consumer).arg("COUNT").arg(count);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        }
+        let reply: Option<StreamReadReply> =
+            cmd.arg("STREAMS").arg(stream).arg(from).query_async(&mut self.conn).await?;
         let ids = reply.and_then(|r| r.keys.into_iter().next()).map(|k| k.ids).unwrap_or_default();
         Ok(ids.into_iter().map(|id| to_entry(id, 1)).collect())
     }

@@ -6,8 +6,14 @@
 //! `max_inflight × batch_size` entries it has not stored: while MongoDB is slow, entries wait in
 //! Redis, not in memory. On start, the worker first re-reads its own pending
 //! entries (a restart under the same name), then reads new ones.
+//!
+//! With several partitions one loop serves them all, so the bound stays global: each read takes
+//! the next partition in turn (one batch each while all have entries), without blocking; only
+//! after a whole round of empty partitions does it block, briefly ([`IDLE_BLOCK`]) on the next one,
+//! so an idle worker costs Redis a few reads a second and a busy one never waits on an empty
+//! partition. With one partition it blocks for `WORKER_BLOCK_MS` as before.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
@@ -16,14 +22,21 @@ use crate::metrics as m;
 use crate::processor::Processor;
 use crate::stream::Reader;
 
+/// Longest block on one partition when every partition was empty (more than one partition).
+pub const IDLE_BLOCK: Duration = Duration::from_millis(100);
+
 pub async fn run(processor: Processor) {
     let inflight = processor.inflight.clone();
     let config = processor.config.clone();
     let shutdown = processor.shutdown.clone();
     let mut tasks = JoinSet::new();
     let mut reader: Option<Reader> = None;
-    // Our own pending entries first: `0-0` and then the last id seen, until none is left.
-    let mut history: Option<String> = Some("0-0".into());
+    let parts = processor.stream.partitions();
+    // Per partition, our own pending entries first: `0-0` and then the last id seen, until none
+    // is left.
+    let mut history: Vec<Option<String>> = vec![Some("0-0".into()); parts.len()];
+    // The partition read next, and how many reads in a row found nothing.
+    let (mut turn, mut empty_reads) = (0usize, 0usize);
     let mut backoff = Backoff::new(config.backoff);
 
     while !shutdown.is_cancelled() {
@@ -51,35 +64,49 @@ pub async fn run(processor: Processor) {
                 }
             },
         };
-        let from = history.as_deref().unwrap_or(">");
-        match conn.read(from, config.batch_size, config.block).await {
+        let part = &parts[turn];
+        let from = history[turn].as_deref().unwrap_or(">");
+        let block = match parts.len() {
+            1 => Some(config.block),
+            n if empty_reads >= n => Some(IDLE_BLOCK.min(config.block)),
+            _ => None,
+        };
+        match conn.read(part.stream(), from, config.batch_size, block).await {
             Ok(entries) => {
                 backoff = Backoff::new(config.backoff);
-                if let Some(cursor) = history.as_mut() {
+                if let Some(cursor) = history[turn].as_mut() {
                     match entries.last() {
                         Some(last) => *cursor = last.id.clone(),
-                        None => history = None,
+                        None => history[turn] = None,
                     }
                 }
+                // Own pending entries are read to the end before the partition's turn passes.
+                if history[turn].is_none() || entries.is_empty() {
+                    turn = (turn + 1) % parts.len();
+                }
                 if entries.is_empty() {
+                    empty_reads += 1;
                     continue;
                 }
+                empty_reads = 0;
                 metrics::counter!(m::EVENTS_READ).increment(entries.len() as u64);
                 let processor = processor.clone();
+                let part = part.clone();
                 tasks.spawn(async move {
-                    processor.process(entries).await;
+                    processor.process(&part, entries).await;
                     drop(permit);
                 });
             }
             Err(e) if e.code() == Some("NOGROUP") => {
                 tracing::warn!(
+                    stream = part.stream(),
                     "the consumer group or stream is gone (Redis restarted empty?); recreating it"
                 );
-                if let Err(e) = processor.stream.ensure_group().await {
+                if let Err(e) = part.ensure_group().await {
                     tracing::warn!(error = %e, "could not recreate the consumer group");
                     sleep_unless_cancelled(backoff.next_delay(), &shutdown).await;
                 }
-                history = Some("0-0".into());
+                history[turn] = Some("0-0".into());
             }
             Err(e) => {
                 let delay = backoff.next_delay();

@@ -52,8 +52,9 @@ pub struct SelectionBody {
     pub all: Option<bool>,
 }
 
-/// A dead-letter id as the schema states it: `<ms>-<seq>`, each part fitting 64 bits.
-const ID_PATTERN: &str = "^[0-9]{1,19}-[0-9]{1,19}$";
+/// A dead-letter id as the schema states it: `<ms>-<seq>`, each part fitting 64 bits, prefixed
+/// by `<partition>:` with more than one partition (`STREAM_PARTITIONS`).
+const ID_PATTERN: &str = "^([0-9]{1,3}:)?[0-9]{1,19}-[0-9]{1,19}$";
 
 impl utoipa::PartialSchema for SelectionBody {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
@@ -97,6 +98,15 @@ pub struct Purged {
 }
 
 fn is_entry_id(id: &str) -> bool {
+    let id = match id.split_once(':') {
+        Some((partition, rest))
+            if (1..=3).contains(&partition.len()) && partition.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            rest
+        }
+        Some(_) => return false,
+        None => id,
+    };
     id.split_once('-').is_some_and(|(ms, seq)| {
         [ms, seq].iter().all(|p| (1..=19).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
     })
@@ -150,12 +160,12 @@ pub async fn list(
 ) -> Result<Json<DlqPage>, ApiError> {
     let query: DlqQuery = parse_query(raw.as_deref())?;
     let limit = parse_limit(query.limit.as_deref())?;
+    let letters = state.pipeline.dead_letters();
     if let Some(cursor) = &query.cursor
-        && !is_entry_id(cursor)
+        && !(is_entry_id(cursor) && letters.is_valid_id(cursor))
     {
         return Err(invalid("cursor", format!("not a cursor of this listing: {cursor:?}")));
     }
-    let letters = state.pipeline.dead_letters();
     let (dead_letters, more) = redis(letters.page(query.cursor.as_deref(), limit)).await?;
     let total = redis(letters.len()).await?;
     let next_cursor = if more { dead_letters.last().map(|l| l.id.clone()) } else { None };

@@ -3,20 +3,17 @@
 //! Parameters are checked before anything is asked (400 `invalid_query` naming the parameter);
 //! MongoDB or Redis not answering within [`READ_TIMEOUT`] is a 503 with `Retry-After`.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::{RawQuery, State};
 
-use crate::analytics::{AnalyticsQuery, Consumer, Metrics, PipelineState, rfc3339, rollup_state, summarize};
+use crate::analytics::{
+    AnalyticsQuery, Consumer, Metrics, PipelineSnapshot, PipelineState, rfc3339, rollup_state, summarize,
+};
 use crate::auth::Viewer;
 use crate::error::{ApiError, ErrorResponse};
 use crate::routes::now_ms;
 use crate::routes::read::{READ_TIMEOUT, bounded, bounded_from};
 use crate::state::AppState;
-
-/// The partitions whose rollups are read (one stream today).
-const PARTITIONS: [i32; 1] = [0];
 
 /// The tenant's exact event counts, per type and per bucket, from the rollups.
 ///
@@ -48,12 +45,11 @@ pub async fn metrics(
     // Where the rollups stand first; then Redis (whatever it reports was appended by then); then
     // the counts. The lag is measured against a frontier read after the progress, so it is never
     // smaller than the truth.
-    let progress = bounded(state.rollups.progress(&PARTITIONS)).await?;
-    let (frontier, snapshot) = bounded_from("Redis", async {
-        tokio::try_join!(state.pipeline.frontier_ms(), state.pipeline.snapshot())
+    let progress = bounded(state.rollups.progress(&state.pipeline.partition_numbers())).await?;
+    let (frontiers, PipelineSnapshot { total: snapshot, appended }) = bounded_from("Redis", async {
+        tokio::try_join!(state.pipeline.frontiers_ms(), state.pipeline.snapshot())
     })
     .await?;
-    let appended: BTreeMap<i32, (u64, u64)> = snapshot.last_generated.map(|id| (0, id)).into_iter().collect();
     let counts = bounded(state.rollups.counts(
         match &viewer {
             Viewer::Tenant(tenant) => Some(&*tenant.0),
@@ -75,7 +71,7 @@ pub async fn metrics(
         total,
         by_type,
         series,
-        rollup: rollup_state(&counts.next_range, frontier),
+        rollup: rollup_state(&counts.next_range, &frontiers),
         pipeline: PipelineState {
             stream_length: snapshot.length,
             pending: snapshot.pending,

@@ -166,7 +166,7 @@ async fn admit_and_publish(
     } else {
         let event = admit_one(body, &admission)?;
         below_high_water(state)?;
-        state.publisher.publish_one(event.payload).await.map_err(|e| unavailable(e, 1))?;
+        state.publisher.publish_one(event.payload, event.route).await.map_err(|e| unavailable(e, 1))?;
         Ok(vec![event.id])
     }
 }

@@ -3,7 +3,11 @@
 //! purge deletes; bad bodies are 400 and change nothing. Also the keys' reach: an operator key has
 //! no tenant's events, and sees analytics over every tenant; and `/dashboard` is one page.
 
+use std::time::Duration;
+
 use evp_runtime::dead_letters::DeadLetters;
+use evp_runtime::partitions::Partitions;
+use evp_runtime::redis_conn::RedisTarget;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, expect_error};
@@ -102,9 +106,8 @@ async fn list_pages_replay_and_purge() {
     assert_eq!(purge.json::<Value>().await.unwrap(), json!({"purged": 1}), "an id not there is skipped");
     let purge_all = app.post("/admin/dlq/purge", OPS, r#"{"all":true}"#).await;
     assert_eq!(purge_all.json::<Value>().await.unwrap(), json!({"purged": 3}));
-    let conn =
-        redis::aio::ConnectionManager::new(redis::Client::open(app.redis.url()).unwrap()).await.unwrap();
-    assert_eq!(DeadLetters::new(conn, &app.stream).len().await.unwrap(), 0);
+    let conn = RedisTarget::new(&app.redis.url(), false).unwrap().shared(Duration::from_secs(2)).unwrap();
+    assert_eq!(DeadLetters::new(conn, Partitions::new(&app.stream, 1)).len().await.unwrap(), 0);
     assert_eq!(app.entries().await.len(), 1, "purging replays nothing");
 }
 

@@ -9,4 +9,5 @@ mod events;
 mod health;
 mod helpers;
 mod limits;
+mod partitions;
 mod read;
