@@ -2,20 +2,24 @@
 # Starts the whole evp system on this machine: Redis (AOF on), a MongoDB, evp-ingest and
 # evp-worker replicas. Installs what is missing first. Ctrl-C stops everything it started.
 #
-#   scripts/up.sh [--workers N]        (default 2 workers)
+#   scripts/up.sh [--workers N] [--cluster]     (default 2 workers, one Redis)
 #
 # Servers already answering on REDIS_URL / MONGODB_URI are used as they are. Otherwise Redis
 # listens on 6379 and MongoDB (a mongod on PATH, else nx-27017) on 27017, with their data in .run/.
+# --cluster: a local Redis Cluster instead (3 masters, 1 replica each, on free loopback ports;
+# REDIS_CLUSTER=true, STREAM_PARTITIONS=8 unless set).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/deps.sh"
 cd "$EVP_ROOT"
 
 WORKERS=2
+CLUSTER=0
 while [ $# -gt 0 ]; do
     case "$1" in
+        --cluster) CLUSTER=1; shift ;;
         --workers) WORKERS="$2"; shift 2 ;;
         --workers=*) WORKERS="${1#*=}"; shift ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -56,7 +60,14 @@ wait_for() {
 
 ensure_redis
 REDIS_HP="$(host_port "$REDIS_URL")"
-if listening "$REDIS_HP"; then
+if [ "$CLUSTER" = 1 ]; then
+    source "$EVP_ROOT/scripts/redis-cluster.sh"
+    rm -rf "$RUN/cluster"
+    start_redis_cluster "$RUN/cluster" 3 1
+    SERVER_PIDS+=("${CLUSTER_PIDS[@]}")
+    export REDIS_URL="$CLUSTER_SEEDS" REDIS_CLUSTER=true STREAM_PARTITIONS="${STREAM_PARTITIONS:-8}"
+    echo "evp: Redis Cluster of 6 nodes (3 masters): $REDIS_URL; $STREAM_PARTITIONS partitions"
+elif listening "$REDIS_HP"; then
     echo "evp: using the Redis already at $REDIS_HP"
 else
     spawn redis-server --port "${REDIS_HP##*:}" --bind 127.0.0.1 --dir "$RUN" --appendonly yes \

@@ -172,6 +172,31 @@ fn compose_names_existing_dockerfiles_read_variables_and_served_health_paths() {
 }
 
 #[test]
+fn the_cluster_override_sets_only_variables_the_programs_read() {
+    let mut compose: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&read("infrastructure/docker-compose.cluster.yml")).unwrap();
+    compose.apply_merge().unwrap();
+    let services = compose["services"].as_mapping().unwrap();
+    for program in ["ingest", "worker"] {
+        let mut env = services[&serde_yaml_ng::Value::from(program)]["environment"].clone();
+        env.apply_merge().unwrap();
+        let env = env.as_mapping().unwrap();
+        for key in env.keys() {
+            let key = key.as_str().unwrap();
+            assert!(program_variables(program).contains(key), "{program} sets {key}, which it does not read");
+        }
+        assert_eq!(env[&serde_yaml_ng::Value::from("REDIS_CLUSTER")], "true");
+        let seeds = env[&serde_yaml_ng::Value::from("REDIS_URL")].as_str().unwrap();
+        for seed in seeds.split(',') {
+            let host = seed.trim_start_matches("redis://").split(':').next().unwrap();
+            assert!(services.contains_key(host), "{program}: seed {host} is not a service");
+        }
+    }
+    let nodes = services.keys().filter(|k| k.as_str().is_some_and(|k| k.starts_with("redis-node-"))).count();
+    assert_eq!(nodes, 6, "3 masters and 3 replicas");
+}
+
+#[test]
 fn railway_configs_name_existing_dockerfiles_and_served_health_paths() {
     for (file, expected_program) in
         [("railway.json", "ingest"), ("infrastructure/railway.worker.json", "worker")]
