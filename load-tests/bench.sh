@@ -12,6 +12,8 @@
 #       rollup lag at 80% of the drain rate, lease failover (not in the default run: storing 1M events
 #       in nx-27017 takes minutes; BENCH_ANALYTICS_SIZES="10000 100000" for less)
 #   BENCH_PHASES="dashboard" load-tests/bench.sh   # single events with and without an open dashboard
+#   BENCH_PHASES="cluster" load-tests/bench.sh     # batched ingest: one Redis vs a 3-master Redis Cluster
+#       with 8 partitions, and the cost of REDIS_WAIT_REPLICAS=1 (not in the default run)
 #   WORKER_BIN=/path/to/evp-worker load-tests/bench.sh   # measure another build's worker
 #   BENCH_KEEP_LOGS=/tmp/bench-logs load-tests/bench.sh  # keep the servers' and workers' logs
 #   BENCH_ROUNDS=5 load-tests/bench.sh    # rounds of the single-event comparison (3)
@@ -410,6 +412,59 @@ DASH_REPORT="  single events from wrk, median of $ROUNDS alternating rounds: wit
 "${REDIS_CLI[@]}" del events > /dev/null
 fi
 
+# --- One Redis vs a Redis Cluster: batched ingest, alternating rounds ------------------------
+CLUSTER_REPORT=""
+if phase cluster; then
+source "$EVP_ROOT/scripts/redis-cluster.sh"
+start_redis_cluster "$WORK/cluster" 3 1 || { stop_pids "${CLUSTER_PIDS[@]}"; exit 1; }
+PIDS+=("${CLUSTER_PIDS[@]}")
+flush_cluster() { redis-cli --cluster call "${CLUSTER_SEEDS%%,*}" FLUSHALL > /dev/null 2>&1 || true; }
+cluster_ticks() { local t=0 pid; for pid in "${CLUSTER_PIDS[@]}"; do t=$((t + $(proc_ticks "$pid"))); done; echo "$t"; }
+# $1: label; the rest: env for the ingest. Batches of 100 from evp-loadtest, no workers; sets
+# RUN_RATE and RUN_CPU (CPU of the ingest, Redis (all nodes), the rest of the machine).
+cluster_run() {
+    local label="$1" redis_t0 redis_t hz busy0 busy
+    shift
+    stop_pids "$INGEST_PID" 2> /dev/null || true
+    INGEST_PORT=$(free_port)
+    env "$@" API_KEYS="$TENANT:$KEY" PORT="$INGEST_PORT" STREAM_HIGH_WATER=100000000 \
+        "$BIN/evp-ingest" > "$WORK/ingest-$label.log" 2>&1 &
+    INGEST_PID=$!
+    PIDS+=("$INGEST_PID")
+    wait_port "$INGEST_PORT" evp-ingest "$WORK/ingest-$label.log"
+    INGEST_URL="http://127.0.0.1:$INGEST_PORT"
+    redis_t0=$(( $(cluster_ticks) + $(proc_ticks "$REDIS_PID") ))
+    cpu_begin "$INGEST_PID"
+    loadtest --events "$(n 2000000)" --batch 100 --concurrency 32 --quiet --json "$WORK/cluster-$label.json"
+    cpu_end
+    redis_t=$(( $(cluster_ticks) + $(proc_ticks "$REDIS_PID") - redis_t0 ))
+    hz=$(getconf CLK_TCK)
+    RUN_RATE=$(json "$WORK/cluster-$label.json" "int(d['events_per_s'])")
+    RUN_CPU="ingest ${CPU_SHARES[0]}, Redis $(python3 -c "print(f'{100 * $redis_t / ($hz * $(nproc) * $(json "$WORK/cluster-$label.json" "d['duration_s']")):.0f}%')"), everything else (Redis and the load generator included) ${CPU_SHARES[1]}, idle ${CPU_SHARES[3]}"
+    "${REDIS_CLI[@]}" del events > /dev/null
+    flush_cluster
+}
+echo "== batched ingest (100 per request, 32 connections), $ROUNDS rounds of: one Redis;"
+echo "   a 3-master cluster (1 replica each) with 8 partitions; the same with REDIS_WAIT_REPLICAS=1"
+C_ONE=(); C_CLU=(); C_WAIT=()
+for round in $(seq "$ROUNDS"); do
+    cluster_run one REDIS_URL="$REDIS_URL"; C_ONE+=("$RUN_RATE"); L_ONE="$RUN_CPU"
+    cluster_run cluster REDIS_URL="$CLUSTER_SEEDS" REDIS_CLUSTER=true STREAM_PARTITIONS=8; C_CLU+=("$RUN_RATE"); L_CLU="$RUN_CPU"
+    cluster_run wait REDIS_URL="$CLUSTER_SEEDS" REDIS_CLUSTER=true STREAM_PARTITIONS=8 REDIS_WAIT_REPLICAS=1; C_WAIT+=("$RUN_RATE"); L_WAIT="$RUN_CPU"
+    echo "   round $round: one Redis ${C_ONE[-1]}/s; cluster ${C_CLU[-1]}/s; cluster + WAIT 1 ${C_WAIT[-1]}/s"
+    echo "     CPU of both cores: one Redis: $L_ONE; cluster: $L_CLU; + WAIT 1: $L_WAIT"
+done
+lat() { json "$WORK/$1.json" "f\"p50 {d['latency_ms']['p50']:.1f} ms, p99 {d['latency_ms']['p99']:.1f} ms\""; }
+med() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+M1=$(med "${C_ONE[@]}"); M2=$(med "${C_CLU[@]}"); M3=$(med "${C_WAIT[@]}")
+CLUSTER_REPORT="  batched ingest, median of $ROUNDS alternating rounds: one Redis $M1/s; 3-master cluster, 8 partitions $M2/s = $(python3 -c "print(f'{$M2 / $M1:.2f}')")x;
+  with REDIS_WAIT_REPLICAS=1 $M3/s = $(python3 -c "print(f'{$M3 / $M2:.2f}')")x of the cluster without
+  latency per request (last round): one Redis $(lat cluster-one); cluster $(lat cluster-cluster); + WAIT 1 $(lat cluster-wait)
+  rounds: one ${C_ONE[*]}; cluster ${C_CLU[*]}; wait ${C_WAIT[*]}
+  CPU in the last round: one Redis: $L_ONE; cluster: $L_CLU; + WAIT 1: $L_WAIT
+"
+fi
+
 # --- Report ---------------------------------------------------------------------------------
 p() { json "$WORK/$1.json" "f\"p50 {d['latency_ms']['p50']:.1f} ms, p99 {d['latency_ms']['p99']:.1f} ms\"" 2>/dev/null || echo "n/a (phase not run)"; }
 read -r I1 W1 V1 R1 L1 <<< "$AT_100K"
@@ -447,4 +502,6 @@ Analytics (BENCH_PHASES=analytics)
 $ANALYTICS_REPORT
 Dashboard (BENCH_PHASES=dashboard)
 $DASH_REPORT
+Redis Cluster (BENCH_PHASES=cluster)
+$CLUSTER_REPORT
 REPORT

@@ -63,7 +63,7 @@ REDIS_HP="$(host_port "$REDIS_URL")"
 if [ "$CLUSTER" = 1 ]; then
     source "$EVP_ROOT/scripts/redis-cluster.sh"
     rm -rf "$RUN/cluster"
-    start_redis_cluster "$RUN/cluster" 3 1
+    start_redis_cluster "$RUN/cluster" 3 1 || { SERVER_PIDS+=("${CLUSTER_PIDS[@]}"); cleanup 1; }
     SERVER_PIDS+=("${CLUSTER_PIDS[@]}")
     export REDIS_URL="$CLUSTER_SEEDS" REDIS_CLUSTER=true STREAM_PARTITIONS="${STREAM_PARTITIONS:-8}"
     echo "evp: Redis Cluster of 6 nodes (3 masters): $REDIS_URL; $STREAM_PARTITIONS partitions"

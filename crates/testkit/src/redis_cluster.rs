@@ -180,13 +180,18 @@ fn port_open(port: u16) -> bool {
     .is_ok()
 }
 
-/// `count` ports where the port and port + 10000 (its cluster bus) are both free.
+/// `count` ports where the port and port + 10000 (its cluster bus) are both free, all below the
+/// kernel's ephemeral ports (32768 and up), so that no outgoing connection of the tests takes one
+/// between the check and the node's bind.
 fn cluster_ports(count: usize) -> Vec<u16> {
-    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    let mut candidate = 20_000 + (seed.wrapping_mul(2_654_435_761) % 30_000) as u16;
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos().into());
+    let mut candidate = 12_000 + (seed.wrapping_mul(2_654_435_761) % 10_000) as u16;
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
-        candidate = if candidate >= 50_000 { 20_000 } else { candidate + 1 };
+        candidate = if candidate >= 22_000 { 12_000 } else { candidate + 1 };
         let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
         if free(candidate) && free(candidate + 10_000) && !out.contains(&candidate) {
             out.push(candidate);
