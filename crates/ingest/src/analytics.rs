@@ -386,8 +386,24 @@ fn add(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 
 /// The rollup section from each partition's `next` range and acknowledged frontier: complete
 /// until the earliest partition's `next`, lagging by the partition furthest behind its frontier.
-pub fn rollup_state(next_range: &BTreeMap<i32, i64>, frontiers_ms: &BTreeMap<i32, i64>) -> RollupState {
-    let complete = next_range.values().min().map(|next| next * RANGE_MS);
+///
+/// A partition whose every appended entry is before its `next` range (an empty partition, one
+/// that had no new event for a while) is counted through the present and does not hold
+/// `complete_until` back; when every partition is like that, it is the furthest `next`.
+pub fn rollup_state(
+    next_range: &BTreeMap<i32, i64>,
+    frontiers_ms: &BTreeMap<i32, i64>,
+    appended: &BTreeMap<i32, (u64, u64)>,
+) -> RollupState {
+    let counted_through_now = |p: &i32, next: &i64| {
+        // (0, 0): the stream exists but nothing was ever appended to it.
+        appended.get(p).is_none_or(|&(ms, seq)| {
+            (ms, seq) == (0, 0) || i64::try_from(ms).is_ok_and(|ms| ms < next * RANGE_MS)
+        })
+    };
+    let behind =
+        next_range.iter().filter(|(p, next)| !counted_through_now(p, next)).map(|(_, next)| *next).min();
+    let complete = behind.or_else(|| next_range.values().max().copied()).map(|next| next * RANGE_MS);
     let lag_ms = frontiers_ms
         .iter()
         .filter_map(|(p, frontier)| next_range.get(p).map(|next| (frontier - next * RANGE_MS).max(0)))
@@ -400,6 +416,31 @@ pub fn rollup_state(next_range: &BTreeMap<i32, i64>, frontiers_ms: &BTreeMap<i32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quiet_partitions_do_not_hold_the_rollups_back() {
+        let next: BTreeMap<i32, i64> = [(0, 1_700_000_100), (1, 0), (2, 1_700_000_050)].into();
+        let frontiers: BTreeMap<i32, i64> = [(0, 1_700_000_100_500), (1, 0), (2, 1_700_000_050_000)].into();
+        // Partition 1 never had an entry; partition 2's last entry is before its next range.
+        let appended: BTreeMap<i32, (u64, u64)> =
+            [(0, (1_700_000_100_400, 0)), (1, (0, 0)), (2, (1_700_000_049_999, 3))].into();
+        let state = rollup_state(&next, &frontiers, &appended);
+        assert_eq!(state.complete_until.as_deref(), Some("2023-11-14T22:15:00Z"));
+        assert_eq!(state.lag_seconds, 0.5);
+        // Partition 2 has an entry in a range not yet counted: it holds the rollups back.
+        let appended: BTreeMap<i32, (u64, u64)> =
+            [(0, (1_700_000_100_400, 0)), (2, (1_700_000_050_001, 0))].into();
+        assert_eq!(
+            rollup_state(&next, &frontiers, &appended).complete_until.as_deref(),
+            Some("2023-11-14T22:14:10Z")
+        );
+        // Nothing anywhere: the furthest `next`.
+        let all_quiet: BTreeMap<i32, (u64, u64)> = BTreeMap::new();
+        assert_eq!(
+            rollup_state(&next, &frontiers, &all_quiet).complete_until.as_deref(),
+            Some("2023-11-14T22:15:00Z")
+        );
+    }
 
     fn query(pairs: &str) -> Result<Window, ApiError> {
         AnalyticsQuery::parse(Some(pairs))?.window(1_700_000_123_456)

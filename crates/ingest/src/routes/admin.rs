@@ -31,7 +31,7 @@ pub struct DlqQuery {
 
 /// A page of dead letters, oldest first.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"dead_letters": [{"id": "1795474600000-0", "reason": "not stored after 5 deliveries",
+#[schema(example = json!({"dead_letters": [{"id": "1795474600000-0", "partition": 0, "reason": "not stored after 5 deliveries",
     "deliveries": 6, "source_id": "1795474500000-3", "consumer": "worker-1", "at": "2026-11-23T23:10:00Z",
     "event": {"v": 1, "tenant": "acme", "id": "u-1", "type": "signup", "ts": 1_795_474_500_000_i64, "rcv": 1_795_474_500_000_i64, "data": {}},
     "raw": null}], "next_cursor": null, "total": 1}))]

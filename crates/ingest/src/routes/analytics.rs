@@ -71,7 +71,7 @@ pub async fn metrics(
         total,
         by_type,
         series,
-        rollup: rollup_state(&counts.next_range, &frontiers),
+        rollup: rollup_state(&counts.next_range, &frontiers, &appended),
         pipeline: PipelineState {
             stream_length: snapshot.length,
             pending: snapshot.pending,
