@@ -189,11 +189,23 @@ struct GroupArgs {
     stream: String,
     #[arg(long = "group", env = "CONSUMER_GROUP", default_value = "evp-workers-group")]
     group: String,
+    /// The stream's partitions (the group is watched on each, and summed).
+    #[arg(long, env = "STREAM_PARTITIONS", default_value_t = 1)]
+    partitions: u32,
+    /// `--redis-url` lists a Redis Cluster's seed nodes, comma-separated.
+    #[arg(long, env = "REDIS_CLUSTER", default_value_t = false)]
+    redis_cluster: bool,
 }
 
 impl GroupArgs {
     fn group(&self) -> verify::Group<'_> {
-        verify::Group { redis_url: &self.redis_url, stream: &self.stream, name: &self.group }
+        verify::Group {
+            redis_url: &self.redis_url,
+            cluster: self.redis_cluster,
+            stream: &self.stream,
+            partitions: self.partitions,
+            name: &self.group,
+        }
     }
 }
 

@@ -71,7 +71,11 @@ pub struct Target<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Group<'a> {
     pub redis_url: &'a str,
+    /// `redis_url` lists a Redis Cluster's seed nodes.
+    pub cluster: bool,
     pub stream: &'a str,
+    /// `STREAM_PARTITIONS`: the group's state is the sum over the partitions.
+    pub partitions: u32,
     pub name: &'a str,
 }
 
@@ -86,20 +90,21 @@ struct GroupState {
 }
 
 struct GroupWatch {
-    conn: redis::aio::MultiplexedConnection,
-    stream: String,
+    conn: evp_runtime::redis_conn::RedisConn,
+    /// Every partition's stream.
+    streams: Vec<String>,
     name: String,
 }
 
 impl GroupWatch {
     /// Connects; the group need not exist yet.
     async fn open(group: &Group<'_>) -> anyhow::Result<Self> {
-        let client = redis::Client::open(group.redis_url)?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
-        let conn = client.get_multiplexed_async_connection_with_config(&config).await?;
-        Ok(Self { conn, stream: group.stream.to_string(), name: group.name.to_string() })
+        let target = evp_runtime::redis_conn::RedisTarget::new(group.redis_url, group.cluster)?;
+        let conn = target.shared(Duration::from_secs(5))?;
+        conn.ping().await?;
+        let partitions = evp_runtime::partitions::Partitions::new(group.stream, group.partitions);
+        let streams = partitions.iter().map(|p| p.stream.clone()).collect();
+        Ok(Self { conn, streams, name: group.name.to_string() })
     }
 
     /// Connects to a group that exists.
@@ -112,14 +117,19 @@ impl GroupWatch {
         Ok(watch)
     }
 
+    /// The group's state summed over the partitions; `None` while a partition has no group.
     async fn state(&mut self) -> anyhow::Result<Option<GroupState>> {
-        let groups: redis::streams::StreamInfoGroupsReply =
-            redis::cmd("XINFO").arg("GROUPS").arg(&self.stream).query_async(&mut self.conn).await?;
-        Ok(groups.groups.iter().find(|g| g.name == self.name).map(|g| GroupState {
-            pending: g.pending as u64,
-            lag: g.lag.map(|l| l as u64),
-            acked: g.entries_read.map(|r| (r as u64).saturating_sub(g.pending as u64)),
-        }))
+        let mut total = GroupState { pending: 0, lag: Some(0), acked: Some(0) };
+        for stream in &self.streams {
+            let groups: redis::streams::StreamInfoGroupsReply =
+                redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(&mut self.conn).await?;
+            let Some(g) = groups.groups.iter().find(|g| g.name == self.name) else { return Ok(None) };
+            total.pending += g.pending as u64;
+            total.lag = total.lag.zip(g.lag).map(|(a, b)| a + b as u64);
+            let acked = g.entries_read.map(|r| (r as u64).saturating_sub(g.pending as u64));
+            total.acked = total.acked.zip(acked).map(|(a, b)| a + b);
+        }
+        Ok(Some(total))
     }
 }
 

@@ -107,6 +107,36 @@ impl RedisCluster {
         None
     }
 
+    /// Moves `slot`, with its keys, to the master on `to`, the way `redis-cli --cluster reshard`
+    /// does: IMPORTING on the target, MIGRATING on the source, MIGRATE of its keys in batches,
+    /// then the new owner announced to every master. Clients meanwhile get ASK for keys already
+    /// moved and MOVED once it is done.
+    pub fn move_slot(&mut self, slot: u16, to: u16) {
+        let from = self.master_of(slot);
+        assert_ne!(from, to, "slot {slot} is already on {to}");
+        let id = |port: u16| cli(port, &["cluster", "myid"]).trim().to_string();
+        let (from_id, to_id) = (id(from), id(to));
+        let slot_arg = slot.to_string();
+        expect_ok(cli(to, &["cluster", "setslot", &slot_arg, "importing", &from_id]));
+        expect_ok(cli(from, &["cluster", "setslot", &slot_arg, "migrating", &to_id]));
+        loop {
+            let keys = cli(from, &["cluster", "getkeysinslot", &slot_arg, "100"]);
+            let keys: Vec<&str> = keys.lines().map(str::trim).filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["migrate", "127.0.0.1", port.as_str(), "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            expect_ok(cli(from, &args));
+        }
+        let masters: Vec<u16> =
+            self.live_ports().into_iter().filter(|p| cli(*p, &["role"]).starts_with("master")).collect();
+        for port in [to, from].into_iter().chain(masters) {
+            expect_ok(cli(port, &["cluster", "setslot", &slot_arg, "node", &to_id]));
+        }
+    }
+
     /// SIGKILLs the node on `port` (no chance to hand anything over).
     pub fn kill(&mut self, port: u16) {
         let node = self.nodes.iter_mut().find(|n| n.port == port).expect("a node of this cluster");
@@ -170,6 +200,10 @@ fn cli(port: u16, args: &[&str]) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
+}
+
+fn expect_ok(reply: String) {
+    assert!(reply.trim() == "OK" || reply.trim() == "NOKEY", "redis-cli answered {reply:?}");
 }
 
 fn port_open(port: u16) -> bool {

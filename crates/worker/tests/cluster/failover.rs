@@ -12,10 +12,10 @@ use crate::system::{PARTITIONS, Sender, System, TENANTS, eventually};
 const WAIT: Duration = Duration::from_secs(180);
 
 /// What one load task saw: each request's status and the ids it carried.
-type Outcomes = Vec<(u16, Vec<String>, Instant)>;
+pub type Outcomes = Vec<(u16, Vec<String>, Instant)>;
 
 /// Posts small batches (or single events) with fresh ids until `stop`.
-async fn load(sender: Sender, name: &'static str, batch: usize, stop: CancellationToken) -> Outcomes {
+pub async fn load(sender: Sender, name: &'static str, batch: usize, stop: CancellationToken) -> Outcomes {
     let (tenant, key) = TENANTS[0];
     let mut outcomes = Vec::new();
     let mut n = 0;

@@ -1,9 +1,11 @@
 //! The whole pipeline on a real Redis Cluster (three masters, one replica each, on loopback):
 //! an in-process ingest and `evp-worker` processes with `STREAM_PARTITIONS=8`, a real
-//! MongoDB-protocol server, and a master SIGKILLed under load.
+//! MongoDB-protocol server, a master SIGKILLed under load, and a partition's slot moved to another
+//! master under load.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod failover;
+mod resharding;
 mod system;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
