@@ -624,7 +624,8 @@ impl RollupStore {
         }
         // The tail: stored events past the provisional counts, in partitions where Redis has
         // appended entries since (or cannot say). One query per partition, each served by the
-        // `rollup_position` index (and no `$or`, which nx-27017 mishandles).
+        // `rollup_position` index, and no `$or` (nx-27017 ignores fields that follow a leading
+        // `$or` of several clauses: see the README's list of its gaps).
         let tails = progress
             .partitions
             .iter()
