@@ -99,7 +99,9 @@ impl EventStore {
     /// cursor walks; and an aggregate's events in stream order.
     ///
     /// Before the read API, two other indexes were created, (tenant, timestamp) and (tenant, type,
-    /// timestamp); the ones below supersede them, and an operator may drop them.
+    /// timestamp); the ones below supersede them, and an operator may drop them. So does
+    /// `aggregate_order` supersede `aggregate_stream` (tenant, aggregate_id, partition, seq), made
+    /// before partitions existed.
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
         let named = |keys: Document, name: &str, unique: bool| {
             IndexModel::builder()
@@ -125,8 +127,8 @@ impl EventStore {
                 newest(Some("aggregate_id"), "newest_by_aggregate"),
                 newest(Some("correlation_id"), "newest_by_correlation"),
                 named(
-                    doc! { "tenant": 1, "aggregate_id": 1, "partition": 1, "seq": 1 },
-                    "aggregate_stream",
+                    doc! { "tenant": 1, "aggregate_id": 1, "seq": 1, "partition": 1 },
+                    "aggregate_order",
                     false,
                 ),
                 // The rollup job's range scans, covered: no document is fetched to count.

@@ -8,9 +8,13 @@
 //!
 //! - newest first: (`timestamp` descending, `event_id` descending); `event_id` is unique per
 //!   tenant, so the order is total. Served by the `newest*` indexes.
-//! - an aggregate: (`partition`, `seq`) ascending, the order the events were appended to the
-//!   stream. Served by `aggregate_stream`. Events stored before positions were recorded have none
-//!   and are not listed there (they still are by the newest-first listing).
+//! - an aggregate: (`seq`, `partition`) ascending, the order the events were appended to the
+//!   stream. An aggregate's events are in one partition, whose entry ids (`seq`) only grow; after
+//!   a change of `STREAM_PARTITIONS` (done on a drained system) its later events are in another
+//!   partition with later ids, so `seq` first keeps them in order across the change, and
+//!   `partition` breaks the tie of equal ids on two partitions. Served by `aggregate_order`.
+//!   Events stored before positions were recorded have none and are not listed there (they still
+//!   are by the newest-first listing).
 //!
 //! Every query carries the tenant, so nothing here can return another tenant's event.
 
@@ -159,10 +163,10 @@ pub fn aggregate_query(tenant: &str, aggregate_id: &str, after: Option<&StreamKe
         filter.insert(
             "$or",
             [
-                doc! { "partition": { "$gt": key.partition } },
-                doc! { "partition": key.partition, "seq": { "$gt": key.seq.as_str() } },
+                doc! { "seq": { "$gt": key.seq.as_str() } },
+                doc! { "seq": key.seq.as_str(), "partition": { "$gt": key.partition } },
             ],
         );
     }
-    Query { filter, sort: doc! { "partition": 1, "seq": 1 } }
+    Query { filter, sort: doc! { "seq": 1, "partition": 1 } }
 }

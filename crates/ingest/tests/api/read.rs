@@ -47,6 +47,11 @@ impl ReadApp {
     /// Stores everything in the stream as a worker does (documents with their stream positions),
     /// then empties the stream.
     pub async fn store_stream(&self) {
+        self.store_stream_in(|_| 0).await;
+    }
+
+    /// The same, with the partition of the `i`-th entry given by `partition_of(i)`.
+    pub async fn store_stream_in(&self, partition_of: impl Fn(usize) -> i32) {
         let mut conn = self.app.redis.connection().await;
         let entries: Vec<(String, evp_store::Fields)> = redis::cmd("XRANGE")
             .arg(&self.app.stream)
@@ -57,7 +62,10 @@ impl ReadApp {
             .unwrap();
         let docs: Vec<_> = entries
             .iter()
-            .map(|(id, fields)| to_document(fields, Position { partition: 0, entry_id: id }).unwrap())
+            .enumerate()
+            .map(|(i, (id, fields))| {
+                to_document(fields, Position { partition: partition_of(i), entry_id: id }).unwrap()
+            })
             .collect();
         if !docs.is_empty() {
             self.store.insert(&docs.iter().collect::<Vec<_>>()).await.unwrap();
@@ -338,6 +346,21 @@ async fn reads_get_503_while_mongodb_is_down_and_writes_go_on() {
 /// each must use an index and neither scan the collection nor sort in memory. nx-27017 answers
 /// `explain` with SQLite's plan, which says nothing about MongoDB indexes; there the test checks
 /// only that every shape is answered (README: "Gaps met").
+#[tokio::test]
+async fn an_aggregate_keeps_its_order_across_a_change_of_the_partition_count() {
+    // Its first events were stored from partition 5 (of 8), the later ones from partition 1 (of
+    // 2, after the drained restart with a new STREAM_PARTITIONS): later entries, lower partition.
+    let r = ReadApp::start().await;
+    let mut sent = Vec::new();
+    for i in 0..6 {
+        let e = json!({"id": format!("m-{i}"), "type": "moved", "aggregate_id": "order-9"});
+        sent.extend(r.send("key-acme", &[e]).await);
+    }
+    r.store_stream_in(|i| if i < 3 { 5 } else { 1 }).await;
+    let got = r.all_pages("key-acme", "/aggregates/order-9/events", "", 2).await;
+    assert_eq!(ids(&got), sent, "append order, not partition order");
+}
+
 #[tokio::test]
 async fn every_query_shape_is_served_by_an_index() {
     use evp_store::reader::{EventReader, Filters, NewestKey, StreamKey, aggregate_query, newest_query};

@@ -109,7 +109,7 @@ async fn documents_have_the_contract_shape_and_indexes_exist() {
         &["tenant", "source", "timestamp", "event_id"],
         &["tenant", "aggregate_id", "timestamp", "event_id"],
         &["tenant", "correlation_id", "timestamp", "event_id"],
-        &["tenant", "aggregate_id", "partition", "seq"],
+        &["tenant", "aggregate_id", "seq", "partition"],
     ] {
         assert!(find(fields).is_some(), "no index on {fields:?}: {indexes:?}");
     }
