@@ -3,6 +3,7 @@
 //! - [`RedisServer`]: a `redis-server` child process (binary overridable with `REDIS_SERVER_BIN`).
 //! - [`RedisCluster`]: a loopback Redis Cluster (three masters with a replica each by default),
 //!   whose nodes can be SIGKILLed to force a failover.
+//! - [`eventually`]: polls a condition until it holds or a deadline passes.
 //! - [`MongoServer`]: `MONGODB_TEST_URI` when set, else a `mongod` on PATH, else `nx-27017` (the
 //!   MongoDB-wire-compatible server from PyPI, found through `NX_27017_BIN` or the project's `.venv`).
 //!
@@ -20,3 +21,20 @@ pub use mongo::MongoServer;
 pub use process::{ChildGuard, free_port, workspace_root};
 pub use redis_cluster::{ClusterNode, RedisCluster};
 pub use redis_server::RedisServer;
+
+/// Polls `check` every 100 ms until it holds or `within` passes; returns whether it held (checked
+/// once more at the deadline).
+pub async fn eventually<F, Fut>(within: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    check().await
+}

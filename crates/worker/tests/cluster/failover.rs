@@ -34,6 +34,30 @@ pub async fn load(sender: Sender, name: &'static str, batch: usize, stop: Cancel
     outcomes
 }
 
+/// The ids of every event that got a 202, after checking that nothing got anything but 202 or
+/// 503.
+pub fn accepted(outcomes: &Outcomes) -> HashSet<String> {
+    let statuses: HashSet<u16> = outcomes.iter().map(|(s, _, _)| *s).collect();
+    assert!(statuses.is_subset(&HashSet::from([202, 503])), "only 202 or 503: {statuses:?}");
+    outcomes.iter().filter(|(s, _, _)| *s == 202).flat_map(|(_, ids, _)| ids.clone()).collect()
+}
+
+/// Waits until every id of `accepted` and `probe` is stored, then checks that nothing is stored
+/// twice.
+pub async fn assert_stored_once(sys: &System, accepted: &HashSet<String>, probe: &str) {
+    assert!(
+        eventually(WAIT, || async {
+            let stored: HashSet<String> = sys.stored_ids().await.into_iter().map(|(_, id)| id).collect();
+            accepted.is_subset(&stored) && stored.contains(probe)
+        })
+        .await,
+        "every accepted event is stored"
+    );
+    let stored = sys.stored_ids().await;
+    let unique: HashSet<&(String, String)> = stored.iter().collect();
+    assert_eq!(unique.len(), stored.len(), "no event is stored twice");
+}
+
 /// SIGKILL of the master holding partition 0 while two clients send: the ingest answers 202 or
 /// 503 only; every event that got a 202 is stored exactly once; the workers carry on without a
 /// restart; once the dead master is back (as a replica of its promoted one) the partitions it
@@ -70,10 +94,7 @@ async fn a_master_killed_under_load_loses_no_acknowledged_event() {
     let mut outcomes = batches.await.unwrap();
     outcomes.extend(singles.await.unwrap());
 
-    let statuses: HashSet<u16> = outcomes.iter().map(|(s, _, _)| *s).collect();
-    assert!(statuses.is_subset(&HashSet::from([202, 503])), "only 202 or 503: {statuses:?}");
-    let accepted: HashSet<String> =
-        outcomes.iter().filter(|(s, _, _)| *s == 202).flat_map(|(_, ids, _)| ids.clone()).collect();
+    let accepted = accepted(&outcomes);
     let before = outcomes.iter().filter(|(s, _, at)| *s == 202 && *at < killed_at).count();
     let meanwhile =
         outcomes.iter().filter(|(s, _, at)| *s == 202 && *at > killed_at && *at < promoted_at).count();
@@ -97,17 +118,7 @@ async fn a_master_killed_under_load_loses_no_acknowledged_event() {
     );
 
     // Every 202'd event is stored, exactly once.
-    assert!(
-        eventually(WAIT, || async {
-            let stored: HashSet<String> = sys.stored_ids().await.into_iter().map(|(_, id)| id).collect();
-            accepted.is_subset(&stored) && stored.contains(&routed_to_0)
-        })
-        .await,
-        "every accepted event is stored"
-    );
-    let stored = sys.stored_ids().await;
-    let unique: HashSet<&(String, String)> = stored.iter().collect();
-    assert_eq!(unique.len(), stored.len(), "no event is stored twice");
+    assert_stored_once(&sys, &accepted, &routed_to_0).await;
 
     for (w, pid) in workers.iter_mut().zip(pids) {
         assert!(w.is_running() && w.pid() == pid, "the workers carried on without a restart");

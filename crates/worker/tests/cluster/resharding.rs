@@ -1,15 +1,14 @@
 //! A partition's slot moved to another master under load (ASK while its keys migrate, MOVED
 //! after): nothing is lost, nothing stored twice, nobody restarts.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use evp_runtime::partitions::{Partitions, slot};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::failover::load;
-use crate::system::{PARTITIONS, System, TENANTS, eventually};
+use crate::failover::{accepted, assert_stored_once, load};
+use crate::system::{PARTITIONS, System, TENANTS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_moved_to_another_master_under_load_keeps_every_event() {
@@ -33,10 +32,7 @@ async fn a_partition_moved_to_another_master_under_load_keeps_every_event() {
     let mut outcomes = batches.await.unwrap();
     outcomes.extend(singles.await.unwrap());
 
-    let statuses: HashSet<u16> = outcomes.iter().map(|(s, _, _)| *s).collect();
-    assert!(statuses.is_subset(&HashSet::from([202, 503])), "only 202 or 503: {statuses:?}");
-    let accepted: HashSet<String> =
-        outcomes.iter().filter(|(s, _, _)| *s == 202).flat_map(|(_, ids, _)| ids.clone()).collect();
+    let accepted = accepted(&outcomes);
     let refused = outcomes.iter().filter(|(s, _, _)| *s == 503).count();
     eprintln!("{} requests, {refused} answered 503", outcomes.len());
     let to_partition_0: Vec<&String> = accepted.iter().filter(|id| partitions.route(id).index == 0).collect();
@@ -46,16 +42,7 @@ async fn a_partition_moved_to_another_master_under_load_keeps_every_event() {
     let probe = (0..).map(|i| format!("moved-{i}")).find(|id| partitions.route(id).index == 0).unwrap();
     let (status, _) = sys.post("/events", TENANTS[0].1, &json!({"id": probe, "type": "probe"})).await;
     assert_eq!(status, 202);
-    assert!(
-        eventually(Duration::from_secs(120), || async {
-            let stored: HashSet<String> = sys.stored_ids().await.into_iter().map(|(_, id)| id).collect();
-            accepted.is_subset(&stored) && stored.contains(&probe)
-        })
-        .await,
-        "every accepted event is stored"
-    );
-    let stored = sys.stored_ids().await;
-    assert_eq!(stored.iter().collect::<HashSet<_>>().len(), stored.len(), "no event is stored twice");
+    assert_stored_once(&sys, &accepted, &probe).await;
 
     for (w, pid) in workers.iter_mut().zip(pids) {
         assert!(w.is_running() && w.pid() == pid, "the workers carried on without a restart");

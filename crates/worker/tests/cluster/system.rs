@@ -1,7 +1,7 @@
 //! `System`: a Redis Cluster, a MongoDB server, an in-process ingest and worker processes.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use evp_ingest::IngestConfig;
 use evp_runtime::config::Env;
@@ -173,17 +173,4 @@ pub fn rfc3339(ms: i64) -> String {
     mongodb::bson::DateTime::from_millis(ms).try_to_rfc3339_string().unwrap()
 }
 
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    check().await
-}
+pub use evp_testkit::eventually;

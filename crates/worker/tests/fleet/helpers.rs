@@ -253,18 +253,4 @@ impl Worker {
     }
 }
 
-/// Polls `check` until it holds or `within` passes; returns whether it held.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    check().await
-}
+pub use evp_testkit::eventually;
