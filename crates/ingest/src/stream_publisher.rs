@@ -169,7 +169,7 @@ impl StreamPublisher {
     pub async fn publish_batch(&self, events: &[EncodedEvent]) -> Result<(), PublishError> {
         let appender = self.appender();
         if self.partitions.len() == 1 {
-            let partition = self.partitions.for_hash(0);
+            let partition = self.partitions.first();
             return appender.atomic(partition, events.iter().map(|e| e.payload.as_slice())).await;
         }
         let mut by_partition: Vec<Vec<&[u8]>> = vec![Vec::new(); self.partitions.len()];
@@ -397,7 +397,7 @@ impl Coalescer {
             return;
         }
         if partitions.len() == 1 {
-            return self.send_to(partitions.for_hash(0), batch).await;
+            return self.send_to(partitions.first(), batch).await;
         }
         let mut by_partition: Vec<Vec<Single>> = (0..partitions.len()).map(|_| Vec::new()).collect();
         for single in batch {

@@ -54,10 +54,8 @@ enum Command {
     /// Time GET /analytics/metrics with --query (e.g. `from=…&to=…&bucket=hour`), --samples times
     /// (p50, p99).
     Analytics {
-        #[arg(long, env = "EVP_URL", default_value = "http://127.0.0.1:3000")]
-        url: String,
-        #[arg(long, env = "EVP_API_KEY", default_value = "demo-key")]
-        key: String,
+        #[command(flatten)]
+        api: Api,
         #[arg(long, default_value = "")]
         query: String,
         #[arg(long, default_value_t = 50)]
@@ -86,10 +84,8 @@ enum Command {
     /// Time the read API: the first page of GET /events against page --depth + 1, each requested
     /// --samples times (p50, p99).
     Read {
-        #[arg(long, env = "EVP_URL", default_value = "http://127.0.0.1:3000")]
-        url: String,
-        #[arg(long, env = "EVP_API_KEY", default_value = "demo-key")]
-        key: String,
+        #[command(flatten)]
+        api: Api,
         /// Extra query parameters, e.g. `&type=page_view`.
         #[arg(long, default_value = "")]
         query: String,
@@ -105,10 +101,8 @@ enum Command {
     /// Send events with evp-client's fire-and-forget Emitter from this one process (batches of
     /// 100 on its background thread) and print the rate, to compare with the load generator's.
     Emit {
-        #[arg(long, env = "EVP_URL", default_value = "http://127.0.0.1:3000")]
-        url: String,
-        #[arg(long, env = "EVP_API_KEY", default_value = "demo-key")]
-        key: String,
+        #[command(flatten)]
+        api: Api,
         #[arg(long, default_value_t = 100_000)]
         events: u64,
         #[arg(long, default_value_t = 100)]
@@ -177,6 +171,23 @@ struct RunArgs {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+}
+
+/// The ingest a subcommand talks to.
+#[derive(Args, Debug)]
+struct Api {
+    #[arg(long, env = "EVP_URL", default_value = "http://127.0.0.1:3000")]
+    url: String,
+    #[arg(long, env = "EVP_API_KEY", default_value = "demo-key")]
+    key: String,
+}
+
+/// Writes `report` to `path` as JSON, when a path was given.
+fn write_json(path: Option<&std::path::Path>, report: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)?;
+    }
+    Ok(())
 }
 
 /// The consumer group whose acknowledgements end the wait (cheap to watch, unlike counting in
@@ -256,32 +267,28 @@ async fn main() -> ExitCode {
                     true
                 })
         }
-        Some(Command::Read { url, key, query, limit, depth, samples, json }) => {
-            evp_loadtest::read_bench::run(&url, &key, &query, limit, depth, samples).await.and_then(|r| {
+        Some(Command::Read { api, query, limit, depth, samples, json }) => {
+            evp_loadtest::read_bench::run(&api.url, &api.key, &query, limit, depth, samples).await.and_then(|r| {
                 println!(
                     "read{}: first page p50 {:.1} ms p99 {:.1} ms; page {} p50 {:.1} ms p99 {:.1} ms ({:.2}x the first at p50); walked in {:.1}s",
                     r.query, r.first.p50_ms, r.first.p99_ms, r.deep_page, r.deep.p50_ms, r.deep.p99_ms,
                     r.deep.p50_ms / r.first.p50_ms.max(1e-9), r.walk_s
                 );
-                if let Some(path) = json {
-                    std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
-                }
+                write_json(json.as_deref(), &r)?;
                 Ok(true)
             })
         }
-        Some(Command::Analytics { url, key, query, samples, json }) => {
-            evp_loadtest::read_bench::analytics(&url, &key, &query, samples).await.and_then(|r| {
+        Some(Command::Analytics { api, query, samples, json }) => {
+            evp_loadtest::read_bench::analytics(&api.url, &api.key, &query, samples).await.and_then(|r| {
                 println!(
                     "analytics {}: p50 {:.1} ms p99 {:.1} ms (total {})",
                     r.query, r.latency.p50_ms, r.latency.p99_ms, r.total
                 );
-                if let Some(path) = json {
-                    std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
-                }
+                write_json(json.as_deref(), &r)?;
                 Ok(true)
             })
         }
-        Some(Command::Emit { url, key, events, payload_bytes }) => emit(&url, &key, events, payload_bytes),
+        Some(Command::Emit { api, events, payload_bytes }) => emit(&api.url, &api.key, events, payload_bytes),
         Some(Command::Drain { run_id, events, group, mongo, json }) => {
             drain(&run_id, events, &group, &mongo, json).await
         }
@@ -333,9 +340,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         );
     }
     report.print();
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
-    }
+    write_json(args.json.as_deref(), &report)?;
     Ok(report.verify.as_ref().is_none_or(|v| v.ok()))
 }
 
@@ -359,9 +364,7 @@ async fn drain(
         "drain {run_id}: {} of {} stored in {seconds:.2}s = {:.0} events/s; missing {}, duplicates {}",
         v.stored, v.expected, v.processing_events_per_s, v.missing, v.duplicates
     );
-    if let Some(path) = json {
-        std::fs::write(path, serde_json::to_vec_pretty(&v)?)?;
-    }
+    write_json(json.as_deref(), &v)?;
     Ok(v.ok())
 }
 

@@ -89,6 +89,11 @@ impl Partitions {
         self.all.iter()
     }
 
+    /// Partition 0 (there is always one).
+    pub fn first(&self) -> &Partition {
+        &self.all[0]
+    }
+
     /// Partition `index`, if there is one.
     pub fn get(&self, index: u32) -> Option<&Partition> {
         self.all.get(index as usize)

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use evp_runtime::partitions::{Partition, Partitions};
+use evp_runtime::partitions::Partitions;
 use evp_runtime::redis_conn::{RedisConn, RedisTarget};
 use redis::streams::{
     StreamClaimReply, StreamId, StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingCountReply,
@@ -103,18 +103,14 @@ impl StreamClient {
         let target = config.common.redis_target()?;
         let conn = target.shared(Duration::from_secs(5))?;
         let all = config.common.partitions();
-        let first = all.get(0).cloned().unwrap_or_else(|| Partition {
-            index: 0,
-            stream: config.common.stream.clone(),
-            dlq: format!("{}:dlq", config.common.stream),
-        });
+        let first = all.first();
         Ok(Self {
             target,
             conn,
-            all: Arc::new(all),
             partition: first.index,
             stream: Arc::from(first.stream.as_str()),
             dlq: Arc::from(first.dlq.as_str()),
+            all: Arc::new(all),
             group: Arc::from(config.group.as_str()),
             consumer: Arc::from(config.consumer.as_str()),
             renew_script: Arc::new(redis::Script::new(RENEW_SCRIPT)),
