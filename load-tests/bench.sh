@@ -5,12 +5,12 @@
 #   load-tests/bench.sh            # the figures in docs/PERFORMANCE.md
 #   BENCH_SCALE=0.1 load-tests/bench.sh   # a tenth of the events, for a quick look
 #   BENCH_PHASES="drain" load-tests/bench.sh   # only some of: redis ingest drain memory saturated client
-#   BENCH_PHASES="read" load-tests/bench.sh    # the read API by depth (not in the default run: against
-#       nx-27017, which scans the collection for every page, 500 pages of 1M events take hours;
-#       BENCH_READ_SIZES="100000" for less)
+#   BENCH_PHASES="read" load-tests/bench.sh    # the read API by depth, 100k and 1M events stored (not
+#       in the default run: filling 1M events takes minutes; BENCH_READ_SIZES="100000" for less)
+#   BENCH_PHASES="indexes" load-tests/bench.sh  # the store rate of each index set (EVENT_INDEXES)
 #   BENCH_PHASES="analytics" load-tests/bench.sh   # analytics answer time with 10k and 1M events stored,
 #       rollup lag at 80% of the drain rate, lease failover (not in the default run: storing 1M events
-#       in nx-27017 takes minutes; BENCH_ANALYTICS_SIZES="10000 100000" for less)
+#       takes minutes; BENCH_ANALYTICS_SIZES="10000 100000" for less)
 #   BENCH_PHASES="dashboard" load-tests/bench.sh   # single events with and without an open dashboard
 #   BENCH_PHASES="cluster" load-tests/bench.sh     # batched ingest: one Redis vs a 3-master Redis Cluster
 #       with 8 partitions, and the cost of REDIS_WAIT_REPLICAS=1 (not in the default run)
@@ -39,7 +39,7 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 redis_mem() { "${REDIS_CLI[@]}" info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r'; }
 
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
-echo "== MongoDB server: $MONGODB_URI ($(command -v mongod >/dev/null && echo mongod || echo nx-27017))"
+echo "== MongoDB server: $MONGODB_URI ($(mongo_server_name))"
 
 # --- Redis ceiling: XADD of a representative entry, pipelined and not -----------------------
 PAYLOAD=$(python3 -c "import json; print(json.dumps({'v':1,'tenant':'load','id':'0192f0c4-7b1e-7cc3-9a52-3f5e8d2b1a10','type':'loadtest.bench','ts':1,'rcv':1,'source':'evp-loadtest','data':{'seq':1,'path':'/pricing','user':'u-1','pad':'x'*100}}, separators=(',',':')))")
@@ -47,6 +47,7 @@ xadd_rate() {
     redis-benchmark -p "$REDIS_PORT" -c "$1" -n "$2" -P "$3" -q XADD benchstream '*' e "$PAYLOAD" \
         | tr '\r' '\n' | awk '/requests per second/ {for (i=1;i<=NF;i++) if ($i ~ /^[0-9.]+$/) r=$i} END {print int(r)}'
 }
+declare -A INDEX_RATE
 XADD_P100=0; XADD_P1=0; BATCH_RATE=0; SINGLE_RATE=0; WRK_RATE=0; CEIL_RATE=0; CEIL_XADD_RATE=0
 WRK_US=n/a; CEIL_US=n/a; CEIL_XADD_US=n/a; TO_CEIL_XADD=n/a; TO_XADD_P1=n/a; TO_CEIL=n/a
 ROUNDS="${BENCH_ROUNDS:-3}"
@@ -251,6 +252,29 @@ for size in ${BENCH_READ_SIZES:-100000 1000000}; do
         READ_REPORT+="  $size events $(json "$WORK/read-$size.json" "f\"{'type filter' if d['query'] else 'no filter'}: first page p50 {d['first']['p50_ms']:.1f} ms p99 {d['first']['p99_ms']:.1f} ms; page {d['deep_page']} p50 {d['deep']['p50_ms']:.1f} ms p99 {d['deep']['p99_ms']:.1f} ms = {d['deep']['p50_ms'] / d['first']['p50_ms']:.2f}x\"")
 "
     done
+done
+fi
+
+# --- The index set: the store rate of each, one run (BENCH_PHASES=indexes) ---------------------
+# The server's own bulk-insert rate (4 writers, batches of 500, the worker's documents) with each
+# index set on a fresh collection: the layout before _id carried (tenant, event id), _id alone,
+# evp's fixed set, the default EVENT_INDEXES and every filter; the load test's events (source
+# only) and events carrying every optional field (every partial index then holds every event).
+INDEX_REPORT=""
+if phase indexes; then
+INDEX_EVENTS=$(n "${BENCH_INDEX_EVENTS:-100000}")
+for fields in "" "--every-field"; do
+    for set in legacy id-only none type type,source all; do
+        spec=$set; [ "$set" = all ] && spec=type,source,aggregate_id,correlation_id
+        echo "== store rate, indexes $set ${fields:-(load test events)}: $INDEX_EVENTS documents"
+        rate=$("$BIN/evp-loadtest" mongo-insert --events "$INDEX_EVENTS" --batch 500 --concurrency 4 \
+            --indexes "$spec" $fields | awk '{print int($4)}')
+        INDEX_RATE["$set$fields"]=$rate
+        INDEX_REPORT+="  $(printf '%-8s %-14s' "$set" "${fields:-load-test}") $rate documents/s
+"
+    done
+    INDEX_REPORT+="  default (type) / legacy ${fields:-load-test}: $(python3 -c "print(f'{${INDEX_RATE[type$fields]} / ${INDEX_RATE[legacy$fields]}:.2f}')")x
+"
 done
 fi
 
@@ -496,6 +520,8 @@ Saturated MongoDB           $SAT_WORKERS workers draining $SAT_EVENTS into a dat
   beside a counting reader  ${SAT[reader]} events/s over ${SAT_READER_S}s = $(ratio "${SAT[reader]}" "${SAT[alone]}") of alone   (failures logged: ${SAT_RETRIES[reader]})
   load test --verify        ${SAT[verify]} events/s end to end = $(ratio "${SAT[verify]}" "${SAT[alone]}") of the drain alone   (failures logged: ${SAT_RETRIES[verify]})
 Client library              Emitter (one process, batches of 100): $CLIENT_EMIT events/s = $(ratio "$CLIENT_EMIT" "$CLIENT_LOADGEN") of evp-loadtest's $CLIENT_LOADGEN events/s (32 connections)
+Index sets (BENCH_PHASES=indexes), the server's own bulk-insert rate, 4 writers
+$INDEX_REPORT
 Read API by depth (BENCH_PHASES=read)
 $READ_REPORT
 Analytics (BENCH_PHASES=analytics)

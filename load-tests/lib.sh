@@ -51,9 +51,8 @@ start_servers() {
             mkdir -p "$WORK/mongo"
             mongod --port "$MONGO_PORT" --bind_ip 127.0.0.1 --dbpath "$WORK/mongo" > "$WORK/mongo.log" 2>&1 &
         else
-            ensure_nx
-            "$EVP_ROOT/.venv/bin/nx-27017" --db "$WORK/nx.db" --pid-file "$WORK/nx.pid" --host 127.0.0.1 \
-                -p "$MONGO_PORT" > "$WORK/mongo.log" 2>&1 &
+            ensure_secantus
+            start_secantus "$WORK/secantus" "$MONGO_PORT" "$WORK/mongo.log"
         fi
         PIDS+=($!)
         wait_port "$MONGO_PORT" "MongoDB server" "$WORK/mongo.log"
@@ -61,6 +60,13 @@ start_servers() {
     fi
     export MONGODB_DATABASE="evp_load_$$"
     export LOG_FORMAT=json
+}
+
+# Which MongoDB-protocol server the run uses.
+mongo_server_name() {
+    if [ -n "${MONGODB_TEST_URI:-}" ]; then echo "given by MONGODB_TEST_URI"
+    elif command -v mongod >/dev/null; then mongod --version | head -1
+    else echo "secantusd-rs $SECANTUS_VERSION"; fi
 }
 
 start_ingest() {

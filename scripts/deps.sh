@@ -3,7 +3,8 @@
 # Sourced by up.sh and test.sh; safe to run again.
 #   - redis-server, from Debian's packages
 #   - a MongoDB-protocol server: a mongod on PATH or MONGODB_URI/MONGODB_TEST_URI when given,
-#     else nx-27017 (pinned, from PyPI) in the project-local venv .venv/
+#     else secantusd-rs (crate secantus-mdb, pinned in scripts/secantus-mdb.version, GPL-2.0, run
+#     as a separate program), built once with cargo into $EVP_TOOLS (default ~/.local/share/evp)
 #   - Schemathesis (pinned, from PyPI) in .venv/, for scripts/api-fuzz.sh
 #   - Chromium and chromedriver (Debian) and Selenium (pinned, in .venv/), for the dashboard test
 set -euo pipefail
@@ -30,13 +31,43 @@ ensure_redis() {
 }
 
 # Needs a MongoDB server of our own unless one is given ($1: the variable that would name it).
-needs_nx() {
+needs_mongo_server() {
     local given="${!1:-}"
     [ -z "$given" ] && ! command -v mongod >/dev/null
 }
 
-# The project-local venv .venv/ with every pinned tool of scripts/requirements-test.txt (the
-# nx-27017 server, Schemathesis); installs when any pin is missing.
+SECANTUS_VERSION="$(tr -d '[:space:]' < "$EVP_ROOT/scripts/secantus-mdb.version")"
+EVP_TOOLS="${EVP_TOOLS:-$HOME/.local/share/evp}"
+# The pinned secantusd-rs (SECANTUSD_BIN overrides it, as it does in the Rust test fixture).
+SECANTUSD_BIN="${SECANTUSD_BIN:-$EVP_TOOLS/secantus-mdb-$SECANTUS_VERSION/bin/secantusd-rs}"
+export EVP_TOOLS SECANTUSD_BIN
+
+# secantusd-rs, the MongoDB stand-in: built from the Rust registry at the pinned version, --locked,
+# into a folder named by that version (so a present binary is the right one), with cmake for the
+# WiredTiger it bundles. The crate declares a newer rust-version than this toolchain but builds
+# with it (--ignore-rust-version).
+ensure_secantus() {
+    [ -x "$SECANTUSD_BIN" ] && return 0
+    command -v cmake >/dev/null || apt_install cmake
+    command -v cc >/dev/null || apt_install gcc
+    echo "evp: building secantusd-rs $SECANTUS_VERSION (the MongoDB stand-in; the first build takes several minutes)" >&2
+    cargo install secantus-mdb --version "$SECANTUS_VERSION" --locked --ignore-rust-version --quiet \
+        --root "$EVP_TOOLS/secantus-mdb-$SECANTUS_VERSION" >&2
+    [ -x "$SECANTUSD_BIN" ]
+}
+
+# Starts secantusd-rs in the background: $1 data directory, $2 port, $3 log file; sets SECANTUS_PID.
+# Its own empty config file, so no secantusd.toml of the machine applies.
+start_secantus() {
+    mkdir -p "$1"
+    : > "$1.toml"
+    "$SECANTUSD_BIN" --config "$1.toml" --storage-path "$1" --host 127.0.0.1 --port "$2" \
+        --log-level WARNING > "$3" 2>&1 &
+    SECANTUS_PID=$!
+}
+
+# The project-local venv .venv/ with every pinned tool of scripts/requirements-test.txt
+# (Schemathesis, Selenium); installs when any pin is missing.
 ensure_venv() {
     local venv="$EVP_ROOT/.venv" pins missing
     pins=$(grep -E '^[A-Za-z0-9_.-]+==' "$EVP_ROOT/scripts/requirements-test.txt")
@@ -54,8 +85,6 @@ ensure_venv() {
     "$venv/bin/pip" install -q --disable-pip-version-check -r "$EVP_ROOT/scripts/requirements-test.txt"
 }
 
-ensure_nx() { ensure_venv; }
-
 # Headless Chromium and its WebDriver, from Debian, for the dashboard's browser test (Selenium,
 # pinned in scripts/requirements-test.txt, drives them; no browser is downloaded).
 ensure_chromium() {
@@ -64,7 +93,7 @@ ensure_chromium() {
 }
 
 # Signals the pids and waits for them, at most $STOP_GRACE seconds (default 20), then kills what is
-# left: a server that misses its SIGTERM (nx-27017 sometimes does) must not hang the run.
+# left: a server that misses its SIGTERM must not hang the run.
 stop_pids() {
     local pid
     for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done

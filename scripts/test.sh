@@ -9,6 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/deps.sh"
 cd "$EVP_ROOT"
 
 ensure_redis
+needs_mongo_server MONGODB_TEST_URI && ensure_secantus
 ensure_venv
 
 cargo test --workspace --locked "$@"

@@ -5,7 +5,7 @@
 #   scripts/up.sh [--workers N] [--cluster]     (default 2 workers, one Redis)
 #
 # Servers already answering on REDIS_URL / MONGODB_URI are used as they are. Otherwise Redis
-# listens on 6379 and MongoDB (a mongod on PATH, else nx-27017) on 27017, with their data in .run/.
+# listens on 6379 and MongoDB (a mongod on PATH, else secantusd-rs) on 27017, with their data in .run/.
 # --cluster: a local Redis Cluster instead (3 masters, 1 replica each, on free loopback ports;
 # REDIS_CLUSTER=true, STREAM_PARTITIONS=8 unless set).
 set -euo pipefail
@@ -85,11 +85,10 @@ elif command -v mongod >/dev/null; then
     SERVER_PIDS+=($!)
     wait_for "$MONGO_HP" mongod "$RUN/mongo.log"
 else
-    ensure_nx
-    spawn "$EVP_ROOT/.venv/bin/nx-27017" --db "$RUN/nx.db" --pid-file "$RUN/nx.pid" --host 127.0.0.1 \
-        -p "${MONGO_HP##*:}" > "$RUN/mongo.log" 2>&1
-    SERVER_PIDS+=($!)
-    wait_for "$MONGO_HP" nx-27017 "$RUN/mongo.log"
+    ensure_secantus
+    start_secantus "$RUN/secantus" "${MONGO_HP##*:}" "$RUN/mongo.log"
+    SERVER_PIDS+=("$SECANTUS_PID")
+    wait_for "$MONGO_HP" secantusd-rs "$RUN/mongo.log"
 fi
 
 echo "evp: building (release)..."

@@ -5,6 +5,7 @@ use std::time::Duration;
 use evp_events::Limits;
 use evp_events::data::MAX_EVENT_BYTES_CEILING;
 use evp_runtime::config::{CommonConfig, ConfigError, Env, error};
+use evp_store::EventIndexes;
 
 use crate::keys::{AdminKeys, ApiKeys};
 
@@ -33,6 +34,9 @@ pub struct IngestConfig {
     pub limits: Limits,
     /// `MAX_BODY_BYTES`, default 5,242,880, applied to the body after gzip decompression too.
     pub max_body_bytes: usize,
+    /// `EVENT_INDEXES`, default [`EventIndexes::DEFAULT`]: the `GET /events` filters served by an
+    /// index; any other filter is refused with 400.
+    pub event_indexes: EventIndexes,
     /// `TOKIO_WORKER_THREADS`, default the number of CPUs: server threads, each serving its share of
     /// the connections on a single-threaded runtime ([`crate::shards`]).
     pub threads: usize,
@@ -74,6 +78,7 @@ impl IngestConfig {
             stream_high_water: env.positive("STREAM_HIGH_WATER", Self::DEFAULT_HIGH_WATER)?,
             limits,
             max_body_bytes: env.positive("MAX_BODY_BYTES", 5_242_880)?,
+            event_indexes: env.parse("EVENT_INDEXES", EventIndexes::default())?,
             threads: env.positive("TOKIO_WORKER_THREADS", default_threads())?,
             redis_timeout: Duration::from_secs(2),
             backlog_poll: Duration::from_millis(250),
@@ -132,6 +137,7 @@ mod tests {
         assert_eq!(bad("API_KEYS", "a:b:c"), "API_KEYS");
         assert_eq!(bad("TOKIO_WORKER_THREADS", "0"), "TOKIO_WORKER_THREADS");
         assert_eq!(bad("TOKIO_WORKER_THREADS", "all"), "TOKIO_WORKER_THREADS");
+        assert_eq!(bad("EVENT_INDEXES", "type,data"), "EVENT_INDEXES");
         let missing = IngestConfig::from_env(&Env::from_pairs::<[(&str, &str); 0], _, _>([])).unwrap_err();
         assert_eq!(missing.variable, "API_KEYS");
     }

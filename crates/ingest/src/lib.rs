@@ -82,6 +82,25 @@ pub async fn build_state(
     }))
 }
 
+/// Creates the `events` indexes of `EVENT_INDEXES` (the workers do too), retrying until MongoDB
+/// answers: every filter the ingest serves has its index even when the workers were given fewer.
+fn spawn_index_creation(state: &AppState, shutdown: CancellationToken) {
+    let store = evp_store::EventStore::new(state.mongo.clone(), &state.config.common.mongodb_database);
+    let filters = state.config.event_indexes.clone();
+    tokio::spawn(async move {
+        loop {
+            match store.ensure_indexes(&filters).await {
+                Ok(_) => return,
+                Err(e) => tracing::warn!(error = %e, "creating the events indexes failed; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            }
+        }
+    });
+}
+
 /// Serves on `listener` until `shutdown` is cancelled, then stops accepting and waits for in-flight
 /// requests (at most the configured drain timeout). Requests are served on `config.threads` server
 /// threads of their own ([`shards`]); the caller's runtime accepts connections and keeps the
@@ -96,6 +115,7 @@ pub async fn run(
     let state = build_state(config, metrics, shutdown.clone()).await?;
     state.publisher.spawn_backlog_monitor(state.config.backlog_poll, shutdown.clone());
     state.rates.spawn(state.pipeline.clone(), shutdown.clone());
+    spawn_index_creation(&state, shutdown.clone());
     tracing::info!(addr = %listener.local_addr()?, threads, "evp-ingest listening; Swagger UI at /docs");
     let make_app = move || Ok(router::router(state.on_this_runtime().context("REDIS_URL")?));
     shards::serve(listener, threads, make_app, shutdown, drain_timeout).await?;

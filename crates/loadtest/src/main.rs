@@ -50,6 +50,13 @@ enum Command {
         /// The event type of every event (default `loadtest.<run>`, a new one each run).
         #[arg(long)]
         event_type: Option<String>,
+        /// The indexes: an `EVENT_INDEXES` value (`none`, `type`, `type,source,…`), `id-only`, or
+        /// `legacy` (the layout before `_id` carried tenant and event id).
+        #[arg(long, default_value = evp_store::EventIndexes::DEFAULT)]
+        indexes: evp_loadtest::mongo_bench::IndexChoice,
+        /// Every optional field set on every event (every partial index holds every event).
+        #[arg(long)]
+        every_field: bool,
     },
     /// Time GET /analytics/metrics with --query (e.g. `from=…&to=…&bucket=hour`), --samples times
     /// (p50, p99).
@@ -249,11 +256,14 @@ async fn main() -> ExitCode {
             tenant,
             spread_s,
             event_type,
+            indexes,
+            every_field,
         }) => {
             let keep_in = keep_in.as_deref().map(|database| (database, tenant.as_str()));
             let spread = spread_s.map(Duration::from_secs);
-            mongo_bench::bulk_insert_rate(&mongodb_uri, events, batch, concurrency, payload_bytes, keep_in, mongo_bench::Shape { spread, event_type: event_type.as_deref() }).await.map(|rate| {
-                println!("mongodb bulk insert: {rate:.0} documents/s ({events} documents, batches of {batch}, {concurrency} writers)");
+            let shape = mongo_bench::Shape { spread, event_type: event_type.as_deref(), every_field };
+            mongo_bench::bulk_insert_rate(&mongodb_uri, events, batch, concurrency, payload_bytes, keep_in, shape, &indexes).await.map(|rate| {
+                println!("mongodb bulk insert: {rate:.0} documents/s ({events} documents, batches of {batch}, {concurrency} writers, indexes {indexes:?}, every field {every_field})");
                 true
             })
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use evp_events::input::{Admission, Limits, admit_batch};
 use evp_store::{EventStore, Position, to_document};
-use mongodb::bson::RawDocumentBuf;
+use mongodb::bson::{RawDocumentBuf, doc};
 
 use crate::generator::Generator;
 
@@ -22,8 +22,65 @@ pub struct Shape<'a> {
     pub spread: Option<Duration>,
     /// One event type for all (default `loadtest.<run>`).
     pub event_type: Option<&'a str>,
+    /// Every optional field set (`aggregate_id` one of 1,000, `correlation_id`, `causation_id`),
+    /// so every partial index holds every event (default: `source` only, as the load test sends).
+    pub every_field: bool,
 }
 
+/// The indexes of the collection written to.
+#[derive(Debug, Clone)]
+pub enum IndexChoice {
+    /// evp's set for these `EVENT_INDEXES` (`_id` carrying tenant and event id).
+    Set(evp_store::EventIndexes),
+    /// `_id` alone: the floor.
+    IdOnly,
+    /// The layout before `_id` carried (tenant, event id): the driver's ObjectId `_id`, a unique
+    /// (tenant, event_id) index, and every listing index, none partial. Kept to measure against.
+    Legacy,
+}
+
+impl std::str::FromStr for IndexChoice {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, String> {
+        match raw {
+            "legacy" => Ok(Self::Legacy),
+            "id-only" => Ok(Self::IdOnly),
+            set => set.parse().map(Self::Set),
+        }
+    }
+}
+
+impl IndexChoice {
+    async fn create(&self, store: &EventStore, database: &mongodb::Database) -> mongodb::error::Result<()> {
+        match self {
+            Self::Set(filters) => store.ensure_indexes(filters).await.map(|_| ()),
+            Self::IdOnly => database.create_collection("events").await,
+            Self::Legacy => {
+                let plain = |keys: mongodb::bson::Document, unique: bool| {
+                    let options = mongodb::options::IndexOptions::builder().unique(unique).build();
+                    mongodb::IndexModel::builder().keys(keys).options(options).build()
+                };
+                let mut models = vec![
+                    plain(doc! { "tenant": 1, "event_id": 1 }, true),
+                    plain(doc! { "tenant": 1, "timestamp": -1, "event_id": -1 }, false),
+                    plain(doc! { "tenant": 1, "aggregate_id": 1, "seq": 1, "partition": 1 }, false),
+                    plain(doc! { "partition": 1, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 }, false),
+                ];
+                for field in ["type", "source", "aggregate_id", "correlation_id"] {
+                    models
+                        .push(plain(doc! { "tenant": 1, field: 1, "timestamp": -1, "event_id": -1 }, false));
+                }
+                database
+                    .collection::<mongodb::bson::Document>("events")
+                    .create_indexes(models)
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn bulk_insert_rate(
     mongodb_uri: &str,
     events: u64,
@@ -32,8 +89,9 @@ pub async fn bulk_insert_rate(
     payload_bytes: usize,
     keep_in: Option<(&str, &str)>,
     shape: Shape<'_>,
+    indexes: &IndexChoice,
 ) -> anyhow::Result<f64> {
-    let Shape { spread, event_type } = shape;
+    let Shape { spread, event_type, every_field } = shape;
     let run = format!("bench{:08x}", rand::random::<u32>());
     let mut generator = Generator::new(&run, batch as u64, Some(events), payload_bytes);
     if let Some(event_type) = event_type {
@@ -46,17 +104,26 @@ pub async fn bulk_insert_rate(
     // With a spread, each event gets its own timestamp, evenly over the last `spread`.
     let timestamped = |request: u64| -> anyhow::Result<Vec<u8>> {
         let body = generator.body(request);
-        let Some(over) = spread else { return Ok(body) };
+        if spread.is_none() && !every_field {
+            return Ok(body);
+        }
         let mut events: Vec<serde_json::Value> = match serde_json::from_slice(&body)? {
             serde_json::Value::Array(events) => events,
             one => vec![one],
         };
-        let over_ms = over.as_millis() as i64;
         for (i, event) in events.iter_mut().enumerate() {
             let n = request as i64 * batch as i64 + i as i64;
-            let ms = now_ms - over_ms + over_ms * n / (events_total.max(1) as i64);
-            let at = mongodb::bson::DateTime::from_millis(ms).try_to_rfc3339_string()?;
-            event["timestamp"] = serde_json::Value::String(at);
+            if let Some(over) = spread {
+                let over_ms = over.as_millis() as i64;
+                let ms = now_ms - over_ms + over_ms * n / (events_total.max(1) as i64);
+                let at = mongodb::bson::DateTime::from_millis(ms).try_to_rfc3339_string()?;
+                event["timestamp"] = serde_json::Value::String(at);
+            }
+            if every_field {
+                event["aggregate_id"] = format!("agg-{}", n % 1000).into();
+                event["correlation_id"] = format!("cor-{n}").into();
+                event["causation_id"] = format!("cause-{n}").into();
+            }
         }
         Ok(serde_json::to_vec(&events)?)
     };
@@ -74,13 +141,18 @@ pub async fn bulk_insert_rate(
             })
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow::anyhow!(e.reason))?;
+        let docs = if matches!(indexes, IndexChoice::Legacy) {
+            docs.into_iter().map(without_id).collect::<anyhow::Result<_>>()?
+        } else {
+            docs
+        };
         batches.push_back(docs);
     }
 
     let client = mongodb::Client::with_uri_str(mongodb_uri).await?;
     let database = keep_in.map_or_else(|| format!("evp_{run}"), |(database, _)| database.to_string());
     let store = EventStore::new(client.clone(), &database);
-    store.ensure_indexes().await?;
+    indexes.create(&store, &client.database(&database)).await?;
     let queue = Arc::new(Mutex::new(batches));
     let started = Instant::now();
     let mut writers = Vec::new();
@@ -104,6 +176,13 @@ pub async fn bulk_insert_rate(
     Ok(rate)
 }
 
+/// A document without its `_id`, so the driver gives it an ObjectId (the legacy layout).
+fn without_id(doc: RawDocumentBuf) -> anyhow::Result<RawDocumentBuf> {
+    let mut doc = mongodb::bson::Document::try_from(doc)?;
+    doc.remove("_id");
+    Ok(RawDocumentBuf::try_from(&doc)?)
+}
+
 /// What `verify` did before it watched the consumer group: counts the documents of one tenant and
 /// type every `every`, for `duration`. Returns how many counts it made. A benchmark runs it beside
 /// the workers to measure what such a reader costs them.
@@ -115,11 +194,7 @@ pub async fn count_loop(
     every: std::time::Duration,
     duration: std::time::Duration,
 ) -> anyhow::Result<u64> {
-    let mut options = mongodb::options::ClientOptions::parse(mongodb_uri).await?;
-    // As patient as the workers (a count can take a busy server many seconds), so the reader
-    // keeps reading for the whole window instead of giving up on the first late heartbeat.
-    options.connect_timeout = Some(std::time::Duration::from_secs(30));
-    let client = mongodb::Client::with_options(options)?;
+    let client = mongodb::Client::with_uri_str(mongodb_uri).await?;
     let events = client.database(database).collection::<mongodb::bson::Document>("events");
     let filter = mongodb::bson::doc! {"tenant": tenant, "type": event_type};
     let until = Instant::now() + duration;

@@ -2,8 +2,7 @@
 //!
 //! Waiting must not load the system being measured. Counting the run's documents in MongoDB
 //! every 200 ms (what this tool did before) competes with the workers for the server, and on a
-//! saturated one cut the rate it measured eightfold; on nx-27017 one count over 300k events holds
-//! the server for 16 s. So the wait watches the consumer group in Redis instead (pending and lag
+//! saturated one cut the rate it measured eightfold. So the wait watches the consumer group in Redis instead (pending and lag
 //! reaching 0: the workers' own account of having stored and acknowledged everything, cheap to ask
 //! every 250 ms) and sends MongoDB nothing until the end. Only when the group cannot be watched
 //! (Redis not reachable from here, `--no-group-watch`, or Redis unable to tell the lag) does it
@@ -310,9 +309,6 @@ pub fn all_ids(run_id: &str, n: u64) -> Vec<String> {
 async fn mongo_client(uri: &str) -> mongodb::error::Result<mongodb::Client> {
     let mut options = mongodb::options::ClientOptions::parse(uri).await?;
     options.server_selection_timeout = Some(Duration::from_secs(10));
-    // Patient with a busy server, as the workers are (evp_runtime::connect::MONGO_CONNECT_TIMEOUT):
-    // the final comparison reads the whole run, and must not be interrupted by a late heartbeat.
-    options.connect_timeout = Some(Duration::from_secs(30));
     options.app_name = Some("evp-loadtest".into());
     mongodb::Client::with_options(options)
 }

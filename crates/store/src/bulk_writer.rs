@@ -6,13 +6,12 @@
 //! the dead-letter stream at once, alone, while the rest of its batch is stored and acknowledged).
 //! [`classify`] is the one place that decides which.
 
-use mongodb::bson::{Document, RawDocumentBuf, doc};
+use mongodb::Collection;
+use mongodb::bson::RawDocumentBuf;
 use mongodb::error::{Error, ErrorKind};
-use mongodb::options::IndexOptions;
-use mongodb::{Collection, IndexModel};
 
-/// MongoDB's duplicate-key error code.
-const DUPLICATE_KEY: i32 = 11000;
+use crate::DUPLICATE_KEY;
+use crate::indexes::{EventIndexes, LEGACY_UNIQUE_INDEX};
 
 /// Server error codes that mean "not now" rather than "never": elections, shutdowns, interrupted
 /// or timed-out operations, write conflicts, network trouble between members.
@@ -33,6 +32,9 @@ const TRANSIENT_CODES: &[i32] = &[
     13435, // NotPrimaryNoSecondaryOk
     13436, // NotPrimaryOrSecondary
 ];
+
+/// IndexOptionsConflict, IndexKeySpecsConflict: an index of that name exists with other options.
+const INDEX_CONFLICTS: &[i32] = &[85, 86];
 
 /// What became of one document of a bulk write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,14 +62,25 @@ pub enum Failure {
 pub fn classify(code: i32, message: &str) -> Verdict {
     let reason = format!("{message} (code {code})");
     if code == DUPLICATE_KEY {
-        // Only our (tenant, event_id) index makes a duplicate "already stored"; a clash on another
-        // unique index (one an operator added) means this event is *not* stored.
-        if message.contains("event_id") { Verdict::Duplicate } else { Verdict::Refused(reason) }
+        // Only the index that carries (tenant, event id) makes a duplicate "already stored": `_id`,
+        // or the unique index of deployments from before. A clash on another unique index (one an
+        // operator added) means this event is *not* stored.
+        match duplicate_index(message) {
+            Some("_id_" | LEGACY_UNIQUE_INDEX) => Verdict::Duplicate,
+            _ => Verdict::Refused(reason),
+        }
     } else if TRANSIENT_CODES.contains(&code) {
         Verdict::Transient(reason)
     } else {
         Verdict::Refused(reason)
     }
+}
+
+/// The index named in a duplicate-key message (`E11000 duplicate key error collection: evp.events
+/// index: _id_ dup key: { … }`).
+fn duplicate_index(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once(" index: ")?;
+    rest.split_whitespace().next()
 }
 
 /// Whether a failure of the whole bulk write can succeed if retried.
@@ -93,53 +106,23 @@ impl EventStore {
         Self { client, events }
     }
 
-    /// Uniqueness on (tenant, event_id) makes redelivery harmless; the others serve the read API
-    /// ([`crate::reader`]) without a collection scan or an in-memory sort: the newest-first
-    /// listing, alone and per filter, each ending in the (timestamp, event_id) order the keyset
-    /// cursor walks; and an aggregate's events in stream order.
-    ///
-    /// Before the read API, two other indexes were created, (tenant, timestamp) and (tenant, type,
-    /// timestamp); the ones below supersede them, and an operator may drop them. So does
-    /// `aggregate_order` supersede `aggregate_stream` (tenant, aggregate_id, partition, seq), made
-    /// before partitions existed.
-    pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        let named = |keys: Document, name: &str, unique: bool| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().name(name.to_string()).unique(unique).build())
-                .build()
-        };
-        let newest = |field: Option<&str>, name: &str| {
-            let mut keys = doc! { "tenant": 1 };
-            if let Some(field) = field {
-                keys.insert(field, 1);
+    /// The indexes of [`crate::indexes`] for `filters` (`EVENT_INDEXES`). Indexes of earlier
+    /// layouts are left alone: an operator drops them (docs/OPERATIONS.md). An index whose name
+    /// is taken by one with other options (an earlier release's non-partial `aggregate_order`) is
+    /// kept as it is, and its name returned, so that the caller can say so: it still serves.
+    pub async fn ensure_indexes(&self, filters: &EventIndexes) -> mongodb::error::Result<Vec<String>> {
+        let mut kept = Vec::new();
+        for model in filters.models() {
+            let name = model.options.as_ref().and_then(|o| o.name.clone()).unwrap_or_default();
+            match self.events.create_index(model).await {
+                Ok(_) => {}
+                Err(e) if matches!(&*e.kind, ErrorKind::Command(c) if INDEX_CONFLICTS.contains(&c.code)) => {
+                    kept.push(name)
+                }
+                Err(e) => return Err(e),
             }
-            keys.insert("timestamp", -1);
-            keys.insert("event_id", -1);
-            named(keys, name, false)
-        };
-        self.events
-            .create_indexes([
-                named(doc! { "tenant": 1, "event_id": 1 }, "tenant_event_id_unique", true),
-                newest(None, "newest"),
-                newest(Some("type"), "newest_by_type"),
-                newest(Some("source"), "newest_by_source"),
-                newest(Some("aggregate_id"), "newest_by_aggregate"),
-                newest(Some("correlation_id"), "newest_by_correlation"),
-                named(
-                    doc! { "tenant": 1, "aggregate_id": 1, "seq": 1, "partition": 1 },
-                    "aggregate_order",
-                    false,
-                ),
-                // The rollup job's range scans, covered: no document is fetched to count.
-                named(
-                    doc! { "partition": 1, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 },
-                    "rollup_position",
-                    false,
-                ),
-            ])
-            .await?;
-        Ok(())
+        }
+        Ok(kept)
     }
 
     pub fn client(&self) -> &mongodb::Client {
@@ -174,11 +157,15 @@ mod tests {
 
     #[test]
     fn write_errors_are_told_apart() {
-        let real = "E11000 duplicate key error collection: evp.events index: tenant_event_id_unique dup key";
-        let nx = "UNIQUE constraint failed: index 'idx_events_tenant_event_id'";
-        assert_eq!(classify(11000, real), Verdict::Duplicate);
-        assert_eq!(classify(11000, nx), Verdict::Duplicate);
-        assert!(matches!(classify(11000, "E11000 index: data_sku_unique dup key"), Verdict::Refused(_)));
+        let id =
+            r#"E11000 duplicate key error collection: evp.events index: _id_ dup key: { _id: "t:event_id" }"#;
+        let legacy =
+            "E11000 duplicate key error collection: evp.events index: tenant_event_id_unique dup key";
+        assert_eq!(classify(11000, id), Verdict::Duplicate);
+        assert_eq!(classify(11000, legacy), Verdict::Duplicate);
+        let other = r#"E11000 duplicate key error collection: evp.events index: event_id_sku dup key: { event_id: "x" }"#;
+        assert!(matches!(classify(11000, other), Verdict::Refused(_)), "an operator's index naming event_id");
+        assert!(matches!(classify(11000, "E11000 duplicate key error"), Verdict::Refused(_)));
         assert!(matches!(classify(121, "Document failed validation"), Verdict::Refused(_)));
         assert!(matches!(classify(10334, "object to insert too large"), Verdict::Refused(_)));
         for code in [91, 189, 10107, 11600, 11602, 112] {

@@ -13,6 +13,8 @@
 use std::fmt;
 
 use evp_events::{StoredEvent, entry};
+
+use crate::indexes::event_key;
 use mongodb::bson::{Bson, DateTime, Document, RawDocumentBuf, doc};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
@@ -58,8 +60,12 @@ pub fn sortable_seq_parts(seq: &str) -> Option<(u64, u64)> {
 /// u64 each, so nothing overflows). `None` when `entry_id` is not a stream id.
 pub fn sortable_seq(entry_id: &str) -> Option<String> {
     let (ms, seq) = entry_id.split_once('-')?;
-    let (ms, seq): (u64, u64) = (ms.parse().ok()?, seq.parse().ok()?);
-    Some(format!("{ms:020}-{seq:020}"))
+    Some(sortable_seq_of((ms.parse().ok()?, seq.parse().ok()?)))
+}
+
+/// The stored `seq` of stream position (ms, seq).
+pub fn sortable_seq_of((ms, seq): (u64, u64)) -> String {
+    format!("{ms:020}-{seq:020}")
 }
 
 /// Builds and encodes the document for an entry at `position`.
@@ -97,7 +103,12 @@ fn build(event: StoredEvent) -> Result<Document, Unusable> {
             }
         }
     };
+    if event.tenant.contains(':') {
+        // `_id` joins tenant and id with ':'; no tenant the ingest accepts holds one.
+        return Err(Unusable::unstorable(format!("tenant {:?} holds ':'", event.tenant)));
+    }
     let mut doc = doc! {
+        "_id": event_key(&event.tenant, &event.id),
         "tenant": event.tenant,
         "event_id": event.id,
         "type": event.event_type,
@@ -209,6 +220,8 @@ mod tests {
         let doc = document(&fields_for(
             r#"{"type":"t","id":"i","timestamp":"1970-01-01T00:00:02Z","source":"s","data":{"n":1,"big":5000000000,"f":1.5,"a":[true,null],"o":{"x":"y"}}}"#,
         ));
+        assert_eq!(doc.get_str("_id").unwrap(), "acme:i", "_id carries (tenant, id)");
+        assert_eq!(doc.keys().next().unwrap(), "_id");
         assert_eq!(doc.get_str("tenant").unwrap(), "acme");
         assert_eq!(doc.get_str("event_id").unwrap(), "i");
         assert_eq!(doc.get_str("type").unwrap(), "t");
@@ -268,6 +281,14 @@ mod tests {
             let expected = evp_events::data::check(data).unwrap_err();
             assert_eq!(refused.reason, format!("unstorable: {expected}"));
         }
+    }
+
+    #[test]
+    fn a_tenant_holding_a_colon_is_unstorable() {
+        let payload = br#"{"v":1,"tenant":"a:b","id":"c","type":"x","ts":1,"rcv":1}"#.to_vec();
+        let refused = to_document(&vec![(entry::FIELD.to_string(), payload)], AT).unwrap_err();
+        assert_eq!(refused.kind, "unstorable");
+        assert!(refused.reason.contains("holds ':'"), "{refused:?}");
     }
 
     #[test]

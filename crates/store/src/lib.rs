@@ -4,6 +4,8 @@
 //! - [`document`]: a Redis stream entry → the BSON document of SPEC's "MongoDB data", checked
 //!   against the same data rules as the ingest and encoded one by one, so one bad document is
 //!   refused alone.
+//! - [`indexes`]: the `events` collection's index set, `_id` = (tenant, event id), the listing
+//!   filters a deployment indexes (`EVENT_INDEXES`), and the check that a query plan uses them.
 //! - [`bulk_writer`]: the `events` collection: indexes created at start-up, and unordered bulk
 //!   inserts in which every document gets a verdict (written, duplicate, transient, refused).
 //! - [`reader`]: the read API's queries (the ingest's `GET /events*`): keyset pages newest first
@@ -17,6 +19,7 @@
 
 pub mod bulk_writer;
 pub mod document;
+pub mod indexes;
 pub mod reader;
 pub mod rollups;
 
@@ -24,5 +27,9 @@ pub mod rollups;
 /// a client that gave up must not leave its query running, nor a pile of them queue up.
 pub const READ_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// MongoDB's duplicate-key error code.
+pub const DUPLICATE_KEY: i32 = 11000;
+
 pub use bulk_writer::{EventStore, Failure, Verdict};
 pub use document::{Fields, Position, Unusable, to_document};
+pub use indexes::{EventIndexes, ListingFilter};

@@ -19,8 +19,16 @@
 //! Every query carries the tenant, so nothing here can return another tenant's event.
 
 use futures::TryStreamExt;
+use mongodb::Collection;
 use mongodb::bson::{DateTime, Document, doc};
-use mongodb::{Collection, options::FindOptions};
+use mongodb::error::ErrorKind;
+use mongodb::options::{FindOptions, Hint};
+
+pub use crate::indexes::Query;
+use crate::indexes::{LEGACY_UNIQUE_INDEX, ListingFilter, event_key};
+
+/// MongoDB's error code for a bad argument, here a hint naming no index.
+const BAD_VALUE: i32 = 2;
 
 /// Filters of the newest-first listing; all optional, combined with AND.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,6 +41,20 @@ pub struct Filters {
     pub from_ms: Option<i64>,
     /// Exclusive, Unix milliseconds.
     pub to_ms: Option<i64>,
+}
+
+impl Filters {
+    /// The filters given that an index serves ([`ListingFilter`]), with their values.
+    pub fn listing(&self) -> impl Iterator<Item = (ListingFilter, &str)> {
+        [
+            (ListingFilter::Type, &self.event_type),
+            (ListingFilter::Source, &self.source),
+            (ListingFilter::AggregateId, &self.aggregate_id),
+            (ListingFilter::CorrelationId, &self.correlation_id),
+        ]
+        .into_iter()
+        .filter_map(|(filter, value)| Some((filter, value.as_deref()?)))
+    }
 }
 
 /// The last event of a newest-first page: the next page starts after it.
@@ -83,19 +105,30 @@ impl EventReader {
         self.page(aggregate_query(tenant, aggregate_id, after), limit).await
     }
 
-    /// One stored event of `tenant`.
+    /// One stored event of `tenant`, by `_id`. An event stored before `_id` carried (tenant, id)
+    /// is found through the old unique index while a deployment keeps it; once it is dropped,
+    /// that lookup is refused (code 2, a hint to no index) and is a miss.
     pub async fn get(&self, tenant: &str, event_id: &str) -> mongodb::error::Result<Option<Document>> {
-        self.events.find_one(doc! { "tenant": tenant, "event_id": event_id }).await
+        if let Some(found) = self.events.find_one(doc! { "_id": event_key(tenant, event_id) }).await? {
+            return Ok(Some(found));
+        }
+        let legacy = self
+            .events
+            .find_one(doc! { "tenant": tenant, "event_id": event_id })
+            .hint(Hint::Name(LEGACY_UNIQUE_INDEX.to_string()))
+            .max_time(crate::READ_MAX_TIME)
+            .await;
+        match legacy {
+            Err(e) if matches!(&*e.kind, ErrorKind::Command(c) if c.code == BAD_VALUE) => Ok(None),
+            other => other,
+        }
     }
 
     /// The server's plan (`explain`, queryPlanner) for a page of `query`, so that a test can
     /// check that every query shape is served by an index.
-    pub async fn explain(&self, query: Query, limit: usize) -> mongodb::error::Result<Document> {
-        let command = doc! {
-            "explain": { "find": self.events.name(), "filter": query.filter, "sort": query.sort, "limit": limit as i64 + 1 },
-            "verbosity": "queryPlanner",
-        };
-        self.events.client().database(&self.events.namespace().db).run_command(command).await
+    pub async fn explain(&self, query: &Query, limit: usize) -> mongodb::error::Result<Document> {
+        let db = self.events.client().database(&self.events.namespace().db);
+        crate::indexes::explain(&db, self.events.name(), query, Some(limit as i64 + 1)).await
     }
 
     async fn page(&self, query: Query, limit: usize) -> mongodb::error::Result<(Vec<Document>, bool)> {
@@ -112,25 +145,11 @@ impl EventReader {
     }
 }
 
-/// A page's filter and sort.
-#[derive(Debug, Clone)]
-pub struct Query {
-    pub filter: Document,
-    pub sort: Document,
-}
-
 /// The query of a newest-first page.
 pub fn newest_query(tenant: &str, filters: &Filters, after: Option<&NewestKey>) -> Query {
     let mut filter = doc! { "tenant": tenant };
-    for (field, value) in [
-        ("type", &filters.event_type),
-        ("source", &filters.source),
-        ("aggregate_id", &filters.aggregate_id),
-        ("correlation_id", &filters.correlation_id),
-    ] {
-        if let Some(value) = value {
-            filter.insert(field, value.as_str());
-        }
+    for (listing, value) in filters.listing() {
+        filter.insert(listing.field(), value);
     }
     let mut range = Document::new();
     if let Some(from) = filters.from_ms {
@@ -153,7 +172,7 @@ pub fn newest_query(tenant: &str, filters: &Filters, after: Option<&NewestKey>) 
     if !clauses.is_empty() {
         filter.insert("$and", clauses);
     }
-    Query { filter, sort: doc! { "timestamp": -1, "event_id": -1 } }
+    Query { filter, sort: doc! { "timestamp": -1, "event_id": -1 }, hint: None }
 }
 
 /// The query of a page of an aggregate's stream.
@@ -168,5 +187,5 @@ pub fn aggregate_query(tenant: &str, aggregate_id: &str, after: Option<&StreamKe
             ],
         );
     }
-    Query { filter, sort: doc! { "seq": 1, "partition": 1 } }
+    Query { filter, sort: doc! { "seq": 1, "partition": 1 }, hint: None }
 }

@@ -61,7 +61,9 @@ use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 
-use crate::document::sortable_seq_parts;
+use crate::DUPLICATE_KEY;
+use crate::document::{sortable_seq_of, sortable_seq_parts};
+use crate::indexes::Query;
 
 /// Width of one range, in stream-id milliseconds.
 pub const RANGE_MS: i64 = 1_000;
@@ -76,7 +78,6 @@ pub const RETIRED_KEEP_MS: i64 = 60_000;
 /// document, which must stay far below 16 MiB); past it readers read those events instead.
 pub const MAX_PROVISIONAL: usize = 20_000;
 const POINTER_ID: &str = "current";
-const DUPLICATE_KEY: i32 = 11000;
 
 /// What went wrong with a rollup write.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +166,7 @@ pub fn range_of(seq: &str) -> Option<i64> {
 
 /// The first `seq` of range `k`.
 pub fn range_start_seq(k: i64) -> String {
-    format!("{:020}-{:020}", k.max(0) * RANGE_MS, 0)
+    sortable_seq_of((u64::try_from(k.max(0) * RANGE_MS).unwrap_or(0), 0))
 }
 
 /// The minute holding `ms` (floor, also before 1970).
@@ -236,7 +237,8 @@ impl RollupStore {
         Ok(Generations {
             current: int(&pointer, "current").unwrap_or(1),
             building: int(&pointer, "building"),
-            retired: int(&pointer, "retired").zip(int(&pointer, "retired_at")),
+            retired: int(&pointer, "retired")
+                .zip(pointer.get_datetime("retired_at").ok().map(|at| at.timestamp_millis())),
         })
     }
 
@@ -273,17 +275,16 @@ impl RollupStore {
         if from >= to {
             return Ok(counts);
         }
-        let filter = |hi: i64| {
-            doc! { "partition": partition, "seq": { "$gte": range_start_seq(from), "$lt": range_start_seq(hi) } }
-        };
-        let projection = doc! { "_id": 0, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 };
+        let query = |hi: i64| position_query(partition, &range_start_seq(from), &range_start_seq(hi));
+        let projection = position_projection();
         let mut by_doc: HashMap<(String, String, i64), BTreeMap<i64, i64>> = HashMap::new();
         let mut read = 0_i64;
         let mut last_range = from;
+        let Query { filter, sort, .. } = query(to);
         let mut cursor = self
             .events
-            .find(filter(to))
-            .sort(doc! { "seq": 1 })
+            .find(filter)
+            .sort(sort)
             .limit(MAX_BATCH_DOCS + 1)
             .projection(projection.clone())
             .await?;
@@ -304,7 +305,7 @@ impl RollupStore {
                 // One range holds more than a batch: read it whole.
                 end = from + 1;
                 by_doc.clear();
-                let mut whole = self.events.find(filter(end)).projection(projection).await?;
+                let mut whole = self.events.find(query(end).filter).projection(projection).await?;
                 while let Some(d) = whole.try_next().await? {
                     add(&mut by_doc, &d);
                 }
@@ -339,10 +340,8 @@ impl RollupStore {
                         "q": {
                             "_id": count_id(generation, &c.tenant, &c.event_type, c.minute_ms),
                             "fence": { "$lte": fence },
-                            // A document without the field (made by another partition) fails
-                            // this and takes the compare-and-set path. (No `$or` here: nx-27017
-                            // ignores `_id` in an update filter that has one.)
-                            &applied: { "$lt": *first },
+                            // Nothing of this partition applied yet, or only ranges below these.
+                            "$or": [ { &applied: { "$lt": *first } }, { &applied: { "$exists": false } } ],
                         },
                         "u": {
                             "$inc": { "count": total },
@@ -361,10 +360,10 @@ impl RollupStore {
                 self.counts.client().database(&self.counts.namespace().db).run_command(command).await?;
             if let Ok(errors) = reply.get_array("writeErrors") {
                 for error in errors.iter().filter_map(Bson::as_document) {
-                    let index = int(error, "index").unwrap_or(-1);
-                    let code = int(error, "code").unwrap_or(0);
+                    let index = error.get_i32("index").unwrap_or(-1);
+                    let code = error.get_i32("code").unwrap_or(0);
                     let Some(c) = usize::try_from(index).ok().and_then(|i| chunk.get(i)) else { continue };
-                    if code != i64::from(DUPLICATE_KEY) {
+                    if code != DUPLICATE_KEY {
                         let message = error.get_str("errmsg").unwrap_or("write error").to_owned();
                         return Err(RollupError::Mongo(mongodb::error::Error::custom(format!(
                             "event_counts update refused: {message} (code {code})"
@@ -466,7 +465,7 @@ impl RollupStore {
         let filter = doc! { "_id": POINTER_ID, "building": building, "fence": { "$lte": fence } };
         let update = doc! { "$set": {
             "current": building, "building": Bson::Null, "retired": generations.current,
-            "retired_at": now_ms, "fence": fence,
+            "retired_at": DateTime::from_millis(now_ms), "fence": fence,
         } };
         if self.progress.update_one(filter, update).await?.matched_count == 1 {
             Ok(())
@@ -498,11 +497,10 @@ impl RollupStore {
         until: (u64, u64),
         fence: i64,
     ) -> Result<bool, RollupError> {
-        let until_seq = format!("{:020}-{:020}", until.0, until.1);
-        let filter = doc! { "partition": partition, "seq": { "$gte": range_start_seq(next), "$lt": until_seq.as_str() } };
-        let projection = doc! { "_id": 0, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 };
+        let until_seq = sortable_seq_of(until);
+        let query = position_query(partition, &range_start_seq(next), &until_seq);
         let mut by_doc: HashMap<(String, String, i64), BTreeMap<i64, i64>> = HashMap::new();
-        let mut cursor = self.events.find(filter).projection(projection).await?;
+        let mut cursor = self.events.find(query.filter).projection(position_projection()).await?;
         while let Some(d) = cursor.try_next().await? {
             add(&mut by_doc, &d);
         }
@@ -581,14 +579,8 @@ impl RollupStore {
             next_range: progress.partitions.iter().map(|(&p, part)| (p, part.next)).collect(),
             ..Default::default()
         };
-        let window = doc! { "$gte": DateTime::from_millis(from_ms), "$lt": DateTime::from_millis(to_ms) };
-        let mut filter = doc! { "gen": progress.generation, "minute": window.clone() };
-        if let Some(tenant) = tenant {
-            filter.insert("tenant", tenant);
-        }
-        if let Some(t) = event_type {
-            filter.insert("type", t);
-        }
+        let window = Window { tenant, event_type, from_ms, to_ms };
+        let filter = counts_query(progress.generation, &window).filter;
         // Per count document (tenant, type, minute), what it has applied.
         let mut applied: HashMap<(String, String, i64), Document> = HashMap::new();
         let projection = doc! { "_id": 0, "gen": 0, "fence": 0 };
@@ -623,28 +615,21 @@ impl RollupStore {
             }
         }
         // The tail: stored events past the provisional counts, in partitions where Redis has
-        // appended entries since (or cannot say). One query per partition, each served by the
-        // `rollup_position` index, and no `$or` (nx-27017 ignores fields that follow a leading
-        // `$or` of several clauses: see the README's list of its gaps).
-        let tails = progress
-            .partitions
-            .iter()
-            .filter(|(p, part)| appended.get(p).is_none_or(|last| *last >= part.until));
-        for (&p, part) in tails {
-            let from_seq = format!("{:020}-{:020}", part.until.0, part.until.1);
-            let mut filter =
-                doc! { "partition": p, "seq": { "$gte": from_seq }, "timestamp": window.clone() };
-            if let Some(tenant) = tenant {
-                filter.insert("tenant", tenant);
-            }
-            if let Some(t) = event_type {
-                filter.insert("type", t);
-            }
-            let projection = doc! { "_id": 0, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 };
-            let mut tail =
-                self.events.find(filter).projection(projection).max_time(crate::READ_MAX_TIME).await?;
+        // appended entries since (or cannot say). One query, a clause per partition, each clause
+        // a range of the `rollup_position` index.
+        if let Some(query) = tail_query(progress, appended, &window) {
+            let projection =
+                doc! { "_id": 0, "partition": 1, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 };
+            let mut tail = self
+                .events
+                .find(query.filter)
+                .projection(projection)
+                .hint(mongodb::options::Hint::Name(TAIL_INDEX.to_string()))
+                .max_time(crate::READ_MAX_TIME)
+                .await?;
             while let Some(d) = tail.try_next().await? {
-                let (Some(k), Ok(owner), Ok(t), Ok(ts)) = (
+                let (Ok(p), Some(k), Ok(owner), Ok(t), Ok(ts)) = (
+                    d.get_i32("partition"),
                     d.get_str("seq").ok().and_then(range_of),
                     d.get_str("tenant"),
                     d.get_str("type"),
@@ -657,6 +642,80 @@ impl RollupStore {
         }
         Ok(out)
     }
+}
+
+/// What an analytics read counts: a tenant's (every tenant's with `None`) events of one type (of
+/// every type with `None`) with timestamps in minutes `[from_ms, to_ms)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a> {
+    pub tenant: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+impl Window<'_> {
+    fn narrow(&self, filter: &mut Document) {
+        if let Some(tenant) = self.tenant {
+            filter.insert("tenant", tenant);
+        }
+        if let Some(t) = self.event_type {
+            filter.insert("type", t);
+        }
+    }
+
+    fn range(&self) -> Document {
+        doc! { "$gte": DateTime::from_millis(self.from_ms), "$lt": DateTime::from_millis(self.to_ms) }
+    }
+}
+
+/// The index of the stream positions, which the tail query names.
+const TAIL_INDEX: &str = "rollup_position";
+
+/// The events of `partition` with `seq` in `[from_seq, to_seq)`, in position order: one range of
+/// the `rollup_position` index (the rollup job's counts and provisional counts).
+pub fn position_query(partition: i32, from_seq: &str, to_seq: &str) -> Query {
+    Query {
+        filter: doc! { "partition": partition, "seq": { "$gte": from_seq, "$lt": to_seq } },
+        sort: doc! { "seq": 1 },
+        hint: None,
+    }
+}
+
+/// What counting an event needs, all in `rollup_position`: the counts read no document.
+fn position_projection() -> Document {
+    doc! { "_id": 0, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 }
+}
+
+/// The count documents of `window` in `generation` (index `gen_tenant_minute_type`).
+pub fn counts_query(generation: i64, window: &Window<'_>) -> Query {
+    let mut filter = doc! { "gen": generation, "minute": window.range() };
+    window.narrow(&mut filter);
+    Query { filter, sort: Document::new(), hint: None }
+}
+
+/// The tail of an analytics read: the stored events of `window` past the provisional counts, in
+/// the partitions where Redis has appended entries since (or cannot say); `None` when there is
+/// none. One query, a clause per partition, each a range of `rollup_position`.
+pub fn tail_query(
+    progress: &Progress,
+    appended: &BTreeMap<i32, (u64, u64)>,
+    window: &Window<'_>,
+) -> Option<Query> {
+    let tails: Vec<Document> = progress
+        .partitions
+        .iter()
+        .filter(|(p, part)| appended.get(p).is_none_or(|last| *last >= part.until))
+        .map(|(&p, part)| doc! { "partition": p, "seq": { "$gte": sortable_seq_of(part.until) } })
+        .collect();
+    if tails.is_empty() {
+        return None;
+    }
+    let mut filter = doc! { "$or": tails, "timestamp": window.range() };
+    window.narrow(&mut filter);
+    // Named: with a tenant, the planner may take `newest` (tenant, timestamp) and read the whole
+    // window, where the tail is a short range at the end of each partition.
+    Some(Query { filter, sort: Document::new(), hint: Some(TAIL_INDEX) })
 }
 
 /// Adds one event document (seq, tenant, type, timestamp) to per-(tenant, type, minute) range
@@ -675,14 +734,9 @@ fn add(by_doc: &mut HashMap<(String, String, i64), BTreeMap<i64, i64>>, d: &Docu
     Some(k)
 }
 
-/// An integer field, whichever width it was stored with.
+/// An integer field of ours: written as Int64, kept as Int64 by MongoDB (`$inc` included).
 fn int(d: &Document, key: &str) -> Option<i64> {
-    match d.get(key)? {
-        Bson::Int32(v) => Some(i64::from(*v)),
-        Bson::Int64(v) => Some(*v),
-        Bson::Double(v) => Some(*v as i64),
-        _ => None,
-    }
+    d.get_i64(key).ok()
 }
 
 fn is_duplicate(e: &mongodb::error::Error) -> bool {

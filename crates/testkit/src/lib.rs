@@ -4,8 +4,9 @@
 //! - [`RedisCluster`]: a loopback Redis Cluster (three masters with a replica each by default),
 //!   whose nodes can be SIGKILLed to force a failover.
 //! - [`eventually`]: polls a condition until it holds or a deadline passes.
-//! - [`MongoServer`]: `MONGODB_TEST_URI` when set, else a `mongod` on PATH, else `nx-27017` (the
-//!   MongoDB-wire-compatible server from PyPI, found through `NX_27017_BIN` or the project's `.venv`).
+//! - [`MongoServer`]: `MONGODB_TEST_URI` when set, else a `mongod` on PATH, else `secantusd-rs`
+//!   (crate `secantus-mdb`: MongoDB's wire protocol and semantics over WiredTiger, installed pinned
+//!   by `scripts/deps.sh`; found through `SECANTUSD_BIN`, the install place, or PATH).
 //!
 //! Each fixture binds a free loopback port, keeps its data and log in a temporary directory, waits
 //! until the server answers, prints the end of the server's log when the test fails, and kills and
@@ -17,7 +18,7 @@ mod process;
 mod redis_cluster;
 mod redis_server;
 
-pub use mongo::MongoServer;
+pub use mongo::{MongoKind, MongoServer, secantus_binary};
 pub use process::{ChildGuard, free_port, workspace_root};
 pub use redis_cluster::{ClusterNode, RedisCluster};
 pub use redis_server::RedisServer;

@@ -1,4 +1,4 @@
-//! A MongoDB-protocol server for tests: an external one, `mongod`, or `nx-27017`.
+//! A MongoDB-protocol server for tests: an external one, `mongod`, or `secantusd-rs`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +16,8 @@ pub enum MongoKind {
     /// `MONGODB_TEST_URI`: started by someone else, never stopped by us.
     External,
     Mongod,
-    Nx27017,
+    /// `secantusd-rs` (crate `secantus-mdb`): MongoDB's wire protocol and semantics over WiredTiger.
+    Secantus,
 }
 
 /// A MongoDB-protocol server. Each fixture hands out unique database names, so tests sharing an
@@ -46,11 +47,11 @@ impl MongoServer {
         Self::start_owned().await
     }
 
-    /// Starts a server of this test's own (a `mongod` on PATH, else nx-27017), even when
+    /// Starts a server of this test's own (a `mongod` on PATH, else secantusd-rs), even when
     /// `MONGODB_TEST_URI` is set: for tests that stop and restart it.
     pub async fn start_owned() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let kind = if which("mongod").is_some() { MongoKind::Mongod } else { MongoKind::Nx27017 };
+        let kind = if which("mongod").is_some() { MongoKind::Mongod } else { MongoKind::Secantus };
         let port = free_port();
         let process = Some(Self::spawn(kind, port, &dir));
         let server = Self { kind, uri: format!("mongodb://127.0.0.1:{port}"), port, dir, process };
@@ -70,17 +71,20 @@ impl MongoServer {
                 ("mongod", cmd)
             }
             _ => {
-                let bin = nx_binary();
-                let mut cmd = Command::new(&bin);
-                // Its PID file defaults to one shared path, which would stop a second instance.
-                cmd.arg("--db").arg(dir.path().join("nx.db"));
-                cmd.arg("--pid-file").arg(dir.path().join("nx.pid"));
-                cmd.args(["--host", "127.0.0.1", "-p", &port.to_string()]);
-                ("nx-27017", cmd)
+                let mut cmd = Command::new(secantus_binary());
+                // An empty config file of its own: no secantusd.toml of the machine applies. A small
+                // cache and write-ahead log file (allocated in full), since a test run starts many.
+                let config = dir.path().join("secantusd.toml");
+                std::fs::write(&config, "").expect("secantusd.toml");
+                cmd.arg("--config").arg(&config);
+                cmd.arg("--storage-path").arg(dir.path().join("data"));
+                cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+                cmd.args(["--cache-size", "256M", "--log-file-max", "16MB", "--log-level", "WARNING"]);
+                ("secantusd-rs", cmd)
             }
         };
         let mut process = ChildGuard::spawn(name, cmd, &log).unwrap_or_else(|e| {
-            panic!("cannot start {name}: {e}; run the README's test command, which installs nx-27017")
+            panic!("cannot start {name}: {e}; run the README's test command, which installs secantusd-rs")
         });
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         process.wait_for_port(addr, Duration::from_secs(30)).expect("MongoDB server did not start");
@@ -97,6 +101,11 @@ impl MongoServer {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("MongoDB server at {} does not answer ping", self.uri);
+    }
+
+    /// Which server this is.
+    pub fn kind(&self) -> MongoKind {
+        self.kind
     }
 
     /// The connection string.
@@ -138,11 +147,22 @@ fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| PathBuf::from(d).join(name)).find(|p| p.is_file())
 }
 
-/// `NX_27017_BIN`, else `.venv/bin/nx-27017` in the workspace, else `nx-27017` on PATH.
-fn nx_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("NX_27017_BIN") {
+/// `SECANTUSD_BIN`, else the pinned version where `scripts/deps.sh` installs it
+/// (`$EVP_TOOLS`, default `~/.local/share/evp`, then `secantus-mdb-<version>/bin`), else
+/// `secantusd-rs` on PATH.
+pub fn secantus_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SECANTUSD_BIN") {
         return bin.into();
     }
-    let venv = workspace_root().join(".venv/bin/nx-27017");
-    if venv.is_file() { venv } else { which("nx-27017").unwrap_or_else(|| "nx-27017".into()) }
+    let version = std::fs::read_to_string(workspace_root().join("scripts/secantus-mdb.version"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    let tools = std::env::var_os("EVP_TOOLS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share/evp")));
+    let pinned = tools.map(|t| t.join(format!("secantus-mdb-{version}/bin/secantusd-rs")));
+    match pinned {
+        Some(pinned) if pinned.is_file() => pinned,
+        _ => which("secantusd-rs").unwrap_or_else(|| "secantusd-rs".into()),
+    }
 }

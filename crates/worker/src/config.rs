@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use evp_runtime::config::{CommonConfig, ConfigError, Env, error};
+use evp_store::EventIndexes;
 
 /// Everything a worker needs. Defaults are listed in the README.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct WorkerConfig {
     pub lease_ttl: Duration,
     /// `ROLLUP_MAX_LAG_S`, default 60: rollup lag past which health reports `degraded`.
     pub rollup_max_lag: Duration,
+    /// `EVENT_INDEXES`, default [`EventIndexes::DEFAULT`]: the listing filters given an index.
+    pub event_indexes: EventIndexes,
     /// `EVP_TEST_PANIC_ON_EVENT_ID`, for tests only: a batch holding this event id panics.
     pub test_panic_on_event_id: Option<String>,
 }
@@ -77,6 +80,7 @@ impl WorkerConfig {
             shutdown_grace: Duration::from_secs(20),
             trim_every: Duration::from_secs(1),
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            event_indexes: env.parse("EVENT_INDEXES", EventIndexes::default())?,
             test_panic_on_event_id: env.get("EVP_TEST_PANIC_ON_EVENT_ID"),
         })
     }

@@ -140,7 +140,9 @@ async fn prepare(
     shutdown: &CancellationToken,
 ) -> bool {
     retry_until_ok("create MongoDB indexes", config, shutdown, || async {
-        store.ensure_indexes().await?;
+        for name in store.ensure_indexes(&config.event_indexes).await? {
+            tracing::warn!(index = %name, "an index of this name exists with other options; kept as it is");
+        }
         rollups.ensure_indexes().await
     })
     .await

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Tenant;
 use crate::error::{ApiError, ErrorResponse};
-use crate::read::{EventPage, ListQuery, PageQuery, StoredEvent, aggregate_scope, listing_scope};
+use crate::read::{EventPage, ListQuery, PageQuery, StoredEvent, aggregate_scope, invalid, listing_scope};
 use crate::state::AppState;
 
 /// Longest a read waits for MongoDB before answering 503.
@@ -79,7 +79,8 @@ fn page(docs: &[Document], more: bool, cursor: impl FnOnce(&Document) -> String)
     responses(
         (status = 200, description = "One page", body = EventPage),
         (status = 400, description = "`invalid_query`: an unknown or repeated parameter, a bad value, \
-            or a cursor issued for other filters or another tenant", body = ErrorResponse),
+            a filter this deployment keeps no index for (`EVENT_INDEXES`), or a cursor issued for other \
+            filters or another tenant", body = ErrorResponse),
         (status = 401, description = "`unauthorized`", body = ErrorResponse),
         (status = 503, description = "MongoDB unreachable", body = ErrorResponse,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
@@ -93,6 +94,16 @@ pub async fn list_events(
     let query = ListQuery::parse(raw.as_deref())?;
     let limit = query.limit()?;
     let filters = query.filters()?;
+    let indexed = &state.config.event_indexes;
+    if let Some((filter, _)) = filters.listing().find(|(filter, _)| !indexed.contains(*filter)) {
+        return Err(invalid(
+            filter.parameter(),
+            format!(
+                "this deployment keeps no index for this filter, and a filter is never answered by a \
+                 scan; EVENT_INDEXES={indexed} names the filters it serves"
+            ),
+        ));
+    }
     let scope = listing_scope(&tenant.0, &filters);
     let after = position(&state, &scope, query.cursor.as_deref())?
         .map(|NewestPosition(timestamp_ms, event_id)| NewestKey { timestamp_ms, event_id });

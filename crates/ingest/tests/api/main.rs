@@ -8,6 +8,7 @@ mod binary;
 mod events;
 mod health;
 mod helpers;
+mod indexes;
 mod limits;
 mod partitions;
 mod read;

@@ -68,6 +68,7 @@ async fn documents_have_the_contract_shape_and_indexes_exist() {
 
     let coll = p.collection().await;
     let full = coll.find_one(doc! {"event_id": "o-1"}).await.unwrap().unwrap();
+    assert_eq!(full.get_str("_id").unwrap(), "acme:o-1", "_id carries (tenant, event id)");
     assert_eq!(full.get_str("tenant").unwrap(), "acme");
     assert_eq!(full.get_str("type").unwrap(), "order.placed");
     assert_eq!(full.get_datetime("timestamp").unwrap().timestamp_millis(), 1_767_323_045_678);
@@ -94,25 +95,43 @@ async fn documents_have_the_contract_shape_and_indexes_exist() {
     assert!(!minimal.contains_key("source"));
     assert!(matches!(minimal.get("timestamp"), Some(Bson::DateTime(_))));
 
-    // By key fields, not names or directions: nx-27017 renames indexes and reports every key as
-    // ascending (see the README's testing section).
+    // The default EVENT_INDEXES (`type`): the fixed set plus the `type` listing; partial where
+    // only events with an optional field need an entry.
     use futures::TryStreamExt;
     let indexes: Vec<mongodb::IndexModel> = coll.list_indexes().await.unwrap().try_collect().await.unwrap();
-    let find = |fields: &[&str]| {
-        indexes.iter().find(|i| i.keys.keys().map(String::as_str).eq(fields.iter().copied()))
-    };
-    let unique = find(&["tenant", "event_id"]).expect("unique (tenant, event_id) index");
-    assert_eq!(unique.options.as_ref().and_then(|o| o.unique), Some(true));
-    for fields in [
-        &["tenant", "timestamp", "event_id"][..],
-        &["tenant", "type", "timestamp", "event_id"],
-        &["tenant", "source", "timestamp", "event_id"],
-        &["tenant", "aggregate_id", "timestamp", "event_id"],
-        &["tenant", "correlation_id", "timestamp", "event_id"],
-        &["tenant", "aggregate_id", "seq", "partition"],
-    ] {
-        assert!(find(fields).is_some(), "no index on {fields:?}: {indexes:?}");
-    }
+    // (name, keys with directions, partial)
+    type Index = (String, Vec<(String, i32)>, bool);
+    let mut found: Vec<Index> = indexes
+        .iter()
+        .map(|i| {
+            let options = i.options.as_ref().unwrap();
+            let keys = i.keys.iter().map(|(k, v)| (k.clone(), v.as_i32().unwrap_or(0))).collect();
+            (options.name.clone().unwrap(), keys, options.partial_filter_expression.is_some())
+        })
+        .collect();
+    found.sort();
+    let keys = |pairs: &[(&str, i32)]| pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Vec<_>>();
+    let mut expected = vec![
+        ("_id_".to_string(), keys(&[("_id", 1)]), false),
+        (
+            "aggregate_order".into(),
+            keys(&[("tenant", 1), ("aggregate_id", 1), ("seq", 1), ("partition", 1)]),
+            true,
+        ),
+        ("newest".into(), keys(&[("tenant", 1), ("timestamp", -1), ("event_id", -1)]), false),
+        (
+            "newest_by_type".into(),
+            keys(&[("tenant", 1), ("type", 1), ("timestamp", -1), ("event_id", -1)]),
+            false,
+        ),
+        (
+            "rollup_position".into(),
+            keys(&[("partition", 1), ("seq", 1), ("tenant", 1), ("type", 1), ("timestamp", 1)]),
+            false,
+        ),
+    ];
+    expected.sort();
+    assert_eq!(found, expected);
 
     let (status, body) = worker.get("/health/ready").await;
     assert_eq!(status, 200, "{body}");
