@@ -247,7 +247,7 @@ for size in ${BENCH_READ_SIZES:-100000 1000000}; do
     stored=$size
     type=$(curl -s "$INGEST_URL/events?limit=1" -H "x-api-key: $KEY" | python3 -c "import json,sys; print(json.load(sys.stdin)['events'][0]['type'])")
     for query in "" "&type=$type"; do
-        "$BIN/evp-loadtest" read --url "$INGEST_URL" --key "$KEY" --query "$query" --depth 500 --samples 50 \
+        "$BIN/evp-loadtest" read --url "$INGEST_URL" --key "$KEY" --query "$query" --depth 500 --samples "${BENCH_READ_SAMPLES:-50}" \
             --json "$WORK/read-$size.json" | tee -a "$WORK/read.txt"
         READ_REPORT+="  $size events $(json "$WORK/read-$size.json" "f\"{'type filter' if d['query'] else 'no filter'}: first page p50 {d['first']['p50_ms']:.1f} ms p99 {d['first']['p99_ms']:.1f} ms; page {d['deep_page']} p50 {d['deep']['p50_ms']:.1f} ms p99 {d['deep']['p99_ms']:.1f} ms = {d['deep']['p50_ms'] / d['first']['p50_ms']:.2f}x\"")
 "

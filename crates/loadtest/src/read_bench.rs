@@ -57,6 +57,9 @@ async fn latency(client: &HttpClient, url: &str, key: &str, samples: usize) -> a
     Ok(PageLatency { p50_ms: ms(0.50), p99_ms: ms(0.99) })
 }
 
+/// The page size of the walk down to the deep page: the read API's largest.
+const WALK_LIMIT: usize = 1000;
+
 /// Measures the first page and page `depth + 1` of `GET {base}/events?limit={limit}{query}`.
 pub async fn run(
     base: &str,
@@ -70,15 +73,28 @@ pub async fn run(
     let first_url = format!("{base}/events?limit={limit}{query}");
     let first = latency(&client, &first_url, key, samples).await?;
 
+    // Down to the deep page in pages of up to 1,000 (a cursor is bound to the filters, not to the
+    // page size): the same position as `depth` pages of `limit`, in a tenth of the requests.
     let started = Instant::now();
-    let mut url = first_url.clone();
-    for page in 1..=depth {
+    let mut remaining = depth * limit;
+    let mut cursor: Option<String> = None;
+    while remaining > 0 {
+        let size = remaining.min(WALK_LIMIT);
+        let mut url = format!("{base}/events?limit={size}{query}");
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
         let (_, body) = get(&client, &url, key).await?;
-        let cursor = body["next_cursor"].as_str().ok_or_else(|| {
-            anyhow::anyhow!("the result ends at page {page}; store more events or go less deep")
+        let next = body["next_cursor"].as_str().ok_or_else(|| {
+            anyhow::anyhow!("the result ends before page {}; store more events or go less deep", depth + 1)
         })?;
-        url = format!("{first_url}&cursor={cursor}");
+        cursor = Some(next.to_string());
+        remaining -= size;
     }
+    let url = match &cursor {
+        Some(cursor) => format!("{first_url}&cursor={cursor}"),
+        None => first_url.clone(),
+    };
     let walk_s = started.elapsed().as_secs_f64();
     let deep = latency(&client, &url, key, samples).await?;
     Ok(ReadReport { query: query.to_string(), limit, first, deep_page: depth + 1, deep, walk_s })
