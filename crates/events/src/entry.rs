@@ -19,6 +19,8 @@ pub const VERSION: u8 = 1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedEvent {
     pub id: String,
+    /// Its `type` (for the per-tenant cap on distinct types).
+    pub event_type: String,
     pub payload: Vec<u8>,
     /// [`route_hash`] of its `aggregate_id`, else its `id`: which partition it goes to.
     pub route: u64,
@@ -130,7 +132,12 @@ pub fn encode(event: &ValidEvent<'_>, tenant: &str, received_at_ms: i64) -> Enco
     // Serializing plain strings, integers and already-valid raw JSON into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut payload, &out);
     let route = route_hash(event.aggregate_id.as_deref().unwrap_or(&event.id));
-    EncodedEvent { id: event.id.clone().into_owned(), payload, route }
+    EncodedEvent {
+        id: event.id.clone().into_owned(),
+        event_type: event.event_type.to_string(),
+        payload,
+        route,
+    }
 }
 
 fn data_len(data: Option<&RawValue>) -> usize {

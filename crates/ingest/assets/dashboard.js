@@ -49,13 +49,13 @@
     return fetch(path, Object.assign({ cache: 'no-store' }, init, { headers }));
   }
 
-  // 200: an operator key; 403: a tenant key; 401: neither.
+  // The key's role from GET /whoami: 'admin' (an operator key), 'tenant', or null (refused).
   async function detectRole() {
-    const r = await call('/admin/dlq?limit=1');
-    if (r.status === 200) return 'admin';
-    if (r.status === 403) return 'tenant';
+    const r = await call('/whoami');
     if (r.status === 401) return null;
-    throw new Error(`the ingest answered ${r.status}`);
+    if (r.status !== 200) throw new Error(`the ingest answered ${r.status}`);
+    const me = await r.json();
+    return me.role === 'operator' ? 'admin' : 'tenant';
   }
 
   async function start() {

@@ -7,7 +7,8 @@
 //!   Redis append" on this machine, before any of evp's own work.
 //!
 //! It serves the way the ingest does: one server thread per CPU (or `TOKIO_WORKER_THREADS`), each
-//! with its own single-threaded runtime and, with Redis, its own connection (`evp_ingest::shards`).
+//! with its own single-threaded runtime and, with Redis, its own connection, under the ingest's
+//! default connection bounds (`evp_ingest::shards`).
 //!
 //! `load-tests/bench.sh` drives both with the same wrk rounds as the ingest, so the ratios between
 //! them say what the HTTP stack, the Redis append and evp's own work each cost.
@@ -44,7 +45,11 @@ async fn main() -> anyhow::Result<()> {
         })
     };
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    evp_ingest::shards::serve(listener, threads, make_app, CancellationToken::new(), Duration::ZERO).await
+    // The ingest's own connection bounds (its defaults), so the ceiling pays for the same timers.
+    let defaults = evp_ingest::IngestConfig::for_test("redis://127.0.0.1:6379", "mongodb://127.0.0.1:9", "k");
+    let bounds = evp_ingest::shards::Bounds::of(&defaults);
+    evp_ingest::shards::serve(listener, threads, make_app, CancellationToken::new(), Duration::ZERO, bounds)
+        .await
 }
 
 async fn append(State(mut conn): State<ConnectionManager>, body: Bytes) -> (StatusCode, String) {

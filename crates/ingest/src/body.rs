@@ -1,7 +1,8 @@
 //! The request-body extractor for event endpoints.
 //!
 //! It enforces, in order: a JSON content type (415), a supported content encoding (415), the
-//! `MAX_BODY_BYTES` cap on the bytes received (413), and the same cap on the bytes a gzip body
+//! `HTTP_BODY_TIMEOUT_MS` deadline on the whole body (408), the `MAX_BODY_BYTES` cap on the bytes
+//! received (413), and the same cap on the bytes a gzip body
 //! decompresses to (413), so a small gzip bomb is refused after reading at most the cap plus one
 //! byte, never by running out of memory.
 
@@ -29,10 +30,14 @@ impl FromRequest<AppState> for EventBody {
             message: format!("the body is larger than {limit} bytes (MAX_BODY_BYTES)"),
             details: Vec::new(),
         };
-        let raw = to_bytes(req.into_body(), limit).await.map_err(|e| match e
-            .into_inner()
-            .downcast::<http_body_util::LengthLimitError>(
-        ) {
+        let deadline = state.config.body_timeout;
+        let read = tokio::time::timeout(deadline, to_bytes(req.into_body(), limit)).await.map_err(|_| {
+            ApiError::RequestTimeout(format!(
+                "the body did not arrive within {} ms (HTTP_BODY_TIMEOUT_MS); nothing was accepted",
+                deadline.as_millis()
+            ))
+        })?;
+        let raw = read.map_err(|e| match e.into_inner().downcast::<http_body_util::LengthLimitError>() {
             Ok(_) => too_large(),
             Err(e) => ApiError::InvalidJson(format!("could not read the body: {e}")),
         })?;

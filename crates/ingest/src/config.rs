@@ -34,6 +34,16 @@ pub struct IngestConfig {
     pub limits: Limits,
     /// `MAX_BODY_BYTES`, default 5,242,880, applied to the body after gzip decompression too.
     pub max_body_bytes: usize,
+    /// `HTTP_HEADER_TIMEOUT_MS` (10,000) and `HTTP_IDLE_TIMEOUT_MS` (60,000): how long a
+    /// connection may take to send a request head, and sit idle between requests.
+    pub timeouts: crate::connections::Timeouts,
+    /// `HTTP_BODY_TIMEOUT_MS`, default 30,000: the longest a request body may take to arrive
+    /// (then 408).
+    pub body_timeout: Duration,
+    /// `MAX_CONNECTIONS`, default the open-files limit less 256: connections open at once.
+    pub max_connections: usize,
+    /// `TENANT_MAX_TYPES`, default 1,000: distinct event types per tenant.
+    pub tenant_max_types: usize,
     /// `EVENT_INDEXES`, default [`EventIndexes::DEFAULT`]: the `GET /events` filters served by an
     /// index; any other filter is refused with 400.
     pub event_indexes: EventIndexes,
@@ -79,6 +89,14 @@ impl IngestConfig {
             limits,
             max_body_bytes: env.positive("MAX_BODY_BYTES", 5_242_880)?,
             event_indexes: env.parse("EVENT_INDEXES", EventIndexes::default())?,
+            tenant_max_types: env.positive("TENANT_MAX_TYPES", 1_000)?,
+            timeouts: crate::connections::Timeouts {
+                header: positive_ms(env, "HTTP_HEADER_TIMEOUT_MS", 10_000)?,
+                idle: positive_ms(env, "HTTP_IDLE_TIMEOUT_MS", 60_000)?,
+            },
+            body_timeout: positive_ms(env, "HTTP_BODY_TIMEOUT_MS", 30_000)?,
+            max_connections: env
+                .positive("MAX_CONNECTIONS", crate::connections::default_max_connections())?,
             threads: env.positive("TOKIO_WORKER_THREADS", default_threads())?,
             redis_timeout: Duration::from_secs(2),
             backlog_poll: Duration::from_millis(250),
@@ -99,6 +117,11 @@ impl IngestConfig {
     }
 }
 
+/// A duration in milliseconds, greater than zero.
+fn positive_ms(env: &Env, name: &str, default_ms: u64) -> Result<Duration, ConfigError> {
+    env.positive(name, default_ms).map(Duration::from_millis)
+}
+
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
@@ -116,6 +139,10 @@ mod tests {
             (65_536, 1_000, 5_242_880)
         );
         assert_eq!(c.stream_high_water, IngestConfig::DEFAULT_HIGH_WATER);
+        assert_eq!((c.timeouts.header, c.timeouts.idle), (Duration::from_secs(10), Duration::from_secs(60)));
+        assert_eq!(c.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_connections, crate::connections::default_max_connections());
+        assert_eq!(c.tenant_max_types, 1_000);
         assert_eq!(c.threads, std::thread::available_parallelism().unwrap().get());
         let one =
             IngestConfig::from_env(&Env::from_pairs([("API_KEYS", "k"), ("TOKIO_WORKER_THREADS", "1")]));
@@ -138,6 +165,10 @@ mod tests {
         assert_eq!(bad("TOKIO_WORKER_THREADS", "0"), "TOKIO_WORKER_THREADS");
         assert_eq!(bad("TOKIO_WORKER_THREADS", "all"), "TOKIO_WORKER_THREADS");
         assert_eq!(bad("EVENT_INDEXES", "type,data"), "EVENT_INDEXES");
+        assert_eq!(bad("TENANT_MAX_TYPES", "0"), "TENANT_MAX_TYPES");
+        assert_eq!(bad("HTTP_HEADER_TIMEOUT_MS", "0"), "HTTP_HEADER_TIMEOUT_MS");
+        assert_eq!(bad("HTTP_BODY_TIMEOUT_MS", "soon"), "HTTP_BODY_TIMEOUT_MS");
+        assert_eq!(bad("MAX_CONNECTIONS", "-1"), "MAX_CONNECTIONS");
         let missing = IngestConfig::from_env(&Env::from_pairs::<[(&str, &str); 0], _, _>([])).unwrap_err();
         assert_eq!(missing.variable, "API_KEYS");
     }

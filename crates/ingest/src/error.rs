@@ -32,9 +32,15 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(String),
     /// Redis refused the append or did not answer in time. The cause is logged with the request,
-    /// never sent to the client.
-    #[error("the event store is unreachable; nothing was accepted, retry later")]
-    StoreUnreachable { cause: String },
+    /// never sent to the client. `maybe_stored`: the append may have landed (in part), so the
+    /// message says so and tells how to retry safely.
+    #[error("{}", if *maybe_stored {
+        "the event store did not confirm the append: some or all events may have been stored; \
+         retry with the same ids or Idempotency-Key"
+    } else {
+        "the event store is unreachable; nothing was accepted, retry later"
+    })]
+    StoreUnreachable { cause: String, maybe_stored: bool },
     /// A query parameter is unknown, repeated or has a bad value; `parameter` names it.
     #[error("{message}")]
     InvalidQuery { message: String, parameter: Option<&'static str> },
@@ -43,6 +49,15 @@ pub enum ApiError {
     /// A valid key without the right to this route (a tenant key on `/admin/*`).
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The body did not arrive within `HTTP_BODY_TIMEOUT_MS`.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// An `Idempotency-Key` sent again with a different body (Stripe's rule): nothing is enqueued.
+    #[error(
+        "this Idempotency-Key was first used with a different request body (within the last 24 hours); \
+         send a new key for a new request, or the same body to retry"
+    )]
+    IdempotencyKeyReused,
     /// MongoDB did not answer a read. The cause is logged, never sent.
     #[error("the event store cannot be read right now; retry later")]
     ReadUnavailable { cause: String },
@@ -63,6 +78,8 @@ impl ApiError {
             }
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
         }
     }
 
@@ -101,7 +118,7 @@ pub struct ErrorResponse {
 pub struct ErrorBody {
     /// Stable machine-readable code: `invalid_json`, `invalid_event`, `invalid_query`,
     /// `unauthorized`, `forbidden`, `payload_too_large`, `unsupported_media_type`,
-    /// `service_unavailable`, `not_found`.
+    /// `idempotency_key_reused`, `request_timeout`, `service_unavailable`, `not_found`.
     #[schema(value_type = String)]
     pub code: &'static str,
     /// Human-readable explanation.
@@ -117,7 +134,7 @@ impl IntoResponse for ApiError {
         let mut cause = None;
         let details = match self {
             Self::InvalidEvent { details, .. } | Self::PayloadTooLarge { details, .. } => details,
-            Self::StoreUnreachable { cause: c } | Self::ReadUnavailable { cause: c } => {
+            Self::StoreUnreachable { cause: c, .. } | Self::ReadUnavailable { cause: c } => {
                 cause = Some(FailureCause(c));
                 Vec::new()
             }

@@ -4,12 +4,14 @@
 //!
 //! - [`router`] builds the axum router and the OpenAPI document from one list of handlers, and adds
 //!   request ids, request metrics and logging ([`metrics::TrackRequests`]) and panic catching.
+//! - [`connections`] bounds each connection in time (request head, idle) and their number.
 //! - [`auth`] turns `x-api-key` into a [`auth::Tenant`] (401 otherwise), using the keys of
 //!   [`keys`].
 //! - [`body`] reads the body: JSON content type, size cap, gzip with a cap on the decompressed size.
 //! - [`routes::events`] validates with `evp_events` (all or nothing) and hands the encoded entries to
 //! - [`stream_publisher`], which appends them to the Redis stream in one atomic round trip; only then
 //!   does the client get 202.
+//! - [`limiters`] hold what one tenant may take of the shared deployment (distinct types).
 //! - [`error`] is the single mapping from every refusal to status, code and JSON body.
 //!
 //! The read side: [`routes::read`] serves `GET /events*` and `GET /aggregates/{id}/events` with
@@ -25,8 +27,10 @@ pub mod analytics;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod keys;
+pub mod limiters;
 pub mod metrics;
 pub mod read;
 pub mod router;
@@ -64,6 +68,7 @@ pub async fn build_state(
     let reader = evp_store::reader::EventReader::new(&mongo, &common.mongodb_database);
     let cursors = read::cursor::CursorSigner::new(&config.api_keys.secret_material());
     let rollups = evp_store::rollups::RollupStore::new(&mongo, &common.mongodb_database);
+    let type_cap = limiters::types::TypeCap::new(config.tenant_max_types, &common.stream);
     let pipeline = analytics::Pipeline::new(target, common.partitions(), &config.group, config.redis_timeout)
         .context("REDIS_URL")?;
     Ok(AppState::new(state::Shared {
@@ -76,6 +81,7 @@ pub async fn build_state(
         rates: analytics::RateSampler::default(),
         analytics_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(analytics::CONCURRENT_ANSWERS)),
         cursors,
+        type_cap,
         prometheus: metrics,
         metrics: metrics_handles,
         shutdown,
@@ -112,13 +118,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (drain_timeout, threads) = (config.drain_timeout, config.threads);
+    let bounds = shards::Bounds::of(&config);
     let state = build_state(config, metrics, shutdown.clone()).await?;
     state.publisher.spawn_backlog_monitor(state.config.backlog_poll, shutdown.clone());
     state.rates.spawn(state.pipeline.clone(), shutdown.clone());
     spawn_index_creation(&state, shutdown.clone());
     tracing::info!(addr = %listener.local_addr()?, threads, "evp-ingest listening; Swagger UI at /docs");
     let make_app = move || Ok(router::router(state.on_this_runtime().context("REDIS_URL")?));
-    shards::serve(listener, threads, make_app, shutdown, drain_timeout).await?;
+    shards::serve(listener, threads, make_app, shutdown, drain_timeout, bounds).await?;
     tracing::info!("evp-ingest stopped");
     Ok(())
 }

@@ -46,6 +46,8 @@ pub const PIPELINE_EVENTS: &str = "evp_ingest_redis_pipeline_events";
 pub const BATCH_EVENTS: &str = "evp_ingest_request_events";
 /// Gauge: last sampled stream length.
 pub const STREAM_BACKLOG: &str = "evp_ingest_stream_backlog";
+/// Counter: connections closed at once because `MAX_CONNECTIONS` were open.
+pub const CONNECTIONS_REFUSED: &str = "evp_ingest_connections_refused_total";
 
 /// Handles of the unlabelled metrics recorded on every accepted request.
 #[derive(Debug, Clone)]

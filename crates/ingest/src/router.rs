@@ -17,7 +17,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::API_KEY_HEADER;
 use crate::error::ApiError;
 use crate::metrics::{REQUEST_ID, TrackRequestsLayer};
-use crate::routes::{admin, analytics, dashboard, events, health, read};
+use crate::routes::{admin, analytics, dashboard, events, health, read, whoami};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -27,6 +27,7 @@ use crate::state::AppState;
     modifiers(&ApiKeyScheme),
     tags((name = "events", description = "Ingest events"), (name = "read", description = "Read stored events back"),
         (name = "analytics", description = "Exact counts from the rollups, and the pipeline"),
+        (name = "auth", description = "What the key sent may do"),
         (name = "admin", description = "Operators only (ADMIN_KEYS): dead letters"),
         (name = "health", description = "Health and metrics"))
 )]
@@ -61,6 +62,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(read::get_event))
         .routes(routes!(read::aggregate_events))
         .routes(routes!(analytics::metrics))
+        .routes(routes!(whoami::whoami))
         .routes(routes!(admin::list))
         .routes(routes!(admin::replay))
         .routes(routes!(admin::purge))

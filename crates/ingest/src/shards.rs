@@ -10,10 +10,11 @@
 //! One listening socket accepts connections on the caller's runtime and hands them to the threads
 //! in turn, so every thread gets the same number of connections and the port behaves as any
 //! single socket does (a second process cannot bind it; closing it refuses new connections).
-//! A connection stays on its thread for its whole life.
+//! A connection stays on its thread for its whole life. The acceptor admits a connection only
+//! while the [`ConnectionCap`] has room (else closes it at once), and each thread serves its
+//! connections with hyper within [`connections`](crate::connections)' time bounds.
 
 use std::convert::Infallible;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +25,31 @@ use axum::response::Response;
 use axum::serve::Listener;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tower::Service;
+use tower::{Service, ServiceExt};
+
+use crate::connections::{ConnectionCap, ConnectionSlot, Phase, Timeouts, Watched};
+
+/// How connections are bounded: in number, and in time.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    pub cap: ConnectionCap,
+    pub timeouts: Timeouts,
+}
+
+impl Bounds {
+    /// The bounds `config` names (`MAX_CONNECTIONS`, `HTTP_HEADER_TIMEOUT_MS`, `HTTP_IDLE_TIMEOUT_MS`).
+    pub fn of(config: &crate::IngestConfig) -> Self {
+        Self { cap: ConnectionCap::new(config.max_connections), timeouts: config.timeouts }
+    }
+}
+
+/// An accepted connection on its way to a server thread, with its place under the cap.
+type Accepted = (std::net::TcpStream, SocketAddr, ConnectionSlot);
 
 /// Accepted connections waiting for their thread; the acceptor waits when a thread falls this far
 /// behind.
@@ -45,6 +67,7 @@ pub async fn serve<F, S>(
     make_app: F,
     shutdown: CancellationToken,
     drain_timeout: Duration,
+    bounds: Bounds,
 ) -> anyhow::Result<()>
 where
     F: Fn() -> anyhow::Result<S> + Send + Sync + 'static,
@@ -59,13 +82,15 @@ where
         let (handoff, connections) = mpsc::channel(HANDOFF_QUEUE);
         let (done, finished) = oneshot::channel();
         let incoming = Handoff { connections, local };
-        let (make_app, stop) = (make_app.clone(), shutdown.clone());
+        let (make_app, stop, timeouts) = (make_app.clone(), shutdown.clone(), bounds.timeouts);
         let spawned = std::thread::Builder::new().name(format!("evp-ingest-{i}")).spawn(move || {
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("server thread runtime")
-                .and_then(|rt| rt.block_on(serve_thread(incoming, &*make_app, stop, drain_timeout)));
+                .and_then(|rt| {
+                    rt.block_on(serve_thread(incoming, &*make_app, stop, drain_timeout, timeouts))
+                });
             let _ = done.send(result);
         });
         if let Err(e) = spawned {
@@ -75,7 +100,7 @@ where
         handoffs.push(handoff);
         stopped.push(finished);
     }
-    tokio::spawn(accept(listener, handoffs, shutdown.clone()));
+    tokio::spawn(accept(listener, handoffs, bounds.cap, shutdown.clone()));
 
     let mut first_error = None;
     while let Some(stopped) = stopped.next().await {
@@ -94,15 +119,24 @@ where
 /// the listening socket, so new connections are refused.
 async fn accept(
     mut listener: TcpListener,
-    handoffs: Vec<mpsc::Sender<(std::net::TcpStream, SocketAddr)>>,
+    handoffs: Vec<mpsc::Sender<Accepted>>,
+    cap: ConnectionCap,
     shutdown: CancellationToken,
 ) {
-    for handoff in handoffs.iter().cycle() {
+    let mut handoffs = handoffs.iter().cycle();
+    loop {
         // axum's accept: logs and retries on errors (a full file table waits a second).
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = Listener::accept(&mut listener) => accepted,
         };
+        let Some(slot) = cap.try_admit() else {
+            // Every place is taken: closed at once, so the acceptor never waits.
+            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
+            drop(stream);
+            continue;
+        };
+        let Some(handoff) = handoffs.next() else { return };
         // Leave this runtime's reactor; the server thread registers it with its own.
         let stream = match stream.into_std() {
             Ok(stream) => stream,
@@ -113,16 +147,17 @@ async fn accept(
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            sent = handoff.send((stream, peer)) => if sent.is_err() { return }, // the thread has stopped
+            sent = handoff.send((stream, peer, slot)) => if sent.is_err() { return }, // the thread has stopped
         }
     }
 }
 
 async fn serve_thread<F, S>(
-    incoming: Handoff,
+    mut incoming: Handoff,
     make_app: &F,
     shutdown: CancellationToken,
     drain_timeout: Duration,
+    timeouts: Timeouts,
 ) -> anyhow::Result<()>
 where
     F: Fn() -> anyhow::Result<S>,
@@ -130,42 +165,68 @@ where
     S::Future: Send,
 {
     let app = make_app()?;
-    let server = axum::serve(incoming, axum::ServiceExt::<Request>::into_make_service(app))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, slot) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = incoming.next() => match accepted {
+                Some(accepted) => accepted,
+                None => break,
+            },
+        };
+        let phase = Phase::new(timeouts);
+        let service = {
+            let (app, phase) = (app.clone(), phase.clone());
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                phase.request_started();
+                let (app, phase) = (app.clone(), phase.clone());
+                async move {
+                    let response = app.oneshot(request.map(axum::body::Body::new)).await;
+                    phase.request_finished();
+                    response
+                }
+            })
+        };
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(Watched::new(stream, phase.clone())), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = connection => {}
+                _ = phase.expired() => {} // dropped: the socket is closed
+            }
+            drop(slot);
+        });
+    }
+    // Stop accepting; let the requests in flight finish (idle connections close at once).
     tokio::select! {
-        result = server.into_future() => result.context("HTTP server")?,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(drain_timeout).await } => {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(drain_timeout) => {
             tracing::warn!(?drain_timeout, "in-flight requests did not finish in time; exiting anyway");
         }
     }
     Ok(())
 }
 
-/// A server thread's side of the handoff: axum serves it like a listening socket.
+/// A server thread's side of the handoff.
 struct Handoff {
-    connections: mpsc::Receiver<(std::net::TcpStream, SocketAddr)>,
+    connections: mpsc::Receiver<Accepted>,
     local: SocketAddr,
 }
 
-impl Listener for Handoff {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+impl Handoff {
+    /// The next connection, registered with this thread's reactor; `None` once the acceptor has
+    /// stopped (shutdown has begun).
+    async fn next(&mut self) -> Option<(TcpStream, ConnectionSlot)> {
         loop {
-            let Some((stream, peer)) = self.connections.recv().await else {
-                // The acceptor stopped: shutdown has begun and axum stops calling accept.
-                return std::future::pending().await;
-            };
+            let (stream, _peer, slot) = self.connections.recv().await?;
             match TcpStream::from_std(stream) {
-                Ok(stream) => return (stream, peer),
-                Err(e) => tracing::warn!(error = %e, "could not take over a connection; closing it"),
+                Ok(stream) => return Some((stream, slot)),
+                Err(e) => {
+                    tracing::warn!(error = %e, local = %self.local, "could not take over a connection; closing it")
+                }
             }
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
     }
 }
 
@@ -178,6 +239,11 @@ mod tests {
 
     use super::*;
 
+    fn bounds() -> Bounds {
+        let timeouts = Timeouts { header: Duration::from_secs(10), idle: Duration::from_secs(60) };
+        Bounds { cap: ConnectionCap::new(100), timeouts }
+    }
+
     /// Answers with the name of the thread that served the request.
     fn thread_name_app() -> anyhow::Result<Router> {
         let name = || async { std::thread::current().name().unwrap_or("unnamed").to_owned() };
@@ -189,8 +255,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let server =
-            tokio::spawn(serve(listener, 3, thread_name_app, shutdown.clone(), Duration::from_secs(5)));
+        let server = tokio::spawn(serve(
+            listener,
+            3,
+            thread_name_app,
+            shutdown.clone(),
+            Duration::from_secs(5),
+            bounds(),
+        ));
 
         let mut served_by = Vec::new();
         for _ in 0..6 {
@@ -222,7 +294,7 @@ mod tests {
             _ => thread_name_app(),
         };
         let shutdown = CancellationToken::new();
-        let served = serve(listener, 3, make_app, shutdown.clone(), Duration::from_secs(5));
+        let served = serve(listener, 3, make_app, shutdown.clone(), Duration::from_secs(5), bounds());
         let error = tokio::time::timeout(Duration::from_secs(5), served).await.expect("serve did not return");
         assert_eq!(error.unwrap_err().to_string(), "no Redis client for this thread");
         assert!(shutdown.is_cancelled());

@@ -42,6 +42,8 @@ pub struct Shared {
     /// Analytics answers computed at once, for the whole process: many open dashboards wait their
     /// turn (or get 503) instead of piling queries onto MongoDB.
     pub analytics_slots: Arc<tokio::sync::Semaphore>,
+    /// `TENANT_MAX_TYPES`.
+    pub type_cap: crate::limiters::types::TypeCap,
     /// Issues and checks the read API's page cursors.
     pub cursors: CursorSigner,
     /// Renders `/metrics`; `None` when no recorder is installed (in-process tests).
@@ -70,6 +72,7 @@ impl AppState {
             rates: self.rates.clone(),
             analytics_slots: self.analytics_slots.clone(),
             cursors: self.cursors.clone(),
+            type_cap: self.type_cap.clone(),
             prometheus: self.prometheus.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),

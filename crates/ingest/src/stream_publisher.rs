@@ -64,6 +64,26 @@ pub enum PublishError {
     Replicas { wanted: u32, got: i64 },
     #[error("the publisher has stopped")]
     Stopped,
+    /// Some partitions of a batch failed after others had appended theirs.
+    #[error("{failed} partition(s) of the batch failed after the others appended: {first}")]
+    Partial { failed: usize, first: Box<PublishError> },
+}
+
+impl PublishError {
+    /// Whether the events may be in the stream although the append failed: the command was sent
+    /// and its answer lost (a timeout, a connection dropped mid-request), the entries were appended
+    /// but too few replicas confirmed them, or other partitions of the batch landed. False only
+    /// when Redis refused the command or it was never sent.
+    pub fn may_have_appended(&self) -> bool {
+        match self {
+            Self::Timeout(_) | Self::Replicas { .. } | Self::Partial { .. } => true,
+            // Sent and its answer lost; a refusal by the server (an error reply) stored nothing.
+            Self::Redis(e) => {
+                e.is_timeout() || e.is_connection_dropped() || e.is_io_error() && !e.is_connection_refusal()
+            }
+            Self::Refused(_) | Self::Stopped => false,
+        }
+    }
 }
 
 impl From<redis::RedisError> for PublishError {
@@ -176,14 +196,26 @@ impl StreamPublisher {
         for event in events {
             by_partition[self.partitions.for_hash(event.route).index as usize].push(&event.payload);
         }
-        let sends =
-            self.partitions.iter().zip(by_partition).filter(|(_, payloads)| !payloads.is_empty()).map(
-                |(partition, payloads)| {
-                    let appender = &appender;
-                    async move { appender.atomic(partition, payloads.into_iter()).await }
-                },
-            );
-        join_all(sends).await.into_iter().collect()
+        let sends: Vec<_> = self
+            .partitions
+            .iter()
+            .zip(by_partition)
+            .filter(|(_, payloads)| !payloads.is_empty())
+            .map(|(partition, payloads)| {
+                let appender = &appender;
+                async move { appender.atomic(partition, payloads.into_iter()).await }
+            })
+            .collect();
+        let attempted = sends.len();
+        let results = join_all(sends).await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        match results.into_iter().find_map(Result::err) {
+            None => Ok(()),
+            Some(first) if failed < attempted => {
+                Err(PublishError::Partial { failed, first: Box::new(first) })
+            }
+            Some(first) => Err(first),
+        }
     }
 
     /// Appends one event, sharing a pipeline with the single events of concurrent requests.
@@ -197,6 +229,27 @@ impl StreamPublisher {
             Ok(result) => result,
             Err(_) => Err(PublishError::Timeout(self.timeout)),
         }
+    }
+
+    /// Remembers `digest` as the body first sent with `tenant`'s Idempotency-Key `key`, for
+    /// [`IDEMPOTENCY_TTL_S`]; returns the digest already remembered, if any (`SET NX GET EX`, one
+    /// round trip, only for requests that carry the header).
+    pub async fn remember_idempotency_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        digest: &str,
+    ) -> Result<Option<String>, PublishError> {
+        let name = format!("{}:idem:{tenant}:{key}", self.partitions.first().stream);
+        let mut set = redis::cmd("SET");
+        set.arg(name).arg(digest).arg("NX").arg("GET").arg("EX").arg(IDEMPOTENCY_TTL_S);
+        let mut conn = self.conn.clone();
+        bounded(self.timeout, async move { set.query_async::<Option<String>>(&mut conn).await }).await
+    }
+
+    /// Its connection, for the limiters' own Redis state.
+    pub fn conn(&self) -> &RedisConn {
+        &self.conn
     }
 
     /// PING, for health and readiness.
@@ -249,6 +302,9 @@ impl StreamPublisher {
         });
     }
 }
+
+/// How long the body digest of an Idempotency-Key is kept (Stripe keeps keys for 24 hours).
+pub const IDEMPOTENCY_TTL_S: u64 = 86_400;
 
 /// `XADD <stream> * e <payload>`, its buffer sized once: built argument by argument, a command's
 /// buffer grows (and copies the payload) several times.

@@ -64,13 +64,16 @@ pub struct Accepted {
         description = "One event. `Content-Encoding: gzip` is accepted."),
     params(("Idempotency-Key" = Option<String>, Header, max_length = 128, min_length = 1, pattern = "^[ -~]{1,128}$",
         description = "When the event has no `id`, its id is derived from your tenant and this key, \
-            so sending the same request again stores it once. 1 to 128 visible ASCII characters.")),
+            so sending the same request again stores it once. The key is bound to the body first sent \
+            with it for 24 hours: another body with the same key gets 422. 1 to 128 visible ASCII characters.")),
     responses(
         (status = 202, description = "Enqueued", body = Accepted),
         (status = 400, description = "`invalid_json` or `invalid_event`", body = ErrorResponse),
         (status = 401, description = "`unauthorized`: missing or unknown x-api-key", body = ErrorResponse),
         (status = 413, description = "`payload_too_large`", body = ErrorResponse),
         (status = 415, description = "`unsupported_media_type`", body = ErrorResponse),
+        (status = 422, description = "`idempotency_key_reused`: the Idempotency-Key was first sent with \
+            another body in the last 24 hours; nothing is enqueued", body = ErrorResponse),
         (status = 503, description = "Redis unreachable or backlog past its high-water mark; see Retry-After",
             body = ErrorResponse, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
@@ -93,7 +96,8 @@ pub async fn post_event(
         description = "An array of events or `{\"events\": [...]}`. `Content-Encoding: gzip` is accepted."),
     params(("Idempotency-Key" = Option<String>, Header, max_length = 128, min_length = 1, pattern = "^[ -~]{1,128}$",
         description = "Events without an `id` get ids derived from your tenant, this key and their index \
-            in the batch, so sending the same request again stores each event once. 1 to 128 visible ASCII characters.")),
+            in the batch, so sending the same request again stores each event once. The key is bound to the body \
+            first sent with it for 24 hours: another body with the same key gets 422. 1 to 128 visible ASCII characters.")),
     responses(
         (status = 202, description = "All enqueued", body = Accepted),
         (status = 400, description = "`invalid_json` or `invalid_event`, with one detail per bad index",
@@ -102,6 +106,8 @@ pub async fn post_event(
         (status = 413, description = "`payload_too_large`: body, batch count or one event too large",
             body = ErrorResponse),
         (status = 415, description = "`unsupported_media_type`", body = ErrorResponse),
+        (status = 422, description = "`idempotency_key_reused`: the Idempotency-Key was first sent with \
+            another body in the last 24 hours; nothing is enqueued", body = ErrorResponse),
         (status = 503, description = "Redis unreachable or backlog past its high-water mark",
             body = ErrorResponse, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
@@ -156,18 +162,71 @@ async fn admit_and_publish(
     };
     let admission = Admission { idempotency_key, ..Admission::new(&tenant.0, now_ms(), state.config.limits) };
     let unavailable = |e: PublishError, events: usize| ApiError::StoreUnreachable {
+        maybe_stored: e.may_have_appended(),
         cause: format!("could not append {events} event(s) to the stream: {e}"),
     };
     if batch {
         let events = admit_batch(body, &admission)?;
+        within_type_cap(state, tenant, &events, true).await?;
         below_high_water(state)?;
+        if let Some(key) = idempotency_key {
+            same_body_as_first_use(state, &tenant.0, key, body, batch).await?;
+        }
         state.publisher.publish_batch(&events).await.map_err(|e| unavailable(e, events.len()))?;
         Ok(events.into_iter().map(|e| e.id).collect())
     } else {
         let event = admit_one(body, &admission)?;
+        within_type_cap(state, tenant, std::slice::from_ref(&event), false).await?;
         below_high_water(state)?;
+        if let Some(key) = idempotency_key {
+            same_body_as_first_use(state, &tenant.0, key, body, batch).await?;
+        }
         state.publisher.publish_one(event.payload, event.route).await.map_err(|e| unavailable(e, 1))?;
         Ok(vec![event.id])
+    }
+}
+
+/// 400 `invalid_event` naming `type` for each event whose type is new past `TENANT_MAX_TYPES`.
+async fn within_type_cap(
+    state: &AppState,
+    tenant: &Tenant,
+    events: &[evp_events::EncodedEvent],
+    batch: bool,
+) -> Result<(), ApiError> {
+    let check = state.type_cap.check(state.publisher.conn(), &tenant.0, events, batch);
+    let unchecked = |cause: String| ApiError::StoreUnreachable { maybe_stored: false, cause };
+    match tokio::time::timeout(state.config.redis_timeout, check).await {
+        Ok(Ok(None)) => Ok(()),
+        Ok(Ok(Some(problems))) => Err(evp_events::BodyError::InvalidEvents(problems).into()),
+        Ok(Err(e)) => Err(unchecked(e.to_string())),
+        Err(_) => Err(unchecked("the type cap was not checked in time".into())),
+    }
+}
+
+/// 422 when `key` was first used (within 24 h) with another body: a new request under an old key
+/// would otherwise get the old request's ids and its events would be dropped as duplicates. The
+/// digest covers the route and the body as received (decompressed).
+async fn same_body_as_first_use(
+    state: &AppState,
+    tenant: &str,
+    key: &str,
+    body: &[u8],
+    batch: bool,
+) -> Result<(), ApiError> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(if batch { b"batch\n" as &[u8] } else { b"single\n" });
+    hasher.update(body);
+    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let first = state.publisher.remember_idempotency_key(tenant, key, &digest).await.map_err(|e| {
+        ApiError::StoreUnreachable {
+            maybe_stored: false,
+            cause: format!("could not check the Idempotency-Key: {e}"),
+        }
+    })?;
+    match first {
+        Some(first) if first != digest => Err(ApiError::IdempotencyKeyReused),
+        _ => Ok(()),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod dashboard;
 pub mod events;
 pub mod health;
 pub mod read;
+pub mod whoami;
 
 /// Now, in Unix milliseconds (the receive time of events, the default end of analytics windows).
 pub fn now_ms() -> i64 {

@@ -222,3 +222,17 @@ async fn dead_letters_of_every_partition_page_in_order_and_replay_to_their_own_p
     let purge = app.post("/admin/dlq/purge", OPS, r#"{"all":true}"#).await;
     assert_eq!(purge.json::<Value>().await.unwrap(), json!({"purged": 4}));
 }
+
+#[tokio::test]
+async fn whoami_names_the_keys_tenant_and_role() {
+    let app = crate::helpers::TestApp::spawn_with(crate::helpers::NO_MONGO, |c| {
+        c.admin_keys = evp_ingest::keys::AdminKeys::parse("ops-key", &c.api_keys).unwrap();
+    })
+    .await;
+    let whoami = |key: &'static str| app.http.get(app.url("/whoami")).header("x-api-key", key).send();
+    let tenant: serde_json::Value = whoami("key-acme").await.unwrap().json().await.unwrap();
+    assert_eq!(tenant, serde_json::json!({"tenant": "acme", "role": "tenant"}));
+    let operator: serde_json::Value = whoami("ops-key").await.unwrap().json().await.unwrap();
+    assert_eq!(operator, serde_json::json!({"tenant": null, "role": "operator"}));
+    crate::helpers::expect_error(whoami("nope").await.unwrap(), 401, "unauthorized").await;
+}

@@ -70,9 +70,11 @@ async fn an_xadd_redis_refuses_is_503_and_nothing_is_half_written() {
     // The stream's key holding a string makes Redis refuse every XADD (WRONGTYPE).
     let _: () = redis::cmd("SET").arg(&app.stream).arg("not a stream").query_async(&mut conn).await.unwrap();
     let resp = app.post("/events", "key-acme", r#"{"type":"refused","id":"r-1"}"#).await;
-    expect_error(resp, 503, "service_unavailable").await;
+    let body = expect_error(resp, 503, "service_unavailable").await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("nothing was accepted"), "{body}");
     let resp = app.post("/events/batch", "key-acme", r#"[{"type":"refused"},{"type":"refused"}]"#).await;
-    expect_error(resp, 503, "service_unavailable").await;
+    let body = expect_error(resp, 503, "service_unavailable").await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("nothing was accepted"), "{body}");
     let kind: String = redis::cmd("TYPE").arg(&app.stream).query_async(&mut conn).await.unwrap();
     assert_eq!(kind, "string", "nothing was written over the key");
 
@@ -253,6 +255,32 @@ async fn data_mongodb_cannot_store_exactly_is_refused_with_400_naming_the_field(
         assert_eq!(body_json["error"]["details"][0]["index"], 1, "{body_json}");
     }
     assert_eq!(app.entry_count().await, 0, "nothing refused was enqueued");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_sent_again_with_another_body_gets_422_and_enqueues_nothing() {
+    let app = TestApp::spawn().await;
+    let send = |tenant_key: &'static str, body: &'static str| {
+        app.http
+            .post(app.url("/events/batch"))
+            .header("x-api-key", tenant_key)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "checkout-9")
+            .body(body)
+            .send()
+    };
+    let first = r#"[{"type":"a"},{"type":"b"}]"#;
+    assert_eq!(send("key-acme", first).await.unwrap().status(), 202);
+    assert_eq!(send("key-acme", first).await.unwrap().status(), 202, "the same body again is a retry");
+    let queued = app.entry_count().await;
+    let other = r#"[{"type":"a"},{"type":"b"},{"type":"c"}]"#;
+    let body = expect_error(send("key-acme", other).await.unwrap(), 422, "idempotency_key_reused").await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("different request body"), "{body}");
+    assert_eq!(app.entry_count().await, queued, "nothing enqueued");
+    // Keys are per tenant: another tenant may use the same key for its own body.
+    assert_eq!(send("key-globex", other).await.unwrap().status(), 202);
+    // Bad input is still its 4xx first.
+    expect_error(send("key-acme", "[{").await.unwrap(), 400, "invalid_json").await;
 }
 
 #[tokio::test]

@@ -152,3 +152,37 @@ async fn bad_input_gets_its_4xx_even_past_the_high_water_mark() {
     expect_error(app.post("/events", "key-acme", r#"{"type":"ok"}"#).await, 503, "service_unavailable").await;
     assert_eq!(app.entry_count().await, before, "nothing refused was enqueued");
 }
+
+#[tokio::test]
+async fn a_tenants_new_type_past_the_cap_is_refused_and_known_types_keep_working() {
+    let app = TestApp::spawn_with(crate::helpers::NO_MONGO, |c| c.tenant_max_types = 3).await;
+    for t in ["a", "b", "c"] {
+        assert_eq!(app.post("/events", "key-acme", format!(r#"{{"type":"{t}"}}"#)).await.status(), 202);
+    }
+    let queued = app.entry_count().await;
+    let body =
+        expect_error(app.post("/events", "key-acme", r#"{"type":"d"}"#).await, 400, "invalid_event").await;
+    assert_eq!(body["error"]["details"][0]["field"], "type", "{body}");
+    let message = body["error"]["details"][0]["message"].as_str().unwrap();
+    assert!(message.contains("TENANT_MAX_TYPES=3") && message.contains("\"d\""), "{message}");
+    // A batch with one new type is refused whole, naming that event alone.
+    let batch = app.post("/events/batch", "key-acme", r#"[{"type":"a"},{"type":"e"},{"type":"b"}]"#).await;
+    let body = expect_error(batch, 400, "invalid_event").await;
+    let details = body["error"]["details"].as_array().unwrap();
+    assert_eq!(details.len(), 1, "{body}");
+    assert_eq!((details[0]["index"].as_u64(), details[0]["field"].as_str()), (Some(1), Some("type")));
+    assert_eq!(app.entry_count().await, queued, "nothing enqueued");
+    // Known types keep working, and the cap is per tenant.
+    assert_eq!(app.post("/events/batch", "key-acme", r#"[{"type":"c"},{"type":"a"}]"#).await.status(), 202);
+    assert_eq!(app.post("/events", "key-globex", r#"{"type":"d"}"#).await.status(), 202);
+    // The set is in Redis, shared by every replica: a fresh replica's memory knows nothing.
+    let mut conn = app.redis.connection().await;
+    let known: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("{}:types:acme", app.stream))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut known = known;
+    known.sort();
+    assert_eq!(known, ["a", "b", "c"]);
+}

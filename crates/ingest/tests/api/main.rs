@@ -5,6 +5,7 @@
 mod admin;
 mod analytics;
 mod binary;
+mod connections;
 mod events;
 mod health;
 mod helpers;

@@ -1,0 +1,9 @@
+//! What one tenant may take of the shared deployment, each policy in a module of its own (as
+//! PostHog capture's `limiters/`). Every check runs after the request's input is validated, so bad
+//! input always gets its own 4xx first, and before anything is enqueued, so a refused request
+//! leaves nothing behind.
+//!
+//! - [`types`]: at most `TENANT_MAX_TYPES` distinct event types per tenant, shared by every replica
+//!   through one Redis set per tenant; known types are answered from memory.
+
+pub mod types;
