@@ -113,6 +113,32 @@ async fn a_deadline_bounds_the_retries_and_honours_retry_after() {
 }
 
 #[tokio::test]
+async fn a_rate_limited_batch_is_retried_after_retry_after_and_stored_once() {
+    // 10 events/s with a burst of 10: the first batch of 10 empties the bucket, so the second gets
+    // 429 with Retry-After: 1, and the client sends it again once a second has passed.
+    let ingest = ingest(|c| {
+        let limit = evp_ingest::limiters::rate::Limit { rate: 10.0, burst: 10 };
+        c.rate_limits.per_tenant.insert("acme".into(), limit);
+    })
+    .await;
+    let client = Client::new(&ingest.url, "key-acme").unwrap();
+    let batch = || (0..10).map(|i| Event::new("limited").data(json!({"i": i}))).collect::<Vec<_>>();
+    let first = client.send_batch(batch()).await.unwrap();
+    let started = Instant::now();
+    let second = client.send_batch(batch()).await.unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900), "retried only after Retry-After: {waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    let mut expected = first;
+    expected.extend(second);
+    assert_eq!(
+        stream_ids(&ingest.redis).await,
+        expected,
+        "each event once, the refused attempt enqueued nothing"
+    );
+}
+
+#[tokio::test]
 async fn gzip_bodies_are_accepted() {
     let ingest = ingest(|_| {}).await;
     let mut config = ClientConfig::new(&ingest.url, "key-acme");

@@ -7,6 +7,8 @@ use evp_events::data::MAX_EVENT_BYTES_CEILING;
 use evp_runtime::config::{CommonConfig, ConfigError, Env, error};
 use evp_store::EventIndexes;
 
+use crate::limiters::rate::{Limit, Limits as RateLimits, default_burst};
+
 use crate::keys::{AdminKeys, ApiKeys};
 
 /// Everything the ingest needs to run. Defaults are the contract's (see the README's table).
@@ -42,6 +44,9 @@ pub struct IngestConfig {
     pub body_timeout: Duration,
     /// `MAX_CONNECTIONS`, default the open-files limit less 256: connections open at once.
     pub max_connections: usize,
+    /// `TENANT_RATE_LIMIT` (events/s, 0 = none), `TENANT_BURST` (default the larger of one second
+    /// of the rate and `MAX_BATCH_EVENTS`), `TENANT_LIMITS` (`tenant=rate[:burst]`, comma-separated).
+    pub rate_limits: RateLimits,
     /// `TENANT_MAX_TYPES`, default 1,000: distinct event types per tenant.
     pub tenant_max_types: usize,
     /// `EVENT_INDEXES`, default [`EventIndexes::DEFAULT`]: the `GET /events` filters served by an
@@ -77,7 +82,9 @@ impl IngestConfig {
                 ),
             ));
         }
+        let rate_limits = rate_limits(env, limits.max_batch_events as u64)?;
         Ok(Self {
+            rate_limits,
             common: CommonConfig::from_env(env)?,
             port: env.parse("PORT", 3000)?,
             admin_keys: AdminKeys::parse(&env.string("ADMIN_KEYS", ""), &api_keys)
@@ -117,6 +124,20 @@ impl IngestConfig {
     }
 }
 
+/// `TENANT_RATE_LIMIT`, `TENANT_BURST`, `TENANT_LIMITS`.
+fn rate_limits(env: &Env, max_batch: u64) -> Result<RateLimits, ConfigError> {
+    let rate: f64 = env.parse("TENANT_RATE_LIMIT", 0.0)?;
+    if !rate.is_finite() || rate < 0.0 {
+        return Err(error("TENANT_RATE_LIMIT", "must be a number of events/s, 0 for no limit"));
+    }
+    let burst: Option<u64> = env.get("TENANT_BURST").map(|_| env.positive("TENANT_BURST", 1)).transpose()?;
+    let default =
+        (rate > 0.0).then(|| Limit { rate, burst: burst.unwrap_or(default_burst(rate, max_batch)) });
+    let per_tenant = RateLimits::parse_overrides(&env.string("TENANT_LIMITS", ""), max_batch)
+        .map_err(|m| error("TENANT_LIMITS", m))?;
+    Ok(RateLimits { default, per_tenant })
+}
+
 /// A duration in milliseconds, greater than zero.
 fn positive_ms(env: &Env, name: &str, default_ms: u64) -> Result<Duration, ConfigError> {
     env.positive(name, default_ms).map(Duration::from_millis)
@@ -143,6 +164,11 @@ mod tests {
         assert_eq!(c.body_timeout, Duration::from_secs(30));
         assert_eq!(c.max_connections, crate::connections::default_max_connections());
         assert_eq!(c.tenant_max_types, 1_000);
+        assert_eq!(c.rate_limits, RateLimits::default(), "no limit unless asked");
+        let limited =
+            IngestConfig::from_env(&Env::from_pairs([("API_KEYS", "k"), ("TENANT_RATE_LIMIT", "5000")]));
+        let default = limited.unwrap().rate_limits.default.unwrap();
+        assert_eq!((default.rate, default.burst), (5000.0, 5000), "burst: one second of the rate");
         assert_eq!(c.threads, std::thread::available_parallelism().unwrap().get());
         let one =
             IngestConfig::from_env(&Env::from_pairs([("API_KEYS", "k"), ("TOKIO_WORKER_THREADS", "1")]));
@@ -169,6 +195,9 @@ mod tests {
         assert_eq!(bad("HTTP_HEADER_TIMEOUT_MS", "0"), "HTTP_HEADER_TIMEOUT_MS");
         assert_eq!(bad("HTTP_BODY_TIMEOUT_MS", "soon"), "HTTP_BODY_TIMEOUT_MS");
         assert_eq!(bad("MAX_CONNECTIONS", "-1"), "MAX_CONNECTIONS");
+        assert_eq!(bad("TENANT_RATE_LIMIT", "-5"), "TENANT_RATE_LIMIT");
+        assert_eq!(bad("TENANT_BURST", "0"), "TENANT_BURST");
+        assert_eq!(bad("TENANT_LIMITS", "acme"), "TENANT_LIMITS");
         let missing = IngestConfig::from_env(&Env::from_pairs::<[(&str, &str); 0], _, _>([])).unwrap_err();
         assert_eq!(missing.variable, "API_KEYS");
     }

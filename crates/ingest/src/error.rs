@@ -49,6 +49,10 @@ pub enum ApiError {
     /// A valid key without the right to this route (a tenant key on `/admin/*`).
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The tenant is past its rate (or another of its shares): 429 with `Retry-After` when the
+    /// request would fit later, and the IETF `RateLimit-Policy` / `RateLimit` headers.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: Option<std::time::Duration>, policy: Option<(f64, u64)> },
     /// The body did not arrive within `HTTP_BODY_TIMEOUT_MS`.
     #[error("{0}")]
     RequestTimeout(String),
@@ -80,6 +84,7 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
 
@@ -118,7 +123,8 @@ pub struct ErrorResponse {
 pub struct ErrorBody {
     /// Stable machine-readable code: `invalid_json`, `invalid_event`, `invalid_query`,
     /// `unauthorized`, `forbidden`, `payload_too_large`, `unsupported_media_type`,
-    /// `idempotency_key_reused`, `request_timeout`, `service_unavailable`, `not_found`.
+    /// `idempotency_key_reused`, `request_timeout`, `rate_limited`, `service_unavailable`,
+    /// `not_found`.
     #[schema(value_type = String)]
     pub code: &'static str,
     /// Human-readable explanation.
@@ -132,6 +138,10 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let message = self.to_string();
         let mut cause = None;
+        let mut limited = None;
+        if let Self::RateLimited { retry_after, policy, .. } = &self {
+            limited = Some((*retry_after, *policy));
+        }
         let details = match self {
             Self::InvalidEvent { details, .. } | Self::PayloadTooLarge { details, .. } => details,
             Self::StoreUnreachable { cause: c, .. } | Self::ReadUnavailable { cause: c } => {
@@ -151,6 +161,33 @@ impl IntoResponse for ApiError {
         if let Some(cause) = cause {
             response.extensions_mut().insert(cause);
         }
+        if let Some((retry_after, policy)) = limited {
+            rate_limit_headers(response.headers_mut(), retry_after, policy);
+        }
         response
+    }
+}
+
+/// A 429's headers: `Retry-After` in whole seconds (rounded up) when the request would fit later,
+/// and the IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers): the policy, `q` events per
+/// `w` = 1 second, and what remains now (`r=0`) for the next `t` seconds.
+fn rate_limit_headers(
+    headers: &mut axum::http::HeaderMap,
+    retry_after: Option<std::time::Duration>,
+    policy: Option<(f64, u64)>,
+) {
+    let seconds = retry_after.map(|d| d.as_secs_f64().ceil().max(1.0) as u64);
+    if let Some(seconds) = seconds {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Some((rate, _burst)) = policy {
+        let policy = format!("\"tenant\";q={};w=1", rate.ceil() as u64);
+        if let Ok(value) = HeaderValue::from_str(&policy) {
+            headers.insert("ratelimit-policy", value);
+        }
+        let now = format!("\"tenant\";r=0;t={}", seconds.unwrap_or(1));
+        if let Ok(value) = HeaderValue::from_str(&now) {
+            headers.insert("ratelimit", value);
+        }
     }
 }

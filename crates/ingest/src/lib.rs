@@ -69,6 +69,7 @@ pub async fn build_state(
     let cursors = read::cursor::CursorSigner::new(&config.api_keys.secret_material());
     let rollups = evp_store::rollups::RollupStore::new(&mongo, &common.mongodb_database);
     let type_cap = limiters::types::TypeCap::new(config.tenant_max_types, &common.stream);
+    let rate_limiter = limiters::rate::RateLimiter::new(config.rate_limits.clone(), &common.stream);
     let pipeline = analytics::Pipeline::new(target, common.partitions(), &config.group, config.redis_timeout)
         .context("REDIS_URL")?;
     Ok(AppState::new(state::Shared {
@@ -82,6 +83,7 @@ pub async fn build_state(
         analytics_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(analytics::CONCURRENT_ANSWERS)),
         cursors,
         type_cap,
+        rate_limiter,
         prometheus: metrics,
         metrics: metrics_handles,
         shutdown,

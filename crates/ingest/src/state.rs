@@ -44,6 +44,8 @@ pub struct Shared {
     pub analytics_slots: Arc<tokio::sync::Semaphore>,
     /// `TENANT_MAX_TYPES`.
     pub type_cap: crate::limiters::types::TypeCap,
+    /// `TENANT_RATE_LIMIT`, `TENANT_LIMITS`.
+    pub rate_limiter: crate::limiters::rate::RateLimiter,
     /// Issues and checks the read API's page cursors.
     pub cursors: CursorSigner,
     /// Renders `/metrics`; `None` when no recorder is installed (in-process tests).
@@ -73,6 +75,7 @@ impl AppState {
             analytics_slots: self.analytics_slots.clone(),
             cursors: self.cursors.clone(),
             type_cap: self.type_cap.clone(),
+            rate_limiter: self.rate_limiter.clone(),
             prometheus: self.prometheus.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),

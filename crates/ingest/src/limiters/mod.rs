@@ -3,7 +3,10 @@
 //! input always gets its own 4xx first, and before anything is enqueued, so a refused request
 //! leaves nothing behind.
 //!
+//! - [`rate`]: each tenant's events per second and burst, one bucket per tenant in Redis that
+//!   the replicas lease tokens from in chunks (no round trip per request).
 //! - [`types`]: at most `TENANT_MAX_TYPES` distinct event types per tenant, shared by every replica
 //!   through one Redis set per tenant; known types are answered from memory.
 
+pub mod rate;
 pub mod types;

@@ -74,6 +74,11 @@ pub struct Accepted {
         (status = 415, description = "`unsupported_media_type`", body = ErrorResponse),
         (status = 422, description = "`idempotency_key_reused`: the Idempotency-Key was first sent with \
             another body in the last 24 hours; nothing is enqueued", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: the tenant is past its events/s and burst; nothing is \
+            enqueued", body = ErrorResponse, headers(
+            ("Retry-After" = u64, description = "Seconds until the request would fit"),
+            ("RateLimit-Policy" = String, description = "IETF: the tenant's events per second"),
+            ("RateLimit" = String, description = "IETF: what remains now"))),
         (status = 503, description = "Redis unreachable or backlog past its high-water mark; see Retry-After",
             body = ErrorResponse, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
@@ -108,6 +113,11 @@ pub async fn post_event(
         (status = 415, description = "`unsupported_media_type`", body = ErrorResponse),
         (status = 422, description = "`idempotency_key_reused`: the Idempotency-Key was first sent with \
             another body in the last 24 hours; nothing is enqueued", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: the tenant is past its events/s and burst; nothing is \
+            enqueued", body = ErrorResponse, headers(
+            ("Retry-After" = u64, description = "Seconds until the request would fit"),
+            ("RateLimit-Policy" = String, description = "IETF: the tenant's events per second"),
+            ("RateLimit" = String, description = "IETF: what remains now"))),
         (status = 503, description = "Redis unreachable or backlog past its high-water mark",
             body = ErrorResponse, headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
@@ -168,6 +178,7 @@ async fn admit_and_publish(
     if batch {
         let events = admit_batch(body, &admission)?;
         within_type_cap(state, tenant, &events, true).await?;
+        within_rate(state, tenant, events.len()).await?;
         below_high_water(state)?;
         if let Some(key) = idempotency_key {
             same_body_as_first_use(state, &tenant.0, key, body, batch).await?;
@@ -177,6 +188,7 @@ async fn admit_and_publish(
     } else {
         let event = admit_one(body, &admission)?;
         within_type_cap(state, tenant, std::slice::from_ref(&event), false).await?;
+        within_rate(state, tenant, 1).await?;
         below_high_water(state)?;
         if let Some(key) = idempotency_key {
             same_body_as_first_use(state, &tenant.0, key, body, batch).await?;
@@ -201,6 +213,39 @@ async fn within_type_cap(
         Ok(Err(e)) => Err(unchecked(e.to_string())),
         Err(_) => Err(unchecked("the type cap was not checked in time".into())),
     }
+}
+
+/// 429 `rate_limited` when `events` more would take the tenant past its rate and burst.
+async fn within_rate(state: &AppState, tenant: &Tenant, events: usize) -> Result<(), ApiError> {
+    let take = state.rate_limiter.take(state.publisher.conn(), &tenant.0, events as u64);
+    let unchecked = |cause: String| ApiError::StoreUnreachable { maybe_stored: false, cause };
+    let refused = match tokio::time::timeout(state.config.redis_timeout, take).await {
+        Ok(Ok(Ok(()))) => return Ok(()),
+        Ok(Ok(Err(refused))) => refused,
+        Ok(Err(e)) => return Err(unchecked(e.to_string())),
+        Err(_) => return Err(unchecked("the rate limit was not checked in time".into())),
+    };
+    let limit = refused.limit;
+    let message = match refused.retry_after {
+        Some(after) => format!(
+            "tenant {} is past its limit of {} events/s with a burst of {} (TENANT_RATE_LIMIT, TENANT_BURST or \
+             TENANT_LIMITS); nothing was accepted, retry after {} s",
+            tenant.0,
+            limit.rate,
+            limit.burst,
+            after.as_secs_f64().ceil().max(1.0)
+        ),
+        None => format!(
+            "a request of {events} events is larger than tenant {}'s burst of {} (TENANT_BURST or TENANT_LIMITS) \
+             and can never be accepted whole; send smaller batches",
+            tenant.0, limit.burst
+        ),
+    };
+    Err(ApiError::RateLimited {
+        message,
+        retry_after: refused.retry_after,
+        policy: Some((limit.rate, limit.burst)),
+    })
 }
 
 /// 422 when `key` was first used (within 24 h) with another body: a new request under an old key

@@ -186,3 +186,112 @@ async fn a_tenants_new_type_past_the_cap_is_refused_and_known_types_keep_working
     known.sort();
     assert_eq!(known, ["a", "b", "c"]);
 }
+
+/// A second ingest replica on the same Redis as `app`, with the same configuration change.
+async fn second_replica(
+    app: &TestApp,
+    adjust: impl FnOnce(&mut evp_ingest::IngestConfig),
+) -> (String, tokio_util::sync::CancellationToken) {
+    let mut config = evp_ingest::IngestConfig::for_test(&app.redis.url(), NO_MONGO, crate::helpers::KEYS);
+    adjust(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(evp_ingest::run(config, listener, None, shutdown.clone()));
+    (url, shutdown)
+}
+
+#[tokio::test]
+async fn a_flooding_tenant_gets_its_limit_across_two_replicas_and_the_other_only_202s() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let limit = |c: &mut evp_ingest::IngestConfig| {
+        c.rate_limits
+            .per_tenant
+            .insert("acme".into(), evp_ingest::limiters::rate::Limit { rate: 200.0, burst: 200 });
+    };
+    let app = TestApp::spawn_with(NO_MONGO, limit).await;
+    let (second, stop_second) = second_replica(&app, limit).await;
+    let replicas = [app.url(""), second];
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let window = std::time::Duration::from_secs(3);
+    let (accepted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let batch = serde_json::to_string(&vec![json!({"type": "flood"}); 20]).unwrap();
+
+    // acme floods both replicas with batches of 20, four at a time, as fast as answers come.
+    let flood: Vec<_> = (0..4)
+        .map(|w| {
+            let (http, batch, replicas) = (http.clone(), batch.clone(), replicas.clone());
+            let (accepted, refused) = (accepted.clone(), refused.clone());
+            tokio::spawn(async move {
+                let mut n = w;
+                while started.elapsed() < window {
+                    let resp = http
+                        .post(format!("{}/events/batch", replicas[n % 2]))
+                        .header("x-api-key", "key-acme")
+                        .header("content-type", "application/json")
+                        .body(batch.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    match resp.status().as_u16() {
+                        202 => accepted.fetch_add(20, Ordering::Relaxed),
+                        429 => {
+                            let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                            assert!((1..=2).contains(&retry), "Retry-After {retry}");
+                            assert_eq!(resp.headers()["ratelimit-policy"], "\"tenant\";q=200;w=1");
+                            let body: Value = resp.json().await.unwrap();
+                            assert_eq!(body["error"]["code"], "rate_limited");
+                            assert!(
+                                body["error"]["message"].as_str().unwrap().contains("TENANT_LIMITS"),
+                                "{body}"
+                            );
+                            refused.fetch_add(20, Ordering::Relaxed)
+                        }
+                        other => panic!("acme got {other}"),
+                    };
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    // globex sends one event every 10 ms meanwhile, and gets 202 every time.
+    let mut steady = 0;
+    while started.elapsed() < window {
+        let resp = http
+            .post(format!("{}/events", replicas[steady % 2]))
+            .header("x-api-key", "key-globex")
+            .header("content-type", "application/json")
+            .body(r#"{"type":"steady"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "globex is never refused");
+        steady += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for f in flood {
+        f.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (accepted, refused) = (accepted.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
+    // The limit over the window: the burst plus the rate for the time, within 20%.
+    let allowed = 200.0 + 200.0 * elapsed;
+    eprintln!(
+        "acme: {accepted} accepted of {allowed:.0} allowed in {elapsed:.2}s, {refused} refused; globex: {steady}"
+    );
+    assert!(
+        (accepted as f64) >= 0.8 * allowed && (accepted as f64) <= 1.2 * allowed,
+        "acme accepted {accepted} in {elapsed:.2}s where {allowed:.0} are allowed ({refused} refused)"
+    );
+    assert!(refused > 5 * accepted, "acme offered far more than its limit: {refused} refused");
+    // A refused request enqueues nothing: the stream holds exactly what got 202.
+    let by_tenant = app.entries().await.iter().fold((0, 0), |(a, g), e| match e["tenant"].as_str() {
+        Some("acme") => (a + 1, g),
+        Some("globex") => (a, g + 1),
+        _ => (a, g),
+    });
+    assert_eq!(by_tenant, (accepted, steady as u64));
+    stop_second.cancel();
+}
