@@ -8,6 +8,8 @@
 #   BENCH_PHASES="read" load-tests/bench.sh    # the read API by depth, 100k and 1M events stored (not
 #       in the default run: filling 1M events takes minutes; BENCH_READ_SIZES="100000" for less)
 #   BENCH_PHASES="indexes" load-tests/bench.sh  # the store rate of each index set (EVENT_INDEXES)
+#   BENCH_PHASES="limits" load-tests/bench.sh   # batched and single-event ingest with a tenant rate
+#       limit configured (far above the load) against none, alternating rounds
 #   BENCH_PHASES="analytics" load-tests/bench.sh   # analytics answer time with 10k and 1M events stored,
 #       rollup lag at 80% of the drain rate, lease failover (not in the default run: storing 1M events
 #       takes minutes; BENCH_ANALYTICS_SIZES="10000 100000" for less)
@@ -246,13 +248,53 @@ for size in ${BENCH_READ_SIZES:-100000 1000000}; do
         --keep-in "$MONGODB_DATABASE" --tenant "$TENANT"
     stored=$size
     type=$(curl -s "$INGEST_URL/events?limit=1" -H "x-api-key: $KEY" | python3 -c "import json,sys; print(json.load(sys.stdin)['events'][0]['type'])")
-    for query in "" "&type=$type"; do
+    for filter in ${BENCH_READ_FILTERS:-none type}; do
+        query=""; [ "$filter" = type ] && query="&type=$type"
         "$BIN/evp-loadtest" read --url "$INGEST_URL" --key "$KEY" --query "$query" --depth 500 --samples "${BENCH_READ_SAMPLES:-50}" \
+            --walk-limit "${BENCH_READ_WALK:-1000}" \
             --json "$WORK/read-$size.json" | tee -a "$WORK/read.txt"
         READ_REPORT+="  $size events $(json "$WORK/read-$size.json" "f\"{'type filter' if d['query'] else 'no filter'}: first page p50 {d['first']['p50_ms']:.1f} ms p99 {d['first']['p99_ms']:.1f} ms; page {d['deep_page']} p50 {d['deep']['p50_ms']:.1f} ms p99 {d['deep']['p99_ms']:.1f} ms = {d['deep']['p50_ms'] / d['first']['p50_ms']:.2f}x\"")
 "
     done
 done
+fi
+
+# --- The limiters' cost (BENCH_PHASES=limits) ---------------------------------------------------
+# The same ingest binary twice on the same Redis: without limits, and with a per-tenant rate limit
+# far above what the run sends (every request takes its tokens from the replica's lease, the lease
+# from Redis). Alternating rounds of batched (evp-loadtest, 100 per request) and single-event (wrk)
+# requests against each; the report gives the medians and the ratio.
+LIMITS_REPORT=""
+if phase limits; then
+LIMITED_PORT=$(free_port)
+TENANT_RATE_LIMIT=100000000 API_KEYS="$TENANT:$KEY" PORT="$LIMITED_PORT" STREAM_HIGH_WATER=100000000 \
+    "$BIN/evp-ingest" > "$WORK/ingest-limited.log" 2>&1 &
+LIMITED_PID=$!
+PIDS+=($LIMITED_PID)
+wait_port "$LIMITED_PORT" evp-ingest "$WORK/ingest-limited.log"
+wrk_script "$WORK/single.lua"
+L_B0=(); L_B1=(); L_S0=(); L_S1=()
+for round in $(seq "$ROUNDS"); do
+    for which in 0 1; do
+        url=$INGEST_URL; pid=$INGEST_PID
+        [ "$which" = 1 ] && { url="http://127.0.0.1:$LIMITED_PORT"; pid=$LIMITED_PID; }
+        "$BIN/evp-loadtest" --url "$url" --key "$KEY" --tenant "$TENANT" --events "$(n 300000)" --batch 100 \
+            --concurrency 32 --quiet --json "$WORK/limits-b$which.json"
+        rate=$(json "$WORK/limits-b$which.json" "int(d['events_per_s'])")
+        "${REDIS_CLI[@]}" del events > /dev/null
+        wrk_single "$url/events" "$pid" 5
+        "${REDIS_CLI[@]}" del events > /dev/null
+        if [ "$which" = 0 ]; then L_B0+=("$rate"); L_S0+=("$WRK_RPS"); else L_B1+=("$rate"); L_S1+=("$WRK_RPS"); fi
+    done
+    echo "   round $round: batched ${L_B0[-1]} vs ${L_B1[-1]} events/s limited; single ${L_S0[-1]} vs ${L_S1[-1]}/s limited"
+done
+med() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+MB0=$(med "${L_B0[@]}"); MB1=$(med "${L_B1[@]}"); MS0=$(med "${L_S0[@]}"); MS1=$(med "${L_S1[@]}")
+LIMITS_REPORT="  batched (100 per request), median of $ROUNDS rounds: no limits $MB0/s, with a rate limit $MB1/s = $(python3 -c "print(f'{$MB1 / $MB0:.3f}')")x
+  single events (wrk, 64 connections): no limits $MS0/s, with a rate limit $MS1/s = $(python3 -c "print(f'{$MS1 / $MS0:.3f}')")x
+  rounds: batched ${L_B0[*]} / ${L_B1[*]}; single ${L_S0[*]} / ${L_S1[*]}
+"
+kill "$LIMITED_PID"
 fi
 
 # --- The index set: the store rate of each, one run (BENCH_PHASES=indexes) ---------------------
@@ -520,6 +562,8 @@ Saturated MongoDB           $SAT_WORKERS workers draining $SAT_EVENTS into a dat
   beside a counting reader  ${SAT[reader]} events/s over ${SAT_READER_S}s = $(ratio "${SAT[reader]}" "${SAT[alone]}") of alone   (failures logged: ${SAT_RETRIES[reader]})
   load test --verify        ${SAT[verify]} events/s end to end = $(ratio "${SAT[verify]}" "${SAT[alone]}") of the drain alone   (failures logged: ${SAT_RETRIES[verify]})
 Client library              Emitter (one process, batches of 100): $CLIENT_EMIT events/s = $(ratio "$CLIENT_EMIT" "$CLIENT_LOADGEN") of evp-loadtest's $CLIENT_LOADGEN events/s (32 connections)
+Limiters (BENCH_PHASES=limits)
+$LIMITS_REPORT
 Index sets (BENCH_PHASES=indexes), the server's own bulk-insert rate, 4 writers
 $INDEX_REPORT
 Read API by depth (BENCH_PHASES=read)

@@ -89,8 +89,16 @@ def browser():
     for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1400,1100", "--no-first-run", "--disable-extensions"]:
         options.add_argument(arg)
+    # The browser's console, to assert that the page writes no error to it.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = Service(os.environ.get("CHROMEDRIVER_BIN", "/usr/bin/chromedriver"))
     return webdriver.Chrome(options=options, service=service)
+
+
+def console_errors(driver):
+    """The console's errors since the last call (reading the log empties it): failed requests
+    (a 404 favicon, a 403 probe) and script errors alike."""
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
 def restart_ingest():
@@ -116,6 +124,11 @@ def main():
         refused = eventually(lambda: "401" in (text(driver, "#login-error") or ""), 10)
         check("a wrong key gets a clear message", refused, text(driver, "#login-error"))
 
+        # The refused key's 401 is the one error the page was meant to meet; seeing it proves the
+        # console is read at all.
+        errors = console_errors(driver)
+        check("the console is read (the refused key's 401 is in it)", any("401" in e for e in errors), errors)
+
         log_in(driver, KEY)
         check("a tenant key opens the dashboard", eventually(lambda: visible(driver, "board"), 10))
         check("the key is not in the URL", KEY not in driver.current_url, driver.current_url)
@@ -137,6 +150,8 @@ def main():
               eventually(lambda: (text(driver, '#health tr[data-name="redis"]') or "").find("up") >= 0, 10),
               text(driver, "#health"))
         check("the rollup lag is shown", (text(driver, "#rollup-lag") or "").endswith(" s"), text(driver, "#rollup-lag"))
+        errors = console_errors(driver)
+        check("no console error with a tenant key (favicon, role, polling)", not errors, errors)
 
         # The ingest goes away and comes back: the page says so, then carries on by itself.
         command = json.loads(os.environ["EVP_INGEST_CMD"])
@@ -147,6 +162,7 @@ def main():
                                   stdout=open(command["log"], "ab"), stderr=subprocess.STDOUT)
         back = eventually(lambda: (text(driver, "#status") or "").startswith("live"), 30)
         check("the page recovers after the ingest restarts", back, text(driver, "#status"))
+        console_errors(driver)  # the refused connections while the ingest was away were expected
 
         # An operator key: the dead letters, and Replay stores one.
         letter_id = subprocess.check_output([
@@ -170,6 +186,8 @@ def main():
         check("Replay gets the dead letter stored in MongoDB", stored)
         gone = eventually(lambda: not driver.find_elements(By.CSS_SELECTOR, row), 10)
         check("the replayed letter leaves the list", gone, text(driver, "#dlq"))
+        errors = console_errors(driver)
+        check("no console error with an operator key (dead letters, replay)", not errors, errors)
         print(f"dashboard test: {len(passed)} passed, 0 failed")
     finally:
         driver.quit()

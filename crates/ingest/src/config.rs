@@ -47,6 +47,11 @@ pub struct IngestConfig {
     /// `TENANT_RATE_LIMIT` (events/s, 0 = none), `TENANT_BURST` (default the larger of one second
     /// of the rate and `MAX_BATCH_EVENTS`), `TENANT_LIMITS` (`tenant=rate[:burst]`, comma-separated).
     pub rate_limits: RateLimits,
+    /// `MAX_PAGE_BYTES`, default 4 MiB: a page ends early (with `next_cursor`) before its JSON
+    /// passes this.
+    pub max_page_bytes: usize,
+    /// `READ_CONCURRENCY_PER_TENANT`, default 4: one tenant's reads in progress on this replica.
+    pub read_concurrency_per_tenant: usize,
     /// `TENANT_MAX_TYPES`, default 1,000: distinct event types per tenant.
     pub tenant_max_types: usize,
     /// `EVENT_INDEXES`, default [`EventIndexes::DEFAULT`]: the `GET /events` filters served by an
@@ -97,6 +102,8 @@ impl IngestConfig {
             max_body_bytes: env.positive("MAX_BODY_BYTES", 5_242_880)?,
             event_indexes: env.parse("EVENT_INDEXES", EventIndexes::default())?,
             tenant_max_types: env.positive("TENANT_MAX_TYPES", 1_000)?,
+            read_concurrency_per_tenant: env.positive("READ_CONCURRENCY_PER_TENANT", 4)?,
+            max_page_bytes: env.positive("MAX_PAGE_BYTES", 4_194_304)?,
             timeouts: crate::connections::Timeouts {
                 header: positive_ms(env, "HTTP_HEADER_TIMEOUT_MS", 10_000)?,
                 idle: positive_ms(env, "HTTP_IDLE_TIMEOUT_MS", 60_000)?,
@@ -164,6 +171,8 @@ mod tests {
         assert_eq!(c.body_timeout, Duration::from_secs(30));
         assert_eq!(c.max_connections, crate::connections::default_max_connections());
         assert_eq!(c.tenant_max_types, 1_000);
+        assert_eq!(c.read_concurrency_per_tenant, 4);
+        assert_eq!(c.max_page_bytes, 4_194_304);
         assert_eq!(c.rate_limits, RateLimits::default(), "no limit unless asked");
         let limited =
             IngestConfig::from_env(&Env::from_pairs([("API_KEYS", "k"), ("TENANT_RATE_LIMIT", "5000")]));

@@ -70,6 +70,7 @@ pub async fn build_state(
     let rollups = evp_store::rollups::RollupStore::new(&mongo, &common.mongodb_database);
     let type_cap = limiters::types::TypeCap::new(config.tenant_max_types, &common.stream);
     let rate_limiter = limiters::rate::RateLimiter::new(config.rate_limits.clone(), &common.stream);
+    let read_slots = limiters::reads::ReadSlots::new(config.read_concurrency_per_tenant);
     let pipeline = analytics::Pipeline::new(target, common.partitions(), &config.group, config.redis_timeout)
         .context("REDIS_URL")?;
     Ok(AppState::new(state::Shared {
@@ -84,6 +85,7 @@ pub async fn build_state(
         cursors,
         type_cap,
         rate_limiter,
+        read_slots,
         prometheus: metrics,
         metrics: metrics_handles,
         shutdown,

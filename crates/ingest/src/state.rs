@@ -44,6 +44,8 @@ pub struct Shared {
     pub analytics_slots: Arc<tokio::sync::Semaphore>,
     /// `TENANT_MAX_TYPES`.
     pub type_cap: crate::limiters::types::TypeCap,
+    /// `READ_CONCURRENCY_PER_TENANT`, and the analytics answers' lines per tenant.
+    pub read_slots: crate::limiters::reads::ReadSlots,
     /// `TENANT_RATE_LIMIT`, `TENANT_LIMITS`.
     pub rate_limiter: crate::limiters::rate::RateLimiter,
     /// Issues and checks the read API's page cursors.
@@ -76,6 +78,7 @@ impl AppState {
             cursors: self.cursors.clone(),
             type_cap: self.type_cap.clone(),
             rate_limiter: self.rate_limiter.clone(),
+            read_slots: self.read_slots.clone(),
             prometheus: self.prometheus.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),

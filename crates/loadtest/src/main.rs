@@ -102,6 +102,10 @@ enum Command {
         depth: usize,
         #[arg(long, default_value_t = 50)]
         samples: usize,
+        /// Page size of the walk down to the deep page (1 to 1000): smaller on a slow server, so
+        /// that no page of the walk passes the read timeout.
+        #[arg(long, default_value_t = 1000)]
+        walk_limit: usize,
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
@@ -270,15 +274,23 @@ async fn main() -> ExitCode {
         Some(Command::MongoCount { mongodb_uri, database, tenant, run_id, every_ms, seconds }) => {
             let event_type = evp_loadtest::generator::event_type(&run_id);
             let every = Duration::from_millis(every_ms);
-            mongo_bench::count_loop(&mongodb_uri, &database, &tenant, &event_type, every, Duration::from_secs_f64(seconds))
-                .await
-                .map(|counts| {
-                    println!("mongodb counts: {counts} in {seconds}s");
-                    true
-                })
+            mongo_bench::count_loop(
+                &mongodb_uri,
+                &database,
+                &tenant,
+                &event_type,
+                every,
+                Duration::from_secs_f64(seconds),
+            )
+            .await
+            .map(|counts| {
+                println!("mongodb counts: {counts} in {seconds}s");
+                true
+            })
         }
-        Some(Command::Read { api, query, limit, depth, samples, json }) => {
-            evp_loadtest::read_bench::run(&api.url, &api.key, &query, limit, depth, samples).await.and_then(|r| {
+        Some(Command::Read { api, query, limit, depth, samples, walk_limit, json }) => {
+            let shape = evp_loadtest::read_bench::Shape { limit, depth, samples, walk_limit };
+            evp_loadtest::read_bench::run(&api.url, &api.key, &query, shape).await.and_then(|r| {
                 println!(
                     "read{}: first page p50 {:.1} ms p99 {:.1} ms; page {} p50 {:.1} ms p99 {:.1} ms ({:.2}x the first at p50); walked in {:.1}s",
                     r.query, r.first.p50_ms, r.first.p99_ms, r.deep_page, r.deep.p50_ms, r.deep.p99_ms,

@@ -57,29 +57,30 @@ async fn latency(client: &HttpClient, url: &str, key: &str, samples: usize) -> a
     Ok(PageLatency { p50_ms: ms(0.50), p99_ms: ms(0.99) })
 }
 
-/// The page size of the walk down to the deep page: the read API's largest.
-const WALK_LIMIT: usize = 1000;
+/// What to measure: pages of `limit`, the first against page `depth + 1`, `samples` times each;
+/// the walk down to the deep page in pages of `walk_limit` (up to 1,000).
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub limit: usize,
+    pub depth: usize,
+    pub samples: usize,
+    pub walk_limit: usize,
+}
 
 /// Measures the first page and page `depth + 1` of `GET {base}/events?limit={limit}{query}`.
-pub async fn run(
-    base: &str,
-    key: &str,
-    query: &str,
-    limit: usize,
-    depth: usize,
-    samples: usize,
-) -> anyhow::Result<ReadReport> {
+pub async fn run(base: &str, key: &str, query: &str, shape: Shape) -> anyhow::Result<ReadReport> {
+    let Shape { limit, depth, samples, walk_limit } = shape;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let first_url = format!("{base}/events?limit={limit}{query}");
     let first = latency(&client, &first_url, key, samples).await?;
 
-    // Down to the deep page in pages of up to 1,000 (a cursor is bound to the filters, not to the
-    // page size): the same position as `depth` pages of `limit`, in a tenth of the requests.
+    // Down to the deep page in pages of `walk_limit` (a cursor is bound to the filters, not to the
+    // page size): the same position as `depth` pages of `limit`, in fewer requests.
     let started = Instant::now();
     let mut remaining = depth * limit;
     let mut cursor: Option<String> = None;
     while remaining > 0 {
-        let size = remaining.min(WALK_LIMIT);
+        let size = remaining.min(walk_limit.clamp(1, 1000));
         let mut url = format!("{base}/events?limit={size}{query}");
         if let Some(cursor) = &cursor {
             url.push_str(&format!("&cursor={cursor}"));

@@ -5,8 +5,11 @@
 //!
 //! - [`rate`]: each tenant's events per second and burst, one bucket per tenant in Redis that
 //!   the replicas lease tokens from in chunks (no round trip per request).
+//! - [`reads`]: at most `READ_CONCURRENCY_PER_TENANT` reads per tenant in progress on a replica,
+//!   and analytics answers taken in turn across tenants.
 //! - [`types`]: at most `TENANT_MAX_TYPES` distinct event types per tenant, shared by every replica
 //!   through one Redis set per tenant; known types are answered from memory.
 
 pub mod rate;
+pub mod reads;
 pub mod types;

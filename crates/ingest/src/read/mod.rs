@@ -236,12 +236,16 @@ impl Serialize for Json<'_> {
 }
 
 impl StoredEvent {
-    pub fn from_document(doc: &Document) -> Self {
+    /// The event of a stored document, taking its `data` (no copy of it is made).
+    pub fn from_document(mut doc: Document) -> Self {
+        let data = match doc.remove("data") {
+            Some(Bson::Document(data)) => Data(data),
+            _ => Data(Document::new()),
+        };
         let text = |field: &str| doc.get_str(field).ok().map(str::to_string);
         let date = |field: &str| {
             doc.get_datetime(field).ok().and_then(|d| d.try_to_rfc3339_string().ok()).unwrap_or_default()
         };
-        let data = Data(doc.get_document("data").cloned().unwrap_or_default());
         Self {
             id: text("event_id").unwrap_or_default(),
             event_type: text("type").unwrap_or_default(),

@@ -3,6 +3,8 @@
 //! Parameters are checked before anything is asked (400 `invalid_query` naming the parameter);
 //! MongoDB or Redis not answering within [`READ_TIMEOUT`] is a 503 with `Retry-After`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{RawQuery, State};
 
@@ -12,7 +14,10 @@ use crate::analytics::{
 use crate::auth::Viewer;
 use crate::error::{ApiError, ErrorResponse};
 use crate::routes::now_ms;
-use crate::routes::read::{READ_TIMEOUT, bounded, bounded_from};
+use crate::routes::read::{READ_TIMEOUT, bounded, bounded_from, read_slot};
+
+/// The name operator keys' reads are counted under.
+const OPERATORS: &str = "(operators)";
 use crate::state::AppState;
 
 /// The tenant's exact event counts, per type and per bucket, from the rollups.
@@ -38,7 +43,20 @@ pub async fn metrics(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Metrics>, ApiError> {
     let window = AnalyticsQuery::parse(raw.as_deref())?.window(now_ms())?;
-    let _slot = tokio::time::timeout(READ_TIMEOUT, state.analytics_slots.acquire())
+    let who: Arc<str> = match &viewer {
+        Viewer::Tenant(tenant) => tenant.0.clone(),
+        Viewer::Operator => Arc::from(OPERATORS),
+    };
+    let _read = read_slot(&state, &who)?;
+    // In the tenant's own line first (one of its answers at a time), then for one of the
+    // replica's answer slots (first come, first served): each tenant waits behind at most one
+    // answer of each other tenant.
+    let waited = async {
+        let line = state.read_slots.analytics_line(&who);
+        let _turn = line.lock_owned().await;
+        state.analytics_slots.acquire().await.map(|slot| (slot, _turn))
+    };
+    let _slot = tokio::time::timeout(READ_TIMEOUT, waited)
         .await
         .map_err(|_| ApiError::ReadUnavailable { cause: "too many analytics answers in progress".into() })?
         .map_err(|_| ApiError::ReadUnavailable { cause: "shutting down".into() })?;

@@ -280,9 +280,11 @@ fn below_high_water(state: &AppState) -> Result<(), ApiError> {
     let high_water = state.config.stream_high_water;
     let backlog = state.publisher.backlog();
     if backlog >= high_water {
-        return Err(ApiError::Unavailable(format!(
-            "the stream backlog ({backlog} entries) is past its high-water mark ({high_water}); retry later"
-        )));
+        // No figure in the message: the backlog is every tenant's.
+        return Err(ApiError::Unavailable(
+            "the event stream is past its high-water mark (STREAM_HIGH_WATER); nothing was accepted, retry later"
+                .into(),
+        ));
     }
     Ok(())
 }

@@ -4,16 +4,20 @@
 //! (400 `invalid_query` naming the parameter); a read MongoDB does not answer within
 //! [`READ_TIMEOUT`] is a 503 with `Retry-After`, while writes keep working.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use evp_store::reader::{NewestKey, StreamKey};
 use mongodb::bson::Document;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Tenant;
 use crate::error::{ApiError, ErrorResponse};
+use crate::limiters::reads::ReadSlot;
 use crate::read::{EventPage, ListQuery, PageQuery, StoredEvent, aggregate_scope, invalid, listing_scope};
 use crate::state::AppState;
 
@@ -43,6 +47,19 @@ pub async fn bounded_from<T, E: std::fmt::Display>(
     }
 }
 
+/// A slot for one of `tenant`'s reads: 429 `rate_limited` (Retry-After: 1) while it has
+/// `READ_CONCURRENCY_PER_TENANT` in progress on this replica.
+pub fn read_slot(state: &AppState, tenant: &Arc<str>) -> Result<ReadSlot, ApiError> {
+    state.read_slots.try_acquire(tenant).ok_or_else(|| ApiError::RateLimited {
+        message: format!(
+            "tenant {tenant} has {} reads in progress on this replica (READ_CONCURRENCY_PER_TENANT); retry after 1 s",
+            state.read_slots.per_tenant()
+        ),
+        retry_after: Some(Duration::from_secs(1)),
+        policy: None,
+    })
+}
+
 /// [`bounded_from`] for MongoDB.
 pub async fn bounded<T>(read: impl Future<Output = mongodb::error::Result<T>>) -> Result<T, ApiError> {
     bounded_from("MongoDB", read).await
@@ -64,9 +81,53 @@ fn position<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
-fn page(docs: &[Document], more: bool, cursor: impl FnOnce(&Document) -> String) -> EventPage {
-    let next_cursor = if more { docs.last().map(cursor) } else { None };
-    EventPage { events: docs.iter().map(StoredEvent::from_document).collect(), next_cursor }
+/// Room kept at the end of a page's body for `],"next_cursor":"…"}`.
+const PAGE_TAIL_BYTES: usize = 1_024;
+
+/// A page's JSON body, written once from the documents: the events in order while the body stays
+/// within `max_bytes` (`MAX_PAGE_BYTES`; at least one event, whatever its size), then
+/// `next_cursor`, after the last event written, when more follow (or the page was cut short).
+fn page(
+    docs: Vec<Document>,
+    more: bool,
+    max_bytes: usize,
+    cursor: impl FnOnce(&Document) -> String,
+) -> Response {
+    let mut body = Vec::with_capacity(max_bytes.min(64 * 1024));
+    body.extend_from_slice(b"{\"events\":[");
+    let mut last: Option<Document> = None;
+    let mut cut = false;
+    for doc in docs {
+        let start = body.len();
+        if last.is_some() {
+            body.push(b',');
+        }
+        let position = position_fields(&doc);
+        // Serializing a plain struct of strings, numbers and a BSON document into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut body, &StoredEvent::from_document(doc));
+        if last.is_some() && body.len() + PAGE_TAIL_BYTES > max_bytes {
+            body.truncate(start);
+            cut = true;
+            break;
+        }
+        last = Some(position);
+    }
+    body.extend_from_slice(b"],\"next_cursor\":");
+    let next_cursor = if more || cut { last.as_ref().map(cursor) } else { None };
+    let _ = serde_json::to_writer(&mut body, &next_cursor);
+    body.push(b'}');
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// What a cursor needs of a document (its position fields), kept once the document is consumed.
+fn position_fields(doc: &Document) -> Document {
+    let mut out = Document::new();
+    for field in ["timestamp", "event_id", "partition", "seq"] {
+        if let Some(value) = doc.get(field) {
+            out.insert(field, value.clone());
+        }
+    }
+    out
 }
 
 /// The tenant's stored events, newest first.
@@ -90,8 +151,9 @@ pub async fn list_events(
     State(state): State<AppState>,
     tenant: Tenant,
     RawQuery(raw): RawQuery,
-) -> Result<Json<EventPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let query = ListQuery::parse(raw.as_deref())?;
+    let _slot = read_slot(&state, &tenant.0)?;
     let limit = query.limit()?;
     let filters = query.filters()?;
     let indexed = &state.config.event_indexes;
@@ -108,11 +170,11 @@ pub async fn list_events(
     let after = position(&state, &scope, query.cursor.as_deref())?
         .map(|NewestPosition(timestamp_ms, event_id)| NewestKey { timestamp_ms, event_id });
     let (docs, more) = bounded(state.reader.newest(&tenant.0, &filters, after.as_ref(), limit)).await?;
-    Ok(Json(page(&docs, more, |last| {
+    Ok(page(docs, more, state.config.max_page_bytes, |last| {
         let timestamp_ms = last.get_datetime("timestamp").map(|d| d.timestamp_millis()).unwrap_or_default();
         let id = last.get_str("event_id").unwrap_or_default().to_string();
         state.cursors.issue(&scope, &NewestPosition(timestamp_ms, id))
-    })))
+    }))
 }
 
 /// One stored event of the tenant.
@@ -131,8 +193,9 @@ pub async fn get_event(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<StoredEvent>, ApiError> {
+    let _slot = read_slot(&state, &tenant.0)?;
     match bounded(state.reader.get(&tenant.0, &id)).await? {
-        Some(doc) => Ok(Json(StoredEvent::from_document(&doc))),
+        Some(doc) => Ok(Json(StoredEvent::from_document(doc))),
         None => Err(ApiError::NotFound(format!("no event {id:?}"))),
     }
 }
@@ -157,17 +220,18 @@ pub async fn aggregate_events(
     tenant: Tenant,
     Path(aggregate_id): Path<String>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<EventPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let query = PageQuery::parse(raw.as_deref())?;
     let limit = query.limit()?;
+    let _slot = read_slot(&state, &tenant.0)?;
     let scope = aggregate_scope(&tenant.0, &aggregate_id);
     let after = position(&state, &scope, query.cursor.as_deref())?
         .map(|StreamPosition(partition, seq)| StreamKey { partition, seq });
     let (docs, more) =
         bounded(state.reader.aggregate(&tenant.0, &aggregate_id, after.as_ref(), limit)).await?;
-    Ok(Json(page(&docs, more, |last| {
+    Ok(page(docs, more, state.config.max_page_bytes, |last| {
         let partition = last.get_i32("partition").unwrap_or_default();
         let seq = last.get_str("seq").unwrap_or_default().to_string();
         state.cursors.issue(&scope, &StreamPosition(partition, seq))
-    })))
+    }))
 }

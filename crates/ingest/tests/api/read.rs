@@ -357,3 +357,85 @@ async fn an_aggregate_keeps_its_order_across_a_change_of_the_partition_count() {
     let got = r.all_pages("key-acme", "/aggregates/order-9/events", "", 2).await;
     assert_eq!(ids(&got), sent, "append order, not partition order");
 }
+
+#[tokio::test]
+async fn a_tenants_read_flood_is_held_to_its_slots_while_another_reads_and_writes() {
+    let mongo = MongoServer::start().await;
+    let database = mongo.unique_database("flood");
+    let db = database.clone();
+    let app = TestApp::spawn_with(mongo.uri(), move |c| {
+        c.common.mongodb_database = db;
+        c.read_concurrency_per_tenant = 2;
+    })
+    .await;
+    let store = EventStore::new(mongo.client().await, &database);
+    store.ensure_indexes(&EventIndexes::default()).await.unwrap();
+    let read =
+        |key: &'static str| app.http.get(app.url("/events?limit=1000")).header("x-api-key", key).send();
+    // acme: 60 reads at once.
+    let flood = futures::future::join_all((0..60).map(|_| read("key-acme")));
+    // globex meanwhile: reads and writes, every one answered.
+    let other = async {
+        let mut statuses = Vec::new();
+        for i in 0..10 {
+            statuses.push(read("key-globex").await.unwrap().status().as_u16());
+            let body = format!(r#"{{"type":"steady","id":"g-{i}"}}"#);
+            statuses.push(app.post("/events", "key-globex", body).await.status().as_u16());
+        }
+        statuses
+    };
+    let (flooded, others) = tokio::join!(flood, other);
+    let mut refused = 0;
+    for resp in flooded {
+        let resp = resp.unwrap();
+        match resp.status().as_u16() {
+            200 => {}
+            429 => {
+                assert_eq!(resp.headers()["retry-after"], "1");
+                let body = expect_error(resp, 429, "rate_limited").await;
+                assert!(body["error"]["message"].as_str().unwrap().contains("READ_CONCURRENCY_PER_TENANT"));
+                refused += 1;
+            }
+            other => panic!("acme got {other}"),
+        }
+    }
+    assert!(refused > 0, "60 reads at once never met the bound of 2");
+    assert!(others.iter().all(|s| *s == 200 || *s == 202), "globex: {others:?}");
+    // Nothing holds a slot once the reads are done.
+    assert_eq!(read("key-acme").await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_page_ends_early_before_max_page_bytes_and_paging_still_lists_every_event_once() {
+    let mongo = MongoServer::start().await;
+    let database = mongo.unique_database("bytes");
+    let db = database.clone();
+    let app = TestApp::spawn_with(mongo.uri(), move |c| {
+        c.common.mongodb_database = db;
+        c.max_page_bytes = 8_000;
+    })
+    .await;
+    let store = EventStore::new(mongo.client().await, &database);
+    store.ensure_indexes(&EventIndexes::default()).await.unwrap();
+    let r = ReadApp { app, store, database, mongo };
+    // 30 events of about 1 KB of JSON each: at most 7 fit in 8,000 bytes.
+    let events: Vec<Value> = (0..30)
+        .map(|i| json!({"id": format!("big-{i:02}"), "type": "big", "data": {"pad": "x".repeat(1000)}}))
+        .collect();
+    r.send("key-acme", &events).await;
+    r.store_stream().await;
+    let resp = r.get("key-acme", "/events?limit=100").await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.unwrap();
+    assert!(body.len() <= 8_000, "{} bytes", body.len());
+    let first: Value = serde_json::from_slice(&body).unwrap();
+    let n = first["events"].as_array().unwrap().len();
+    assert!((1..30).contains(&n), "{n} events in the first page");
+    assert!(first["next_cursor"].is_string(), "cut short, with a cursor");
+    let all = r.all_pages("key-acme", "/events", "", 100).await;
+    let mut got = ids(&all);
+    got.sort();
+    let mut sent: Vec<String> = (0..30).map(|i| format!("big-{i:02}")).collect();
+    sent.sort();
+    assert_eq!(got, sent, "every event once across the shortened pages");
+}
