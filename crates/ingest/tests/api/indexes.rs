@@ -228,3 +228,25 @@ async fn events_stored_before_id_carried_tenant_and_id_stay_unique_and_readable_
     events.drop_index(evp_store::indexes::LEGACY_UNIQUE_INDEX).await.unwrap();
     expect_error(r.get("key-acme", "/events/old-1").await, 404, "not_found").await;
 }
+
+#[tokio::test]
+async fn the_ingest_creates_the_indexes_of_the_filters_it_serves() {
+    // No worker has run on this database: the ingest itself creates what its EVENT_INDEXES serve.
+    let mongo = evp_testkit::MongoServer::start().await;
+    let database = mongo.unique_database("ingest_indexes");
+    let db = database.clone();
+    let _app = TestApp::spawn_with(mongo.uri(), move |c| {
+        c.common.mongodb_database = db;
+        c.event_indexes = "type,source".parse().unwrap();
+    })
+    .await;
+    let events = mongo.client().await.database(&database).collection::<mongodb::bson::Document>("events");
+    let created = evp_testkit::eventually(std::time::Duration::from_secs(20), || async {
+        let names = events.list_index_names().await.unwrap_or_default();
+        ["newest", "newest_by_type", "newest_by_source", "rollup_position", "aggregate_order"]
+            .iter()
+            .all(|n| names.iter().any(|have| have == n))
+    })
+    .await;
+    assert!(created, "indexes: {:?}", events.list_index_names().await);
+}
