@@ -23,6 +23,11 @@ pub struct ReadApp {
 
 impl ReadApp {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// The same, with `adjust` applied to the ingest's configuration last.
+    pub async fn start_with(adjust: impl FnOnce(&mut evp_ingest::IngestConfig) + Send + 'static) -> Self {
         let mongo = MongoServer::start().await;
         let database = mongo.unique_database("read");
         let db = database.clone();
@@ -30,6 +35,7 @@ impl ReadApp {
             c.common.mongodb_database = db;
             c.admin_keys = evp_ingest::keys::AdminKeys::parse(OPS_KEY, &c.api_keys).unwrap();
             c.event_indexes = EventIndexes::all();
+            adjust(c);
         })
         .await;
         let store = EventStore::new(mongo.client().await, &database);
@@ -360,16 +366,8 @@ async fn an_aggregate_keeps_its_order_across_a_change_of_the_partition_count() {
 
 #[tokio::test]
 async fn a_tenants_read_flood_is_held_to_its_slots_while_another_reads_and_writes() {
-    let mongo = MongoServer::start().await;
-    let database = mongo.unique_database("flood");
-    let db = database.clone();
-    let app = TestApp::spawn_with(mongo.uri(), move |c| {
-        c.common.mongodb_database = db;
-        c.read_concurrency_per_tenant = 2;
-    })
-    .await;
-    let store = EventStore::new(mongo.client().await, &database);
-    store.ensure_indexes(&EventIndexes::default()).await.unwrap();
+    let r = ReadApp::start_with(|c| c.read_concurrency_per_tenant = 2).await;
+    let app = &r.app;
     let read =
         |key: &'static str| app.http.get(app.url("/events?limit=1000")).header("x-api-key", key).send();
     // acme: 60 reads at once.
@@ -407,17 +405,7 @@ async fn a_tenants_read_flood_is_held_to_its_slots_while_another_reads_and_write
 
 #[tokio::test]
 async fn a_page_ends_early_before_max_page_bytes_and_paging_still_lists_every_event_once() {
-    let mongo = MongoServer::start().await;
-    let database = mongo.unique_database("bytes");
-    let db = database.clone();
-    let app = TestApp::spawn_with(mongo.uri(), move |c| {
-        c.common.mongodb_database = db;
-        c.max_page_bytes = 8_000;
-    })
-    .await;
-    let store = EventStore::new(mongo.client().await, &database);
-    store.ensure_indexes(&EventIndexes::default()).await.unwrap();
-    let r = ReadApp { app, store, database, mongo };
+    let r = ReadApp::start_with(|c| c.max_page_bytes = 8_000).await;
     // 30 events of about 1 KB of JSON each: at most 7 fit in 8,000 bytes.
     let events: Vec<Value> = (0..30)
         .map(|i| json!({"id": format!("big-{i:02}"), "type": "big", "data": {"pad": "x".repeat(1000)}}))
