@@ -13,6 +13,7 @@
 //! - [`stream_state`]: what Redis knows of the stream and the consumer group (the acknowledged
 //!   frontier the rollups close ranges at, and the pipeline snapshot analytics reports).
 //! - [`shutdown`]: SIGTERM / SIGINT turned into a cancellation token that every task watches.
+//! - [`now_ms`]: the one wall clock, in Unix milliseconds.
 
 pub mod config;
 pub mod connect;
@@ -24,3 +25,8 @@ pub mod redis_conn;
 pub mod shutdown;
 pub mod stream_state;
 pub mod telemetry;
+
+/// Now, in Unix milliseconds (receive times, analytics windows, the rollups' retirement clock).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

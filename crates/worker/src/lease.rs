@@ -128,11 +128,8 @@ impl Lease {
 
     /// Gives the lease up if we hold it.
     pub async fn release(&self) -> RedisResult<bool> {
-        let deleted: i64 = redis::Script::new(RELEASE)
-            .key(&self.key)
-            .arg(&self.token)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+        let deleted: i64 =
+            self.scripts[2].key(&self.key).arg(&self.token).invoke_async(&mut self.conn.clone()).await?;
         Ok(deleted == 1)
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
+use evp_runtime::now_ms;
 use evp_runtime::stream_state::{EntryId, acknowledged_frontier};
 use evp_store::rollups::{RANGE_MS, RETIRED_KEEP_MS, RollupError, RollupStore};
 use serde::Serialize;
@@ -232,10 +233,6 @@ async fn step(
         "closed ranges counted"
     );
     Ok(counts.to)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

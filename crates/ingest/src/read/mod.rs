@@ -66,16 +66,7 @@ impl ListQuery {
 
     /// Events per page.
     pub fn limit(&self) -> Result<usize, ApiError> {
-        match &self.limit {
-            None => Ok(DEFAULT_LIMIT),
-            Some(raw) => match raw.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-                _ => Err(invalid(
-                    "limit",
-                    format!("must be a whole number from 1 to {MAX_LIMIT}, got {raw:?}"),
-                )),
-            },
-        }
+        parse_limit(self.limit.as_deref())
     }
 
     /// The filters of `GET /events`, checked.

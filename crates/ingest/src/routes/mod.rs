@@ -9,7 +9,4 @@ pub mod health;
 pub mod read;
 pub mod whoami;
 
-/// Now, in Unix milliseconds (the receive time of events, the default end of analytics windows).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+pub use evp_runtime::now_ms;
