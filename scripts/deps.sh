@@ -30,12 +30,6 @@ ensure_redis() {
     command -v redis-server >/dev/null && command -v redis-cli >/dev/null
 }
 
-# Needs a MongoDB server of our own unless one is given ($1: the variable that would name it).
-needs_mongo_server() {
-    local given="${!1:-}"
-    [ -z "$given" ] && ! command -v mongod >/dev/null
-}
-
 SECANTUS_VERSION="$(tr -d '[:space:]' < "$EVP_ROOT/scripts/secantus-mdb.version")"
 EVP_TOOLS="${EVP_TOOLS:-$HOME/.local/share/evp}"
 # The pinned secantusd-rs (SECANTUSD_BIN overrides it, as it does in the Rust test fixture).
