@@ -6,7 +6,9 @@
 #   BENCH_SCALE=0.1 load-tests/bench.sh   # a tenth of the events, for a quick look
 #   BENCH_PHASES="drain" load-tests/bench.sh   # only some of: redis ingest drain memory saturated client
 #   BENCH_PHASES="read" load-tests/bench.sh    # the read API by depth, 100k and 1M events stored (not
-#       in the default run: filling 1M events takes minutes; BENCH_READ_SIZES="100000" for less)
+#       in the default run: filling 1M events takes minutes; BENCH_READ_SIZES="100000" for less,
+#       BENCH_READ_SAMPLES (50), BENCH_READ_FILTERS ("none type"), BENCH_READ_WALK (the walk's page
+#       size, 1000; smaller on a slow server, so no page of the walk passes the read timeout))
 #   BENCH_PHASES="indexes" load-tests/bench.sh  # the store rate of each index set (EVENT_INDEXES)
 #   BENCH_PHASES="limits" load-tests/bench.sh   # batched and single-event ingest with a tenant rate
 #       limit configured (far above the load) against none, alternating rounds

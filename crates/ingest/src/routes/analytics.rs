@@ -33,6 +33,9 @@ use crate::state::AppState;
         (status = 400, description = "`invalid_query`: an unknown or repeated parameter, a bad value, \
             `from` not before `to`, or more than 10,000 buckets", body = ErrorResponse),
         (status = 401, description = "`unauthorized`", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: this tenant has READ_CONCURRENCY_PER_TENANT reads in \
+            progress on this replica", body = ErrorResponse,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "MongoDB or Redis unreachable", body = ErrorResponse,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),

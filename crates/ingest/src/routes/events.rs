@@ -71,6 +71,8 @@ pub struct Accepted {
         (status = 400, description = "`invalid_json` or `invalid_event`", body = ErrorResponse),
         (status = 401, description = "`unauthorized`: missing or unknown x-api-key", body = ErrorResponse),
         (status = 413, description = "`payload_too_large`", body = ErrorResponse),
+        (status = 408, description = "`request_timeout`: the body did not arrive within HTTP_BODY_TIMEOUT_MS; \
+            nothing is enqueued", body = ErrorResponse),
         (status = 415, description = "`unsupported_media_type`", body = ErrorResponse),
         (status = 422, description = "`idempotency_key_reused`: the Idempotency-Key was first sent with \
             another body in the last 24 hours; nothing is enqueued", body = ErrorResponse),
@@ -110,6 +112,8 @@ pub async fn post_event(
         (status = 401, description = "`unauthorized`", body = ErrorResponse),
         (status = 413, description = "`payload_too_large`: body, batch count or one event too large",
             body = ErrorResponse),
+        (status = 408, description = "`request_timeout`: the body did not arrive within HTTP_BODY_TIMEOUT_MS; \
+            nothing is enqueued", body = ErrorResponse),
         (status = 415, description = "`unsupported_media_type`", body = ErrorResponse),
         (status = 422, description = "`idempotency_key_reused`: the Idempotency-Key was first sent with \
             another body in the last 24 hours; nothing is enqueued", body = ErrorResponse),

@@ -143,6 +143,9 @@ fn position_fields(doc: &Document) -> Document {
             a filter this deployment keeps no index for (`EVENT_INDEXES`), or a cursor issued for other \
             filters or another tenant", body = ErrorResponse),
         (status = 401, description = "`unauthorized`", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: this tenant has READ_CONCURRENCY_PER_TENANT reads in \
+            progress on this replica", body = ErrorResponse,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "MongoDB unreachable", body = ErrorResponse,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
@@ -184,6 +187,9 @@ pub async fn list_events(
         (status = 200, description = "The event", body = StoredEvent),
         (status = 401, description = "`unauthorized`", body = ErrorResponse),
         (status = 404, description = "`not_found`: no such event for this tenant", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: this tenant has READ_CONCURRENCY_PER_TENANT reads in \
+            progress on this replica", body = ErrorResponse,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "MongoDB unreachable", body = ErrorResponse,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
@@ -211,6 +217,9 @@ pub async fn get_event(
         (status = 200, description = "One page", body = EventPage),
         (status = 400, description = "`invalid_query`", body = ErrorResponse),
         (status = 401, description = "`unauthorized`", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: this tenant has READ_CONCURRENCY_PER_TENANT reads in \
+            progress on this replica", body = ErrorResponse,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "MongoDB unreachable", body = ErrorResponse,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
