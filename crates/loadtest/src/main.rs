@@ -4,6 +4,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+
+mod args;
+
+use args::{Api, GroupArgs, MongoArgs, write_json};
 use evp_loadtest::driver::{self, Plan};
 use evp_loadtest::generator::{Generator, event_id};
 use evp_loadtest::mongo_bench;
@@ -182,67 +186,6 @@ struct RunArgs {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
-}
-
-/// The ingest a subcommand talks to.
-#[derive(Args, Debug)]
-struct Api {
-    #[arg(long, env = "EVP_URL", default_value = "http://127.0.0.1:3000")]
-    url: String,
-    #[arg(long, env = "EVP_API_KEY", default_value = "demo-key")]
-    key: String,
-}
-
-/// Writes `report` to `path` as JSON, when a path was given.
-fn write_json(path: Option<&std::path::Path>, report: &impl serde::Serialize) -> anyhow::Result<()> {
-    if let Some(path) = path {
-        std::fs::write(path, serde_json::to_vec_pretty(report)?)?;
-    }
-    Ok(())
-}
-
-/// The consumer group whose acknowledgements end the wait (cheap to watch, unlike counting in
-/// MongoDB, which competes with the workers for the server).
-#[derive(Args, Debug)]
-struct GroupArgs {
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
-    #[arg(long, env = "EVENTS_STREAM", default_value = "events")]
-    stream: String,
-    #[arg(long = "group", env = "CONSUMER_GROUP", default_value = "evp-workers-group")]
-    group: String,
-    /// The stream's partitions (the group is watched on each, and summed).
-    #[arg(long, env = "STREAM_PARTITIONS", default_value_t = 1)]
-    partitions: u32,
-    /// `--redis-url` lists a Redis Cluster's seed nodes, comma-separated.
-    #[arg(long, env = "REDIS_CLUSTER", default_value_t = false)]
-    redis_cluster: bool,
-}
-
-impl GroupArgs {
-    fn group(&self) -> verify::Group<'_> {
-        verify::Group {
-            redis_url: &self.redis_url,
-            cluster: self.redis_cluster,
-            stream: &self.stream,
-            partitions: self.partitions,
-            name: &self.group,
-        }
-    }
-}
-
-#[derive(Args, Debug)]
-struct MongoArgs {
-    #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017")]
-    mongodb_uri: String,
-    #[arg(long, env = "MONGODB_DATABASE", default_value = "evp")]
-    database: String,
-    /// Tenant the API key belongs to (where the events are stored).
-    #[arg(long, default_value = "demo")]
-    tenant: String,
-    /// Give up verifying after this many seconds without progress.
-    #[arg(long, default_value_t = 60)]
-    stall_timeout: u64,
 }
 
 #[tokio::main]
