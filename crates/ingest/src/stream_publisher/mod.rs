@@ -27,9 +27,12 @@
 //!
 //! The backlog monitor samples the stream length in the background for the high-water check, so
 //! that check adds nothing to a request's round trip.
+//!
+//! Here: the publisher, its errors and the appender (MULTI/EXEC, `WAIT`); [`coalescer`]: the single
+//! events' shared pipelines; [`backlog`]: the backlog monitor.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 use evp_events::EncodedEvent;
@@ -37,10 +40,14 @@ use evp_events::entry::FIELD;
 use evp_runtime::partitions::{Partition, Partitions};
 use evp_runtime::redis_conn::{RedisConn, RedisTarget};
 use futures::future::join_all;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics as m;
+
+mod backlog;
+mod coalescer;
+
+use coalescer::Coalescer;
 
 /// Most single events in one coalesced pipeline.
 const MAX_COALESCED: usize = 256;
@@ -256,51 +263,6 @@ impl StreamPublisher {
     pub async fn ping(&self) -> Result<(), PublishError> {
         bounded(self.timeout, self.conn.ping()).await
     }
-
-    /// Entries in every partition's stream: acknowledged entries are trimmed by the workers, so
-    /// this is the backlog of entries not yet stored.
-    pub async fn stream_length(&self) -> Result<u64, PublishError> {
-        let lengths = self.partitions.iter().map(|partition| {
-            let mut conn = self.conn.clone();
-            let xlen = redis::cmd("XLEN").arg(&partition.stream).clone();
-            bounded(self.timeout, async move { xlen.query_async::<u64>(&mut conn).await })
-        });
-        join_all(lengths).await.into_iter().sum()
-    }
-
-    /// The last sampled backlog, for the high-water check.
-    pub fn backlog(&self) -> u64 {
-        self.backlog.load(Ordering::Relaxed)
-    }
-
-    /// Samples the stream length every `every` until `shutdown`.
-    pub fn spawn_backlog_monitor(&self, every: Duration, shutdown: CancellationToken) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                match this.stream_length().await {
-                    Ok(len) => {
-                        this.backlog.store(len, Ordering::Relaxed);
-                        metrics::gauge!(m::STREAM_BACKLOG).set(len as f64);
-                        if !this.reachable.swap(true, Ordering::Relaxed) {
-                            tracing::info!("Redis is reachable again");
-                        }
-                    }
-                    Err(e) => {
-                        if this.reachable.swap(false, Ordering::Relaxed) {
-                            tracing::warn!(error = %e, "Redis is unreachable");
-                        }
-                    }
-                }
-            }
-        });
-    }
 }
 
 /// How long the body digest of an Idempotency-Key is kept (Stripe keeps keys for 24 hours).
@@ -415,107 +377,5 @@ impl Appender {
         self.metrics.seconds.record(started.elapsed().as_secs_f64());
         self.metrics.events.record(events as f64);
         result
-    }
-}
-
-/// Sends queued single events as pipelines, at most [`MAX_PIPELINES`] at a time.
-struct Coalescer {
-    appender: Appender,
-}
-
-impl Coalescer {
-    async fn run(self, mut queue: mpsc::Receiver<Single>, partitions: Arc<Partitions>) {
-        let this = Arc::new(self);
-        let slots = Arc::new(Semaphore::new(MAX_PIPELINES));
-        loop {
-            // Take a pipeline slot first: while every slot is busy, events keep queueing and the
-            // next pipeline takes them all.
-            let Ok(slot) = slots.clone().acquire_owned().await else { return };
-            let mut batch = Vec::with_capacity(MAX_COALESCED);
-            if queue.recv_many(&mut batch, MAX_COALESCED).await == 0 {
-                return; // every publisher is gone
-            }
-            let this = this.clone();
-            let partitions = partitions.clone();
-            tokio::spawn(async move {
-                this.send(batch, &partitions).await;
-                drop(slot);
-            });
-        }
-    }
-
-    /// One pipeline per partition among `batch`, sent concurrently.
-    async fn send(&self, mut batch: Vec<Single>, partitions: &Partitions) {
-        // A request that gave up (timed out, or its client went away) has answered 503 or
-        // nothing: its event must not be appended behind its back.
-        batch.retain(|single| !single.reply.is_closed());
-        if batch.is_empty() {
-            return;
-        }
-        if partitions.len() == 1 {
-            return self.send_to(partitions.first(), batch).await;
-        }
-        let mut by_partition: Vec<Vec<Single>> = (0..partitions.len()).map(|_| Vec::new()).collect();
-        for single in batch {
-            by_partition[partitions.for_hash(single.route).index as usize].push(single);
-        }
-        let sends = partitions
-            .iter()
-            .zip(by_partition)
-            .filter(|(_, singles)| !singles.is_empty())
-            .map(|(partition, singles)| self.send_to(partition, singles));
-        join_all(sends).await;
-    }
-
-    async fn send_to(&self, partition: &Partition, batch: Vec<Single>) {
-        let payloads: Vec<&[u8]> = batch.iter().map(|s| s.payload.as_slice()).collect();
-        let outcome = self.appender.independent(partition, &payloads).await;
-        drop(payloads);
-        match outcome {
-            Ok(replies) => {
-                for (single, reply) in batch.into_iter().zip(replies) {
-                    let outcome = match reply {
-                        redis::Value::ServerError(e) => Err(PublishError::Refused(e.to_string())),
-                        _ => Ok(()),
-                    };
-                    let _ = single.reply.send(outcome);
-                }
-            }
-            Err(e) => batch.into_iter().for_each(|single| drop(single.reply.send(Err(e.clone())))),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use evp_testkit::RedisServer;
-
-    use super::*;
-
-    fn single(payload: &str) -> (Single, oneshot::Receiver<Result<(), PublishError>>) {
-        let (reply, outcome) = oneshot::channel();
-        (Single { payload: payload.as_bytes().to_vec(), route: 0, reply }, outcome)
-    }
-
-    #[tokio::test]
-    async fn an_event_whose_request_gave_up_is_not_sent_and_the_others_get_their_own_replies() {
-        let redis = RedisServer::start();
-        let target = RedisTarget::new(&redis.url(), false).unwrap();
-        let publisher =
-            StreamPublisher::new(target, Partitions::new("events", 1), 0, Duration::from_secs(2)).unwrap();
-        let coalescer = publisher.coalescer();
-        let (kept, kept_outcome) = single("kept");
-        let (abandoned, abandoned_outcome) = single("abandoned");
-        drop(abandoned_outcome); // the request timed out or its client went away
-        let (also_kept, also_kept_outcome) = single("also kept");
-        coalescer.send(vec![kept, abandoned, also_kept], &publisher.partitions).await;
-
-        assert!(kept_outcome.await.unwrap().is_ok());
-        assert!(also_kept_outcome.await.unwrap().is_ok());
-        let mut conn = redis.connection().await;
-        let entries: Vec<(String, Vec<(String, String)>)> =
-            redis::cmd("XRANGE").arg("events").arg("-").arg("+").query_async(&mut conn).await.unwrap();
-        let payloads: Vec<&str> = entries.iter().map(|(_, fields)| fields[0].1.as_str()).collect();
-        assert_eq!(payloads, ["kept", "also kept"]);
     }
 }
