@@ -16,6 +16,8 @@
 #       rollup lag at 80% of the drain rate, lease failover (not in the default run: storing 1M events
 #       takes minutes; BENCH_ANALYTICS_SIZES="10000 100000" for less)
 #   BENCH_PHASES="dashboard" load-tests/bench.sh   # single events with and without an open dashboard
+#   BENCH_PHASES="subscriptions" load-tests/bench.sh   # a subscription's delivery rate with 1 and 2
+#       consumers against the workers' drain rate, and received-to-delivered p99 at 80% of the drain
 #   BENCH_PHASES="cluster" load-tests/bench.sh     # batched ingest: one Redis vs a 3-master Redis Cluster
 #       with 8 partitions, and the cost of REDIS_WAIT_REPLICAS=1 (not in the default run)
 #   WORKER_BIN=/path/to/evp-worker load-tests/bench.sh   # measure another build's worker
@@ -269,8 +271,8 @@ fi
 LIMITS_REPORT=""
 if phase limits; then
 LIMITED_PORT=$(free_port)
-TENANT_RATE_LIMIT=100000000 API_KEYS="$TENANT:$KEY" PORT="$LIMITED_PORT" STREAM_HIGH_WATER=100000000 \
-    "$BIN/evp-ingest" > "$WORK/ingest-limited.log" 2>&1 &
+TENANT_RATE_LIMIT=100000000 TENANT_LIMITS=flood=2000 API_KEYS="$TENANT:$KEY,flood:flood-key" \
+    PORT="$LIMITED_PORT" STREAM_HIGH_WATER=100000000 "$BIN/evp-ingest" > "$WORK/ingest-limited.log" 2>&1 &
 LIMITED_PID=$!
 PIDS+=($LIMITED_PID)
 wait_port "$LIMITED_PORT" evp-ingest "$WORK/ingest-limited.log"
@@ -290,11 +292,39 @@ for round in $(seq "$ROUNDS"); do
     done
     echo "   round $round: batched ${L_B0[-1]} vs ${L_B1[-1]} events/s limited; single ${L_S0[-1]} vs ${L_S1[-1]}/s limited"
 done
+# Two tenants on the limited ingest: B (the load-test tenant) sends 500 single events/s for 10 s
+# alone, then again while A ("flood", limited to 2,000 events/s by TENANT_LIMITS) offers ten times
+# its limit in batches of 100. B's p99 in both, and A's accepted rate against its limit.
+LIMITED_URL="http://127.0.0.1:$LIMITED_PORT"
+b_steady() {
+    "$BIN/evp-loadtest" --url "$LIMITED_URL" --key "$KEY" --tenant "$TENANT" --duration 10 --rate 500 --batch 1 \
+        --concurrency 8 --quiet --json "$WORK/$1.json"
+}
+b_steady two-b-alone
+"$BIN/evp-loadtest" --url "$LIMITED_URL" --key flood-key --tenant flood --duration 12 --rate 20000 --batch 100 \
+    --concurrency 16 --quiet --json "$WORK/two-a.json" &
+FLOOD_PID=$!
+sleep 1
+b_steady two-b-flooded
+wait "$FLOOD_PID" || true
+"${REDIS_CLI[@]}" del events > /dev/null
+TWO_REPORT=$(python3 - "$WORK" <<'PY'
+import json, sys
+w = sys.argv[1]
+alone, flooded, a = (json.load(open(f"{w}/{n}.json")) for n in ("two-b-alone", "two-b-flooded", "two-a"))
+def refused(r): return sum(r["rejected"].values()) + r["errors"]
+print(f"  two tenants: B alone p99 {alone['latency_ms']['p99']:.2f} ms, while A floods p99 {flooded['latency_ms']['p99']:.2f} ms"
+      f" = {flooded['latency_ms']['p99'] / alone['latency_ms']['p99']:.2f}x; B refused {refused(alone)} / {refused(flooded)};"
+      f" A accepted {a['accepted'] / a['duration_s']:.0f}/s of a 2000/s limit (+ its burst), refused {refused(a)} events")
+PY
+)
+echo "$TWO_REPORT"
 med() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 MB0=$(med "${L_B0[@]}"); MB1=$(med "${L_B1[@]}"); MS0=$(med "${L_S0[@]}"); MS1=$(med "${L_S1[@]}")
 LIMITS_REPORT="  batched (100 per request), median of $ROUNDS rounds: no limits $MB0/s, with a rate limit $MB1/s = $(python3 -c "print(f'{$MB1 / $MB0:.3f}')")x
   single events (wrk, 64 connections): no limits $MS0/s, with a rate limit $MS1/s = $(python3 -c "print(f'{$MS1 / $MS0:.3f}')")x
   rounds: batched ${L_B0[*]} / ${L_B1[*]}; single ${L_S0[*]} / ${L_S1[*]}
+$TWO_REPORT
 "
 kill "$LIMITED_PID"
 fi
@@ -533,6 +563,51 @@ CLUSTER_REPORT="  batched ingest, median of $ROUNDS alternating rounds: one Redi
 "
 fi
 
+# --- Subscriptions: delivery rate against the drain rate; latency at 80% of the drain --------
+# Two workers drain a backlog (the drain rate); a subscription of the run's type is then consumed
+# from the beginning by 1, then 2 consumers (each its own subscription): the delivery rate. Then a
+# subscription starting now is consumed while the load test sends at 40%, then 80%, of that drain
+# rate for 20 s (each after the workers caught up): the time from the ingest's receiving an event
+# to its delivery, p99, and the workers' backlog when the sending stopped (an event is delivered
+# only once stored). Only with
+# BENCH_PHASES=subscriptions.
+SUBS_REPORT=""
+if phase subscriptions; then
+SUB_EVENTS=$(n 30000)
+run="subs$RANDOM"
+echo "== subscriptions: drain $SUB_EVENTS events with 2 workers, then consume them"
+loadtest --events "$SUB_EVENTS" --batch 100 --concurrency 16 --quiet --run-id "$run" > /dev/null
+start_workers 2
+"$BIN/evp-loadtest" drain --run-id "$run" --events "$SUB_EVENTS" --tenant "$TENANT" --json "$WORK/subs-drain.json"
+SUB_DRAIN=$(json "$WORK/subs-drain.json" "int(d['processing_events_per_s'])")
+subscribe() { "$BIN/evp-loadtest" subscribe --url "$INGEST_URL" --key "$KEY" "$@"; }
+for c in 1 2; do
+    subscribe --name "bench-$c-$run" --type "loadtest.$run" --consumers "$c" --events "$SUB_EVENTS" --json "$WORK/subs-$c.json"
+done
+SUB_RATE1=$(json "$WORK/subs-1.json" "int(d['events_per_s'])"); SUB_RATE2=$(json "$WORK/subs-2.json" "int(d['events_per_s'])")
+LIVE_LINES=""
+drained() { for _ in $(seq 1200); do [ "$("${REDIS_CLI[@]}" xlen events)" -eq 0 ] && break; sleep 0.1; done; }
+for pct in 40 80; do
+    drained   # each rate starts with the workers caught up
+    LIVE_RATE=$(python3 -c "print(max(100, int($pct * $SUB_DRAIN / 100)))")
+    live="live$pct$RANDOM"
+    echo "== subscriptions: consuming while sending at $LIVE_RATE events/s ($pct% of the drain) for 20 s"
+    subscribe --name "bench-live-$live" --type "loadtest.$live" --start-now --consumers 2 --duration 24 --json "$WORK/subs-live$pct.json" &
+    SUB_PID=$!
+    sleep 1
+    loadtest --duration 20 --rate "$LIVE_RATE" --batch 100 --concurrency 16 --quiet --run-id "$live" --json "$WORK/subs-load$pct.json" > /dev/null
+    BACKLOG_END=$("${REDIS_CLI[@]}" xlen events)
+    wait "$SUB_PID"
+    LIVE_LINES+="
+  at $pct% of the drain       $(json "$WORK/subs-load$pct.json" "f\"{d['accepted']} sent at {d['events_per_s']:.0f} events/s\""); $(json "$WORK/subs-live$pct.json" "f\"{d['events']} delivered within 24 s; received to delivered p50 {d['delivery_p50_ms']:.0f} ms, p99 {d['delivery_p99_ms']:.0f} ms\""); not yet stored when the sending stopped: $BACKLOG_END"
+done
+stop_workers
+SUBS_REPORT="  drain (2 workers)         $SUB_DRAIN events/s
+  delivery, 1 consumer      $SUB_RATE1 events/s = $(ratio "$SUB_RATE1" "$SUB_DRAIN") of the drain
+  delivery, 2 consumers     $SUB_RATE2 events/s = $(ratio "$SUB_RATE2" "$SUB_DRAIN") of the drain$LIVE_LINES"
+"${REDIS_CLI[@]}" del events > /dev/null
+fi
+
 # --- Report ---------------------------------------------------------------------------------
 p() { json "$WORK/$1.json" "f\"p50 {d['latency_ms']['p50']:.1f} ms, p99 {d['latency_ms']['p99']:.1f} ms\"" 2>/dev/null || echo "n/a (phase not run)"; }
 read -r I1 W1 V1 R1 L1 <<< "$AT_100K"
@@ -576,4 +651,6 @@ Dashboard (BENCH_PHASES=dashboard)
 $DASH_REPORT
 Redis Cluster (BENCH_PHASES=cluster)
 $CLUSTER_REPORT
+Subscriptions (BENCH_PHASES=subscriptions)
+$SUBS_REPORT
 REPORT

@@ -20,6 +20,7 @@ import urllib.request
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 URL = os.environ["EVP_URL"]
@@ -64,8 +65,22 @@ def http(method, path, key=None, body=None):
 
 
 def text(driver, css):
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else None
+    """The text of the first element matching css; None when there is none, or when the page
+    replaced it (its tables are re-rendered every 2 s) between finding and reading it."""
+    try:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        return found[0].text if found else None
+    except StaleElementReferenceException:
+        return None
+
+
+def click(driver, css):
+    """Clicks the first element matching css; False when there is none or the page replaced it."""
+    try:
+        driver.find_element(By.CSS_SELECTOR, css).click()
+        return True
+    except (StaleElementReferenceException, NoSuchElementException):
+        return False
 
 
 def visible(driver, element_id):
@@ -133,16 +148,19 @@ def main():
         check("a tenant key opens the dashboard", eventually(lambda: visible(driver, "board"), 10))
         check("the key is not in the URL", KEY not in driver.current_url, driver.current_url)
         check("no dead-letter panel for a tenant key", not visible(driver, "dlq-card"))
-
-        def consumers():
-            return [row.get_attribute("data-name") for row in driver.find_elements(By.CSS_SELECTOR, "#consumers tr")]
-        named = eventually(lambda: all(w in consumers() for w in WORKERS), 30)
-        check("the consumers table names both workers", named, consumers())
+        check("no consumers panel for a tenant key", not visible(driver, "consumers-card"))
+        check("no keys panel for a tenant key", not visible(driver, "keys-card"))
+        check("no stream length for a tenant key", not (text(driver, "#stream-length") or "").strip(),
+              text(driver, "#stream-length"))
+        page = driver.page_source
+        check("no worker's name anywhere on a tenant's page", not any(w in page for w in WORKERS), WORKERS)
 
         n = 137
         events = [{"type": f"{RUN}.view", "id": f"{RUN}-{i}", "data": {"i": i}} for i in range(n)]
         status, body = http("POST", "/events/batch", KEY, events)
         check("events accepted", status == 202, (status, body))
+        rate = eventually(lambda: (text(driver, "#ingest-rate") or "0").split()[0] not in ("0", "–"), 15)
+        check("the tenant's own accepted rate is shown", rate, text(driver, "#ingest-rate"))
         shown = eventually(lambda: text(driver, f'#by-type tr[data-type="{RUN}.view"] td.num') == str(n), 60)
         check(f"the page shows the count of the {n} events stored", shown,
               text(driver, f'#by-type tr[data-type="{RUN}.view"]'))
@@ -150,6 +168,23 @@ def main():
               eventually(lambda: (text(driver, '#health tr[data-name="redis"]') or "").find("up") >= 0, 10),
               text(driver, "#health"))
         check("the rollup lag is shown", (text(driver, "#rollup-lag") or "").endswith(" s"), text(driver, "#rollup-lag"))
+        check("the tenant's own backlog is shown", (text(driver, "#unstored") or "").isdigit(), text(driver, "#unstored"))
+
+        # A subscription of the tenant: delivered, handed back with an error, shown with it.
+        sub = f"{RUN}-projection"
+        status, body = http("PUT", f"/subscriptions/{sub}", KEY, {"types": [f"{RUN}.view"]})
+        check("a subscription is defined", status == 201, (status, body))
+        status, polled = http("POST", f"/subscriptions/{sub}/poll", KEY,
+                              {"consumer": "dash-consumer", "max": 10, "wait_ms": 5000})
+        delivered = status == 200 and len(polled["events"]) == 10
+        check("the subscription delivers stored events", delivered, (status, polled))
+        status, _ = http("POST", f"/subscriptions/{sub}/nack", KEY,
+                         {"ack": polled["ack"], "error": "projection store down"})
+        check("a batch is handed back with an error", status == 204, status)
+        sub_row = f'#subscriptions tr[data-name="{sub}"]'
+        shown = eventually(lambda: "projection store down" in (text(driver, sub_row) or ""), 15)
+        check("the tenant's subscription is shown with its last error", shown, text(driver, "#subscriptions"))
+        check("and with its consumer", "dash-consumer" in (text(driver, sub_row) or ""), text(driver, sub_row))
         errors = console_errors(driver)
         check("no console error with a tenant key (favicon, role, polling)", not errors, errors)
 
@@ -176,6 +211,15 @@ def main():
         check("the dead-lettered event is not stored before the replay", status == 404, status)
         log_in(driver, ADMIN_KEY)
         check("an operator key shows the dead letters", eventually(lambda: visible(driver, "dlq-card"), 10))
+
+        def consumers():
+            return [row.get_attribute("data-name") for row in driver.find_elements(By.CSS_SELECTOR, "#consumers tr")]
+        named = eventually(lambda: all(w in consumers() for w in WORKERS), 30)
+        check("an operator's consumers table names both workers", named, consumers())
+        op_row = f'#subscriptions tr[data-name$="/{sub}"]'
+        every = eventually(lambda: "projection store down" in (text(driver, op_row) or ""), 15)
+        check("an operator sees every tenant's subscriptions, named with their tenant", every,
+              text(driver, "#subscriptions"))
         row = f'#dlq tr[data-id="{letter_id}"]'
         listed = eventually(lambda: "not stored after 5 deliveries" in (text(driver, row) or ""), 15)
         check("the dead letter is listed with its reason", listed, text(driver, "#dlq"))
@@ -186,8 +230,31 @@ def main():
         check("Replay gets the dead letter stored in MongoDB", stored)
         gone = eventually(lambda: not driver.find_elements(By.CSS_SELECTOR, row), 10)
         check("the replayed letter leaves the list", gone, text(driver, "#dlq"))
+
+        # The keys panel: create a key (its secret shown once), use it, revoke it.
+        check("an operator key shows the keys panel", eventually(lambda: visible(driver, "keys-card"), 10))
+        tenant = f"dash{RUN[-6:]}"
+        driver.find_element(By.ID, "key-tenant").send_keys(tenant)
+        driver.find_element(By.ID, "key-name").send_keys("dashboard test")
+        driver.find_element(By.ID, "key-create").click()
+        secret = eventually(lambda: (text(driver, "#new-key") or "").startswith("evp_") and text(driver, "#new-key"), 10)
+        check("Create key shows the new secret once", secret, text(driver, "#key-message"))
+        key_id = secret.split("_")[1]
+        status, _ = http("POST", "/events", secret, {"type": f"{RUN}.bykey"})
+        check("the new key is accepted", status == 202, status)
+        key_row = f'#keys tr[data-id="{key_id}"]'
+        listed = eventually(lambda: "dashboard test" in (text(driver, key_row) or ""), 10)
+        check("the new key is listed, with its name", listed, text(driver, "#keys"))
+        check("the listing never shows a secret", secret.split("_")[2] not in driver.page_source.replace(secret, ""))
+        check("Revoke asks first", eventually(lambda: click(driver, key_row + " button.revoke"), 10))
+        driver.switch_to.alert.accept()
+        revoked = eventually(lambda: "revoked" in (text(driver, key_row) or ""), 10)
+        check("Revoke marks the key revoked", revoked, text(driver, key_row))
+        status, _ = http("POST", "/events", secret, {"type": f"{RUN}.bykey"})
+        check("the revoked key gets 401", status == 401, status)
+
         errors = console_errors(driver)
-        check("no console error with an operator key (dead letters, replay)", not errors, errors)
+        check("no console error with an operator key (dead letters, replay, keys)", not errors, errors)
         print(f"dashboard test: {len(passed)} passed, 0 failed")
     finally:
         driver.quit()

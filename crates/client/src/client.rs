@@ -70,7 +70,8 @@ struct ErrorFields {
 
 /// The outcome of one attempt.
 enum Attempt {
-    Done(Vec<String>),
+    /// A 2xx answer's body (empty for 204).
+    Done(Vec<u8>),
     /// Worth another try, after at least this long (the server's `Retry-After`).
     Retry {
         why: String,
@@ -125,18 +126,52 @@ impl Client {
         Ok(accepted)
     }
 
-    /// POSTs `body` until it is answered for good or the deadline passes.
+    /// POSTs `body` until it is answered for good or the deadline passes; the accepted ids.
     async fn post(&self, path: &str, body: Vec<u8>) -> Result<Vec<String>, Error> {
+        let (bytes, attempts) = self.request(reqwest::Method::POST, path, body, Duration::ZERO).await?;
+        serde_json::from_slice::<Accepted>(&bytes)
+            .map(|a| a.ids)
+            .map_err(|e| Error::Unavailable { last: format!("unreadable 2xx answer: {e}"), attempts })
+    }
+
+    /// Sends `value` as JSON with `method` to `path` (retried like every call) and reads the
+    /// answer as `T`, or `None` when it has no body (204). The server may take `longer` than a
+    /// request's timeout to answer (a long poll's wait).
+    pub(crate) async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        value: &impl serde::Serialize,
+        longer: Duration,
+    ) -> Result<Option<T>, Error> {
+        let body = serde_json::to_vec(value).map_err(|e| Error::Config(e.to_string()))?;
+        let (bytes, attempts) = self.request(method, path, body, longer).await?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Unavailable { last: format!("unreadable 2xx answer: {e}"), attempts })
+    }
+
+    /// Sends until answered for good or the deadline passes: the 2xx body and the attempts made.
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+        longer: Duration,
+    ) -> Result<(Vec<u8>, u32), Error> {
         let body = if self.config.gzip { gzip(&body)? } else { body };
-        let deadline = Instant::now() + self.config.deadline;
+        let deadline = Instant::now() + self.config.deadline + longer;
         let url = format!("{}{path}", self.config.base_url);
         let (first, cap) = self.config.backoff;
         let mut pause = first;
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let (why, after) = match self.attempt(&url, body.clone(), attempts).await {
-                Attempt::Done(ids) => return Ok(ids),
+            let (why, after) = match self.attempt(&method, &url, body.clone(), attempts, longer).await {
+                Attempt::Done(bytes) => return Ok((bytes, attempts)),
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Retry { why, after } => (why, after),
             };
@@ -151,10 +186,18 @@ impl Client {
         }
     }
 
-    async fn attempt(&self, url: &str, body: Vec<u8>, attempts: u32) -> Attempt {
+    async fn attempt(
+        &self,
+        method: &reqwest::Method,
+        url: &str,
+        body: Vec<u8>,
+        attempts: u32,
+        longer: Duration,
+    ) -> Attempt {
         let mut request = self
             .http
-            .post(url)
+            .request(method.clone(), url)
+            .timeout(self.config.request_timeout + longer)
             .header("x-api-key", self.key.clone())
             .header("content-type", "application/json");
         if self.config.gzip {
@@ -178,13 +221,7 @@ impl Client {
             Err(e) => return Attempt::Retry { why: e.to_string(), after },
         };
         if status.is_success() {
-            return match serde_json::from_slice::<Accepted>(&bytes) {
-                Ok(accepted) => Attempt::Done(accepted.ids),
-                Err(e) => Attempt::Fail(Error::Unavailable {
-                    last: format!("unreadable 2xx answer: {e}"),
-                    attempts,
-                }),
-            };
+            return Attempt::Done(bytes.to_vec());
         }
         let parsed = serde_json::from_slice::<ErrorBody>(&bytes).ok().map(|b| b.error);
         if status == StatusCode::SERVICE_UNAVAILABLE

@@ -15,6 +15,9 @@
 //!   queued, for a bounded time.
 //! - [`blocking::Client`]: the same for synchronous code, every call bounded by a timeout, safe
 //!   to call from inside a tokio runtime.
+//! - [`Subscriber`]: runs a projection of your own over a subscription: polls, hands each batch to
+//!   your handler, acknowledges on `Ok`, hands back with the error and backs off on `Err`, stops
+//!   gracefully; [`Subscriber::run_blocking`] for synchronous handlers.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), evp_client::Error> {
@@ -28,8 +31,10 @@ mod client;
 mod emitter;
 mod error;
 mod event;
+mod subscriber;
 
 pub use client::{Client, ClientConfig};
 pub use emitter::{EmitError, Emitter, EmitterConfig, ErrorCallback, Outcome, Receipt, Stats};
 pub use error::{Detail, Error};
 pub use event::Event;
+pub use subscriber::{Delivered, RunStats, Start, StopHandle, Subscriber, SubscriberConfig};

@@ -10,6 +10,7 @@
 //! - [`entry`]: the Redis stream entry. A validated event plus its tenant and receive time is encoded
 //!   as one compact JSON value in the field [`entry::FIELD`]; the worker decodes it back. This is the
 //!   only place that knows the entry layout, so ingest and worker cannot drift.
+//! - [`entry_id`]: a stream entry's id and the sortable form documents store it in.
 //! - [`data`]: what MongoDB can store exactly as sent (numbers, nesting, keys). Checked at ingest,
 //!   and again by the worker before converting, so the two cannot disagree.
 //! - The MongoDB document is built by the worker from a decoded entry (it owns the BSON dependency).
@@ -18,7 +19,9 @@
 
 pub mod data;
 pub mod entry;
+pub mod entry_id;
 pub mod input;
 
 pub use entry::{DecodeError, EncodedEvent, StoredEvent, ValidEvent};
+pub use entry_id::EntryId;
 pub use input::{Admission, BodyError, Limits, Problem, admit_batch, admit_one, count_events};

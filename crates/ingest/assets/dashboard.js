@@ -39,6 +39,8 @@
     $('who').textContent = '';
     $('login').hidden = false;
     $('login-error').textContent = message || '';
+    $('new-key').textContent = '';
+    $('new-key-box').hidden = true;
     setStatus('', false);
     $('key').focus();
   }
@@ -80,7 +82,8 @@
     $('board').hidden = false;
     $('forget').hidden = false;
     $('who').textContent = role === 'admin' ? 'operator key: every tenant, dead letters' : 'tenant key';
-    $('dlq-card').hidden = role !== 'admin';
+    // The shared pipeline (consumers, stream, dead letters) is for operators only.
+    for (const el of document.querySelectorAll('.operator, #dlq-card')) el.hidden = role !== 'admin';
     ensureCharts();
     await tick();
     stop();
@@ -104,7 +107,7 @@
   function ensureCharts() {
     if (rates) return;
     rates = chart($('chart-rates'), ['accepted/s', 'stored/s'], ['#58a6ff', '#3fb950']);
-    backlog = chart($('chart-backlog'), ['backlog (lag + pending)', 'group lag'], ['#d29922', '#f85149']);
+    backlog = chart($('chart-backlog'), ['not yet stored', 'group lag (operators)'], ['#d29922', '#f85149']);
     window.addEventListener('resize', () => {
       rates.setSize({ width: Math.max($('chart-rates').clientWidth, 300), height: 220 });
       backlog.setSize({ width: Math.max($('chart-backlog').clientWidth, 300), height: 220 });
@@ -142,8 +145,8 @@
     hist.t.push(now);
     hist.accepted.push(p.ingest_rate);
     hist.stored.push(p.processing_rate);
-    hist.backlog.push(p.lag + p.pending);
-    hist.lag.push(p.lag);
+    hist.backlog.push(p.unstored);
+    hist.lag.push(p.lag ?? null);
     while (hist.t.length && hist.t[0] < now - HISTORY_S) {
       for (const k of Object.keys(hist)) hist[k].shift();
     }
@@ -151,12 +154,13 @@
     backlog.setData([hist.t, hist.backlog, hist.lag]);
     $('ingest-rate').textContent = `${fmt(p.ingest_rate)} /s`;
     $('processing-rate').textContent = `${fmt(p.processing_rate)} /s`;
+    $('unstored').textContent = fmt(p.unstored, 0);
     $('stream-length').textContent = fmt(p.stream_length, 0);
     $('pending').textContent = fmt(p.pending, 0);
     $('group-lag').textContent = fmt(p.lag, 0);
     $('dead-letters').textContent = fmt(p.dead_letters, 0);
     $('rollup-lag').textContent = `${fmt(m.rollup.lag_seconds)} s`;
-    rows($('consumers'), p.consumers, (c, tr) => {
+    rows($('consumers'), p.consumers || [], (c, tr) => {
       tr.dataset.name = c.name;
       return [[c.name], [fmt(c.pending, 0), 'num'], [idle(c.idle_ms), 'num']];
     });
@@ -183,6 +187,76 @@
       ? `${action === 'replay' ? 'replayed' : 'purged'} ${answer.replayed ?? answer.purged}`
       : `${action} failed: ${(answer.error && answer.error.message) || r.status}`;
     await loadDlq();
+  }
+
+  async function loadKeys() {
+    const r = await call('/admin/keys');
+    if (!r.ok) return;
+    const list = await r.json();
+    rows($('keys'), list.keys, (k, tr) => {
+      tr.dataset.id = k.id;
+      const state = k.revoked_at ? 'revoked' : k.expires_at && Date.parse(k.expires_at) <= Date.now() ? 'expired' : 'active';
+      const cell = document.createElement('span');
+      if (k.source === 'api' && state === 'active') {
+        const b = document.createElement('button');
+        b.type = 'button';
+        b.className = 'revoke danger';
+        b.textContent = 'Revoke';
+        b.addEventListener('click', () => revokeKey(k));
+        cell.appendChild(b);
+      }
+      return [[k.id], [k.tenant || ''], [k.role], [k.name || ''], [k.source], [k.last_used_at || ''], [state], [cell]];
+    });
+  }
+
+  async function revokeKey(k) {
+    if (!confirm(`Revoke key ${k.id}${k.name ? ` (${k.name})` : ''}? Every request with it will get 401.`)) return;
+    const r = await call(`/admin/keys/${encodeURIComponent(k.id)}`, { method: 'DELETE' });
+    const answer = r.ok ? {} : await r.json().catch(() => ({}));
+    $('key-message').textContent = r.ok ? `revoked ${k.id}` : `revoke failed: ${(answer.error && answer.error.message) || r.status}`;
+    await loadKeys();
+  }
+
+  async function createKey(ev) {
+    ev.preventDefault();
+    const role = $('key-role').value;
+    const body = { role };
+    const tenant = $('key-tenant').value.trim();
+    const name = $('key-name').value.trim();
+    if (role === 'tenant') body.tenant = tenant;
+    if (name) body.name = name;
+    const r = await call('/admin/keys', { method: 'POST', body: JSON.stringify(body) });
+    const answer = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      $('new-key-box').hidden = true;
+      $('key-message').textContent = `create failed: ${(answer.error && answer.error.message) || r.status}`;
+      return;
+    }
+    $('key-message').textContent = `created ${answer.id}: copy the key now, it is not shown again`;
+    $('new-key').textContent = answer.key;
+    $('new-key-box').hidden = false;
+    await loadKeys();
+  }
+
+  async function copyNewKey() {
+    try {
+      await navigator.clipboard.writeText($('new-key').textContent);
+      $('key-message').textContent = 'copied';
+    } catch (e) {
+      $('key-message').textContent = 'select the key and copy it by hand';
+    }
+  }
+
+  async function loadSubscriptions() {
+    const r = await call('/subscriptions');
+    if (!r.ok) return;
+    const list = await r.json();
+    rows($('subscriptions'), list.subscriptions, (s, tr) => {
+      tr.dataset.name = s.tenant ? `${s.tenant}/${s.name}` : s.name;
+      const consumers = s.consumers.map((c) => `${c.name} (${c.partitions.join(', ')})`).join('; ');
+      const error = s.last_error ? `${s.last_error.message} (${s.last_error.consumer}, ${s.last_error.at})` : '';
+      return [[tr.dataset.name], [`${fmt(s.lag_seconds)} s`, 'num'], [fmt(s.pending, 0), 'num'], [consumers], [error, 'error']];
+    });
   }
 
   async function loadDlq() {
@@ -225,7 +299,8 @@
         setStatus(`Analytics unavailable: ${(body.error && body.error.message) || m.status}`, true);
       }
       renderHealth(await h.json().catch(() => null));
-      if (role === 'admin') await loadDlq();
+      await loadSubscriptions();
+      if (role === 'admin') await Promise.all([loadDlq(), loadKeys()]);
     } catch (e) {
       setStatus('The ingest is unreachable; retrying every 2 s.', true);
     } finally {
@@ -242,6 +317,8 @@
   $('forget').addEventListener('click', () => showLogin(''));
   $('window').addEventListener('change', tick);
   $('replay-all').addEventListener('click', () => act('replay', { all: true }));
+  $('key-form').addEventListener('submit', createKey);
+  $('new-key-copy').addEventListener('click', copyNewKey);
   $('purge-all').addEventListener('click', () => {
     if (confirm('Delete every dead letter for good?')) act('purge', { all: true });
   });

@@ -1,5 +1,6 @@
-//! Authentication: the `x-api-key` header names a tenant, or is an operator key
-//! ([`crate::keys`] holds both). [`Tenant`] guards the tenant routes, [`Operator`] `/admin/*`,
+//! Authentication: the `x-api-key` header names a tenant, or is an operator key: one of
+//! `API_KEYS` / `ADMIN_KEYS` ([`crate::keys`]) or one created at runtime ([`crate::key_store`],
+//! `evp_<id>_…`), both answered from memory. [`Tenant`] guards the tenant routes, [`Operator`] `/admin/*`,
 //! and [`Viewer`] analytics (a tenant's counts, or an operator's over every tenant).
 
 use std::sync::Arc;
@@ -8,13 +9,16 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use crate::error::ApiError;
+use crate::key_store::Holder;
+use crate::limiters::rate::KeyLimit;
 use crate::state::AppState;
 
 pub use crate::keys::{API_KEY_HEADER, ApiKeys, DEFAULT_TENANT};
 
-/// The tenant authenticated by the request's `x-api-key`; extracting it answers 401 otherwise.
+/// The tenant authenticated by the request's `x-api-key`, and the key's own rate limit when it has
+/// one (else the tenant's applies); extracting it answers 401 otherwise.
 #[derive(Debug, Clone)]
-pub struct Tenant(pub Arc<str>);
+pub struct Tenant(pub Arc<str>, pub Option<KeyLimit>);
 
 impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
@@ -22,18 +26,19 @@ impl FromRequestParts<AppState> for Tenant {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match Viewer::from_request_parts(parts, state).await? {
             Viewer::Tenant(tenant) => Ok(tenant),
-            Viewer::Operator => Err(ApiError::Forbidden(
+            Viewer::Operator(_) => Err(ApiError::Forbidden(
                 "an operator key names no tenant: send and read events with a tenant key",
             )),
         }
     }
 }
 
-/// Who is asking: a tenant, or an operator (an `ADMIN_KEYS` key).
+/// Who is asking: a tenant, or an operator (an `ADMIN_KEYS` key, or an operator key created at
+/// runtime), named by its key's id for the log of what it did.
 #[derive(Debug, Clone)]
 pub enum Viewer {
     Tenant(Tenant),
-    Operator,
+    Operator(Arc<str>),
 }
 
 impl FromRequestParts<AppState> for Viewer {
@@ -42,27 +47,36 @@ impl FromRequestParts<AppState> for Viewer {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let key =
             parts.headers.get(API_KEY_HEADER).ok_or(ApiError::Unauthorized("missing x-api-key header"))?;
+        if let Some(holder) = state.keys.authenticate(key.as_bytes()) {
+            return Ok(match holder {
+                Holder::Tenant(tenant, limit) => Self::Tenant(Tenant(tenant, limit)),
+                Holder::Operator { key_id } => Self::Operator(key_id),
+            });
+        }
         // Both lists are searched every time, so timing does not tell them apart.
         let tenant = state.config.api_keys.tenant_of(key.as_bytes());
-        let operator = state.config.admin_keys.contains(key.as_bytes());
+        let operator = state.config.admin_keys.position(key.as_bytes());
         match (tenant, operator) {
-            (Some(tenant), _) => Ok(Self::Tenant(Tenant(tenant))),
-            (None, true) => Ok(Self::Operator),
-            (None, false) => Err(ApiError::Unauthorized("unknown API key")),
+            (Some(tenant), _) => Ok(Self::Tenant(Tenant(tenant, None))),
+            (None, Some(n)) => Ok(Self::Operator(Arc::from(format!("env-admin-{}", n + 1)))),
+            (None, None) => Err(ApiError::Unauthorized("unknown API key")),
         }
     }
 }
 
-/// An operator: only `ADMIN_KEYS` keys pass (a tenant key gets 403, none or an unknown one 401).
-#[derive(Debug, Clone, Copy)]
-pub struct Operator;
+/// An operator, by its key's id: only operator keys pass (a tenant key gets 403, none or an
+/// unknown one 401).
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub key_id: Arc<str>,
+}
 
 impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match Viewer::from_request_parts(parts, state).await? {
-            Viewer::Operator => Ok(Self),
+            Viewer::Operator(key_id) => Ok(Self { key_id }),
             Viewer::Tenant(_) => {
                 Err(ApiError::Forbidden("a tenant key cannot use /admin: use an operator key (ADMIN_KEYS)"))
             }

@@ -19,7 +19,7 @@ pub struct IngestConfig {
     pub common: CommonConfig,
     /// `PORT`, default 3000.
     pub port: u16,
-    /// `API_KEYS`, required: comma-separated `tenant:key` pairs; a bare key is tenant `default`.
+    /// `API_KEYS`, default none: comma-separated `tenant:key` pairs; a bare key is tenant `default`.
     pub api_keys: ApiKeys,
     /// `ADMIN_KEYS`, default empty: operator keys for `/admin/*` and the dashboard.
     pub admin_keys: AdminKeys,
@@ -32,6 +32,17 @@ pub struct IngestConfig {
     /// `STREAM_HIGH_WATER`, default 1,000,000: backlog (summed over the partitions) at which
     /// requests get 503.
     pub stream_high_water: u64,
+    /// `KEY_REFRESH_MS`, default 2,000: how often each replica reloads the keys created at runtime.
+    pub key_refresh: Duration,
+    /// `SUBSCRIPTION_ACK_TIMEOUT_MS`, default 30,000: a subscription's delivery not acknowledged
+    /// within this is redelivered, and a consumer not heard from within it lets its partitions go.
+    pub subscription_ack_timeout: Duration,
+    /// `CURSOR_SECRET`: the page cursors' signing secret; unset, one is generated once and kept in
+    /// MongoDB for every replica.
+    pub cursor_secret: Option<String>,
+    /// `TENANT_BACKLOG_SHARE`, default 0.5: the largest share of `STREAM_HIGH_WATER` one tenant's
+    /// unstored events may hold (then 429), in (0, 1].
+    pub tenant_backlog_share: f64,
     /// `MAX_EVENT_BYTES` (65,536) and `MAX_BATCH_EVENTS` (1,000).
     pub limits: Limits,
     /// `MAX_BODY_BYTES`, default 5,242,880, applied to the body after gzip decompression too.
@@ -73,7 +84,7 @@ impl IngestConfig {
 
     /// Reads and validates every variable; the first bad one is the error.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let api_keys = ApiKeys::parse(&env.required("API_KEYS")?).map_err(|m| error("API_KEYS", m))?;
+        let api_keys = ApiKeys::parse(&env.string("API_KEYS", "")).map_err(|m| error("API_KEYS", m))?;
         let limits = Limits {
             max_event_bytes: env.positive("MAX_EVENT_BYTES", 65_536)?,
             max_batch_events: env.positive("MAX_BATCH_EVENTS", 1_000)?,
@@ -98,6 +109,26 @@ impl IngestConfig {
             group: env.string("CONSUMER_GROUP", "evp-workers-group"),
             wait_replicas: env.parse("REDIS_WAIT_REPLICAS", 0)?,
             stream_high_water: env.positive("STREAM_HIGH_WATER", Self::DEFAULT_HIGH_WATER)?,
+            key_refresh: positive_ms(env, "KEY_REFRESH_MS", 2_000)?,
+            subscription_ack_timeout: positive_ms(env, "SUBSCRIPTION_ACK_TIMEOUT_MS", 30_000)?,
+            cursor_secret: match env.get("CURSOR_SECRET") {
+                Some(s) if s.len() < 16 => {
+                    return Err(error(
+                        "CURSOR_SECRET",
+                        "must be at least 16 characters (32 random bytes in hex are best)",
+                    ));
+                }
+                other => other,
+            },
+            tenant_backlog_share: match env.parse("TENANT_BACKLOG_SHARE", 0.5f64)? {
+                share if share > 0.0 && share <= 1.0 => share,
+                _ => {
+                    return Err(error(
+                        "TENANT_BACKLOG_SHARE",
+                        "must be a share above 0 and at most 1, such as 0.5",
+                    ));
+                }
+            },
             limits,
             max_body_bytes: env.positive("MAX_BODY_BYTES", 5_242_880)?,
             event_indexes: env.parse("EVENT_INDEXES", EventIndexes::default())?,
@@ -116,6 +147,11 @@ impl IngestConfig {
             backlog_poll: Duration::from_millis(250),
             drain_timeout: Duration::from_secs(25),
         })
+    }
+
+    /// The most unstored events one tenant may have: `TENANT_BACKLOG_SHARE` of `STREAM_HIGH_WATER`.
+    pub fn tenant_backlog_limit(&self) -> u64 {
+        ((self.stream_high_water as f64 * self.tenant_backlog_share) as u64).max(1)
     }
 
     /// A config for tests: the given servers and keys, contract defaults for the rest.
@@ -167,6 +203,8 @@ mod tests {
             (65_536, 1_000, 5_242_880)
         );
         assert_eq!(c.stream_high_water, IngestConfig::DEFAULT_HIGH_WATER);
+        assert_eq!(c.tenant_backlog_share, 0.5);
+        assert_eq!(c.tenant_backlog_limit(), IngestConfig::DEFAULT_HIGH_WATER / 2);
         assert_eq!((c.timeouts.header, c.timeouts.idle), (Duration::from_secs(10), Duration::from_secs(60)));
         assert_eq!(c.body_timeout, Duration::from_secs(30));
         assert_eq!(c.max_connections, crate::connections::default_max_connections());
@@ -207,7 +245,12 @@ mod tests {
         assert_eq!(bad("TENANT_RATE_LIMIT", "-5"), "TENANT_RATE_LIMIT");
         assert_eq!(bad("TENANT_BURST", "0"), "TENANT_BURST");
         assert_eq!(bad("TENANT_LIMITS", "acme"), "TENANT_LIMITS");
-        let missing = IngestConfig::from_env(&Env::from_pairs::<[(&str, &str); 0], _, _>([])).unwrap_err();
-        assert_eq!(missing.variable, "API_KEYS");
+        assert_eq!(bad("TENANT_BACKLOG_SHARE", "0"), "TENANT_BACKLOG_SHARE");
+        assert_eq!(bad("TENANT_BACKLOG_SHARE", "1.5"), "TENANT_BACKLOG_SHARE");
+        assert_eq!(bad("TENANT_BACKLOG_SHARE", "half"), "TENANT_BACKLOG_SHARE");
+        assert_eq!(bad("CURSOR_SECRET", "short"), "CURSOR_SECRET");
+        assert_eq!(bad("KEY_REFRESH_MS", "0"), "KEY_REFRESH_MS");
+        let keyless = IngestConfig::from_env(&Env::from_pairs::<[(&str, &str); 0], _, _>([])).unwrap();
+        assert!(keyless.api_keys.tenants().next().is_none(), "no API_KEYS: keys are made at runtime");
     }
 }

@@ -46,6 +46,9 @@ pub enum ApiError {
     InvalidQuery { message: String, parameter: Option<&'static str> },
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with how the thing is configured (revoking a key from the environment).
+    #[error("{0}")]
+    Conflict(String),
     /// A valid key without the right to this route (a tenant key on `/admin/*`).
     #[error("{0}")]
     Forbidden(&'static str),
@@ -81,6 +84,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
             }
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),

@@ -14,6 +14,13 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 /// Tenant that a bare key (no `tenant:` prefix) belongs to.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// Whether `tenant` is a tenant name: 1 to 64 characters of `[A-Za-z0-9_.-]`.
+pub fn valid_tenant(tenant: &str) -> bool {
+    !tenant.is_empty()
+        && tenant.len() <= 64
+        && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 /// The configured keys and their tenants.
 #[derive(Clone)]
 pub struct ApiKeys {
@@ -32,6 +39,9 @@ impl ApiKeys {
     /// Parses `API_KEYS`: comma-separated `tenant:key` pairs or bare keys.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let mut keys: Vec<(Vec<u8>, Arc<str>)> = Vec::new();
+        if raw.trim().is_empty() {
+            return Ok(Self { keys }); // none: keys are made at runtime (`/admin/keys`, `evp-ingest keys`)
+        }
         for (n, item) in raw.split(',').map(str::trim).enumerate() {
             let position = n + 1;
             if item.is_empty() {
@@ -44,10 +54,7 @@ impl ApiKeys {
             if key.is_empty() || key.contains(':') {
                 return Err(format!("entry {position}: expected tenant:key or key"));
             }
-            if tenant.is_empty()
-                || tenant.len() > 64
-                || !tenant.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-            {
+            if !valid_tenant(tenant) {
                 return Err(format!("entry {position}: tenant must be 1 to 64 characters of [A-Za-z0-9_.-]"));
             }
             if keys.iter().any(|(k, _)| k.as_slice() == key.as_bytes()) {
@@ -58,17 +65,9 @@ impl ApiKeys {
         Ok(Self { keys })
     }
 
-    /// Every key and tenant, as bytes: the secret the page cursors' signing key is derived from
-    /// (the same configuration gives every replica the same key).
-    pub fn secret_material(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (key, tenant) in &self.keys {
-            out.extend_from_slice(tenant.as_bytes());
-            out.push(0);
-            out.extend_from_slice(key);
-            out.push(0);
-        }
-        out
+    /// Each key's tenant, in `API_KEYS` order (never the keys).
+    pub fn tenants(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(_, tenant)| &**tenant)
     }
 
     /// The tenant of `candidate`, if it is a configured key.
@@ -121,11 +120,28 @@ impl AdminKeys {
 
     /// Whether `candidate` is an operator key (compared in constant time against every key).
     pub fn contains(&self, candidate: &[u8]) -> bool {
-        let mut found = false;
-        for key in &self.keys {
-            found |= bool::from(key.as_slice().ct_eq(candidate));
+        self.position(candidate).is_some()
+    }
+
+    /// Which operator key `candidate` is (0-based, in `ADMIN_KEYS` order), compared in constant
+    /// time against every key.
+    pub fn position(&self, candidate: &[u8]) -> Option<usize> {
+        let mut found = None;
+        for (n, key) in self.keys.iter().enumerate() {
+            if bool::from(key.as_slice().ct_eq(candidate)) {
+                found = Some(n);
+            }
         }
         found
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 }
 
@@ -146,7 +162,8 @@ mod tests {
 
     #[test]
     fn refuses_malformed_lists() {
-        for bad in ["", "a:", ":k", "a:b:c", "k,,j", "bad tenant:k", "a:k,b:k"] {
+        assert!(ApiKeys::parse(" ").unwrap().tenants().next().is_none(), "no keys at all is allowed");
+        for bad in ["a:", ":k", "a:b:c", "k,,j", "bad tenant:k", "a:k,b:k"] {
             assert!(ApiKeys::parse(bad).is_err(), "{bad:?}");
         }
     }

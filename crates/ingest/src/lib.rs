@@ -6,7 +6,7 @@
 //!   request ids, request metrics and logging ([`metrics::TrackRequests`]) and panic catching.
 //! - [`connections`] bounds each connection in time (request head, idle) and their number.
 //! - [`auth`] turns `x-api-key` into a [`auth::Tenant`] (401 otherwise), using the keys of
-//!   [`keys`].
+//!   [`keys`] (the environment's) and [`key_store`] (created at runtime, kept in MongoDB).
 //! - [`body`] reads the body: JSON content type, size cap, gzip with a cap on the decompressed size.
 //! - [`routes::events`] validates with `evp_events` (all or nothing) and hands the encoded entries to
 //! - [`stream_publisher`], which appends them to the Redis stream in one atomic round trip; only then
@@ -20,6 +20,10 @@
 //! Analytics: [`routes::analytics`] answers `GET /analytics/metrics` with [`analytics`]'s types,
 //! the exact counts of `evp_store::rollups` and the pipeline's state from Redis.
 //!
+//! Subscriptions: [`routes::subscriptions`] checks the requests of `/subscriptions*`;
+//! [`subscriptions`] hands out, acknowledges and resets deliveries over `evp_store::subscriptions`,
+//! below each partition's horizon (why that is exact is written at its top).
+//!
 //! [`config`] reads the environment once; [`run`] serves until the shutdown token is cancelled, then
 //! drains in-flight requests. `main.rs` is config, telemetry, bind, `run`.
 
@@ -29,6 +33,7 @@ pub mod body;
 pub mod config;
 pub mod connections;
 pub mod error;
+pub mod key_store;
 pub mod keys;
 pub mod limiters;
 pub mod metrics;
@@ -38,6 +43,7 @@ pub mod routes;
 pub mod shards;
 pub mod state;
 pub mod stream_publisher;
+pub mod subscriptions;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -58,6 +64,7 @@ pub async fn build_state(
     let publisher = stream_publisher::StreamPublisher::new(
         target.clone(),
         common.partitions(),
+        &config.group,
         config.wait_replicas,
         config.redis_timeout,
     )
@@ -66,11 +73,24 @@ pub async fn build_state(
         evp_runtime::connect::mongo_client(&common.mongodb_uri, "evp-ingest").await.context("MONGODB_URI")?;
     let metrics_handles = metrics::IngestMetrics::register();
     let reader = evp_store::reader::EventReader::new(&mongo, &common.mongodb_database);
-    let cursors = read::cursor::CursorSigner::new(&config.api_keys.secret_material());
+    let cursors = read::cursor_keys::CursorKeys::new(
+        &mongo.database(&common.mongodb_database),
+        config.cursor_secret.as_deref(),
+    );
+    let keys = key_store::KeyStore::new(
+        &mongo.database(&common.mongodb_database),
+        config.limits.max_batch_events as u64,
+    );
     let rollups = evp_store::rollups::RollupStore::new(&mongo, &common.mongodb_database);
     let type_cap = limiters::types::TypeCap::new(config.tenant_max_types, &common.stream);
     let rate_limiter = limiters::rate::RateLimiter::new(config.rate_limits.clone(), &common.stream);
     let read_slots = limiters::reads::ReadSlots::new(config.read_concurrency_per_tenant);
+    let poll_slots = limiters::reads::ReadSlots::new(config.read_concurrency_per_tenant);
+    let subscriptions = subscriptions::Subscriptions::new(
+        evp_store::subscriptions::SubscriptionStore::new(&mongo, &common.mongodb_database),
+        common.partitions().len() as u32,
+        config.subscription_ack_timeout,
+    );
     let pipeline = analytics::Pipeline::new(target, common.partitions(), &config.group, config.redis_timeout)
         .context("REDIS_URL")?;
     Ok(AppState::new(state::Shared {
@@ -83,9 +103,12 @@ pub async fn build_state(
         rates: analytics::RateSampler::default(),
         analytics_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(analytics::CONCURRENT_ANSWERS)),
         cursors,
+        keys,
         type_cap,
         rate_limiter,
         read_slots,
+        poll_slots,
+        subscriptions,
         prometheus: metrics,
         metrics: metrics_handles,
         shutdown,
@@ -97,10 +120,14 @@ pub async fn build_state(
 fn spawn_index_creation(state: &AppState, shutdown: CancellationToken) {
     let store = evp_store::EventStore::new(state.mongo.clone(), &state.config.common.mongodb_database);
     let filters = state.config.event_indexes.clone();
+    let subscriptions = state.subscriptions.store().clone();
     tokio::spawn(async move {
         loop {
             match store.ensure_indexes(&filters).await {
-                Ok(_) => return,
+                Ok(_) => match subscriptions.ensure_indexes().await {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(error = %e, "creating the subscriptions index failed; retrying"),
+                },
                 Err(e) => tracing::warn!(error = %e, "creating the events indexes failed; retrying"),
             }
             tokio::select! {
@@ -127,6 +154,14 @@ pub async fn run(
     state.publisher.spawn_backlog_monitor(state.config.backlog_poll, shutdown.clone());
     state.rates.spawn(state.pipeline.clone(), shutdown.clone());
     spawn_index_creation(&state, shutdown.clone());
+    state.keys.spawn_refresh(state.config.key_refresh, shutdown.clone());
+    state.subscriptions.spawn_lag_gauges(state.pipeline.clone(), shutdown.clone());
+    if state.config.api_keys.tenants().next().is_none() && state.config.admin_keys.is_empty() {
+        tracing::warn!(
+            "no key in API_KEYS or ADMIN_KEYS: only keys made at runtime work. Make one with \
+             `evp-ingest keys create --tenant <tenant>` (or `--role operator`), with the same MONGODB_URI"
+        );
+    }
     tracing::info!(addr = %listener.local_addr()?, threads, "evp-ingest listening; Swagger UI at /docs");
     let make_app = move || Ok(router::router(state.on_this_runtime().context("REDIS_URL")?));
     shards::serve(listener, threads, make_app, shutdown, drain_timeout, bounds).await?;

@@ -46,6 +46,19 @@ pub const PIPELINE_EVENTS: &str = "evp_ingest_redis_pipeline_events";
 pub const BATCH_EVENTS: &str = "evp_ingest_request_events";
 /// Gauge: last sampled stream length.
 pub const STREAM_BACKLOG: &str = "evp_ingest_stream_backlog";
+/// Gauge, label `tenant`: the tenant's events appended and not yet stored, over every partition
+/// (sampled with the backlog; `TENANT_BACKLOG_SHARE` caps it).
+pub const TENANT_BACKLOG: &str = "evp_ingest_tenant_backlog";
+/// Counters, labels `tenant`, `subscription`: a subscription's events handed out by polls, those
+/// handed out again after a missed deadline, acknowledged, and handed back (nack).
+pub const SUBSCRIPTION_DELIVERED: &str = "evp_ingest_subscription_delivered_total";
+pub const SUBSCRIPTION_REDELIVERED: &str = "evp_ingest_subscription_redelivered_total";
+pub const SUBSCRIPTION_ACKNOWLEDGED: &str = "evp_ingest_subscription_acknowledged_total";
+pub const SUBSCRIPTION_NACKED: &str = "evp_ingest_subscription_nacked_total";
+/// Gauge, labels `tenant`, `subscription`: the subscription's lag in seconds, as last computed (by
+/// `GET /subscriptions*` and every 10 s by each replica).
+pub const SUBSCRIPTION_LAG: &str = "evp_ingest_subscription_lag_seconds";
+
 /// Counter: connections closed at once because `MAX_CONNECTIONS` were open.
 pub const CONNECTIONS_REFUSED: &str = "evp_ingest_connections_refused_total";
 

@@ -17,7 +17,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::API_KEY_HEADER;
 use crate::error::ApiError;
 use crate::metrics::{REQUEST_ID, TrackRequestsLayer};
-use crate::routes::{admin, analytics, dashboard, events, health, read, whoami};
+use crate::routes::{admin, analytics, dashboard, events, health, keys, read, subscriptions, whoami};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -27,8 +27,10 @@ use crate::state::AppState;
     modifiers(&ApiKeyScheme),
     tags((name = "events", description = "Ingest events"), (name = "read", description = "Read stored events back"),
         (name = "analytics", description = "Exact counts from the rollups, and the pipeline"),
+        (name = "subscriptions", description = "Checkpointed readings of the tenant's stored events, for \
+            projections: poll, process, acknowledge"),
         (name = "auth", description = "What the key sent may do"),
-        (name = "admin", description = "Operators only (ADMIN_KEYS): dead letters"),
+        (name = "admin", description = "Operators only (ADMIN_KEYS, or an operator key made here): dead letters and API keys"),
         (name = "health", description = "Health and metrics"))
 )]
 struct ApiDoc;
@@ -63,9 +65,17 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(read::aggregate_events))
         .routes(routes!(analytics::metrics))
         .routes(routes!(whoami::whoami))
+        .routes(routes!(subscriptions::list))
+        .routes(routes!(subscriptions::define, subscriptions::show, subscriptions::delete))
+        .routes(routes!(subscriptions::poll))
+        .routes(routes!(subscriptions::ack))
+        .routes(routes!(subscriptions::nack))
+        .routes(routes!(subscriptions::reset))
         .routes(routes!(admin::list))
         .routes(routes!(admin::replay))
         .routes(routes!(admin::purge))
+        .routes(routes!(keys::create, keys::list))
+        .routes(routes!(keys::revoke))
         .routes(routes!(dashboard::page))
         .routes(routes!(health::health))
         .routes(routes!(health::live))

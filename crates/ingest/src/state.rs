@@ -13,7 +13,7 @@ use crate::analytics::{Pipeline, RateSampler};
 
 use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
-use crate::read::cursor::CursorSigner;
+use crate::read::cursor_keys::CursorKeys;
 use crate::stream_publisher::StreamPublisher;
 
 /// Shared by every request. axum clones the state for each request (and each `State` extractor
@@ -46,10 +46,16 @@ pub struct Shared {
     pub type_cap: crate::limiters::types::TypeCap,
     /// `READ_CONCURRENCY_PER_TENANT`, and the analytics answers' lines per tenant.
     pub read_slots: crate::limiters::reads::ReadSlots,
+    /// Subscription polls (long polls wait here, not in the read slots), as many per tenant.
+    pub poll_slots: crate::limiters::reads::ReadSlots,
+    /// The tenants' subscriptions.
+    pub subscriptions: crate::subscriptions::Subscriptions,
     /// `TENANT_RATE_LIMIT`, `TENANT_LIMITS`.
     pub rate_limiter: crate::limiters::rate::RateLimiter,
     /// Issues and checks the read API's page cursors.
-    pub cursors: CursorSigner,
+    pub cursors: CursorKeys,
+    /// The API keys created at runtime (`/admin/keys`), as this replica last read them.
+    pub keys: crate::key_store::KeyStore,
     /// Renders `/metrics`; `None` when no recorder is installed (in-process tests).
     pub prometheus: Option<PrometheusHandle>,
     /// Handles recorded into on every accepted request.
@@ -76,9 +82,12 @@ impl AppState {
             rates: self.rates.clone(),
             analytics_slots: self.analytics_slots.clone(),
             cursors: self.cursors.clone(),
+            keys: self.keys.clone(),
             type_cap: self.type_cap.clone(),
             rate_limiter: self.rate_limiter.clone(),
             read_slots: self.read_slots.clone(),
+            poll_slots: self.poll_slots.clone(),
+            subscriptions: self.subscriptions.clone(),
             prometheus: self.prometheus.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),

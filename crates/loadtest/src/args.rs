@@ -7,8 +7,10 @@ use evp_loadtest::verify;
 /// The ingest a subcommand talks to.
 #[derive(Args, Debug)]
 pub struct Api {
+    /// evp-ingest base URL.
     #[arg(long, env = "EVP_URL", default_value = "http://127.0.0.1:3000")]
     pub url: String,
+    /// API key to send as x-api-key.
     #[arg(long, env = "EVP_API_KEY", default_value = "demo-key")]
     pub key: String,
 }
@@ -47,6 +49,32 @@ impl GroupArgs {
             stream: &self.stream,
             partitions: self.partitions,
             name: &self.group,
+        }
+    }
+}
+
+/// What a verification needs: the group whose acknowledgements end its wait, the MongoDB it
+/// counts in, and where its report goes.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub group: GroupArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+impl VerifyArgs {
+    /// Where the events of `run_id` are checked.
+    pub fn target<'a>(&'a self, run_id: &'a str) -> verify::Target<'a> {
+        let mongo = &self.mongo;
+        verify::Target {
+            mongodb_uri: &mongo.mongodb_uri,
+            database: &mongo.database,
+            tenant: &mongo.tenant,
+            run_id,
         }
     }
 }

@@ -10,10 +10,12 @@
 //! - [`mongo_bench`] measures the MongoDB server's own bulk-insert rate with the worker's document
 //!   shape and insert code, the ceiling the worker fleet is compared against.
 //! - [`report`] is the printed and JSON report.
+//! - [`subscribe_bench`] runs consumers of a subscription and times its deliveries.
 
 pub mod driver;
 pub mod generator;
 pub mod mongo_bench;
 pub mod read_bench;
 pub mod report;
+pub mod subscribe_bench;
 pub mod verify;

@@ -7,12 +7,12 @@ use clap::{Args, Parser, Subcommand};
 
 mod args;
 
-use args::{Api, GroupArgs, MongoArgs, write_json};
+use args::{Api, VerifyArgs, write_json};
 use evp_loadtest::driver::{self, Plan};
 use evp_loadtest::generator::{Generator, event_id};
 use evp_loadtest::mongo_bench;
 use evp_loadtest::report::Report;
-use evp_loadtest::verify::{self, Target, Wait};
+use evp_loadtest::verify::{self, Wait};
 
 /// Load generator and end-to-end verifier for evp. Without a subcommand it sends events to
 /// evp-ingest, prints sent / accepted / rejected, events/s and latency percentiles, and with
@@ -123,6 +123,33 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         payload_bytes: usize,
     },
+    /// Consume a subscription with evp-client's Subscriber (--consumers of them) until --events
+    /// are acknowledged or --duration passed; print events/s and the time from the ingest's
+    /// receiving each event to its delivery (p50, p99).
+    Subscribe {
+        #[command(flatten)]
+        api: Api,
+        /// The subscription (created with --types when it does not exist).
+        #[arg(long)]
+        name: String,
+        /// Event types it delivers (repeat the flag); none: every type.
+        #[arg(long = "type")]
+        types: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        consumers: usize,
+        #[arg(long)]
+        events: Option<u64>,
+        #[arg(long)]
+        duration: Option<f64>,
+        /// A new subscription starts now instead of at the beginning.
+        #[arg(long)]
+        start_now: bool,
+        /// Events per poll.
+        #[arg(long, default_value_t = 1000)]
+        batch: u32,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// Time workers draining events 0..N of an earlier run: wait until the consumer group has
     /// acknowledged the whole stream, then check MongoDB holds every event exactly once.
     Drain {
@@ -131,22 +158,14 @@ enum Command {
         #[arg(long)]
         events: u64,
         #[command(flatten)]
-        group: GroupArgs,
-        #[command(flatten)]
-        mongo: MongoArgs,
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
+        check: VerifyArgs,
     },
 }
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// evp-ingest base URL.
-    #[arg(long, env = "EVP_URL", default_value = "http://127.0.0.1:3000")]
-    url: String,
-    /// API key to send as x-api-key.
-    #[arg(long, env = "EVP_API_KEY", default_value = "demo-key")]
-    key: String,
+    #[command(flatten)]
+    api: Api,
     /// Total events to send.
     #[arg(long, default_value_t = 10_000, conflicts_with = "duration")]
     events: u64,
@@ -177,12 +196,7 @@ struct RunArgs {
     #[arg(long, requires = "verify")]
     no_group_watch: bool,
     #[command(flatten)]
-    group: GroupArgs,
-    #[command(flatten)]
-    mongo: MongoArgs,
-    /// Write the report as JSON to this file.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    check: VerifyArgs,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
@@ -254,8 +268,35 @@ async fn main() -> ExitCode {
             })
         }
         Some(Command::Emit { api, events, payload_bytes }) => emit(&api.url, &api.key, events, payload_bytes),
-        Some(Command::Drain { run_id, events, group, mongo, json }) => {
-            drain(&run_id, events, &group, &mongo, json).await
+        Some(Command::Drain { run_id, events, check }) => drain(&run_id, events, &check).await,
+        Some(Command::Subscribe {
+            api,
+            name,
+            types,
+            consumers,
+            events,
+            duration,
+            start_now,
+            batch,
+            json,
+        }) => {
+            let plan = evp_loadtest::subscribe_bench::Plan {
+                name,
+                types,
+                consumers,
+                events,
+                duration: duration.map(Duration::from_secs_f64),
+                start_now,
+                batch,
+            };
+            evp_loadtest::subscribe_bench::run(&api.url, &api.key, &plan).await.and_then(|r| {
+                println!(
+                    "subscribe {}: {} events by {} consumer(s) in {:.2}s = {:.0} events/s; received to delivered p50 {:.0} ms, p99 {:.0} ms",
+                    r.subscription, r.events, r.consumers, r.seconds, r.events_per_s, r.delivery_p50_ms, r.delivery_p99_ms
+                );
+                write_json(json.as_deref(), &r)?;
+                Ok(true)
+            })
         }
     };
     match result {
@@ -273,8 +314,8 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let total = args.duration.is_none().then_some(args.events);
     let generator = Generator::new(&run_id, args.batch, total, args.payload_bytes);
     let plan = Plan {
-        url: args.url.clone(),
-        key: args.key.clone(),
+        url: args.api.url.clone(),
+        key: args.api.key.clone(),
         generator: generator.clone(),
         rate: args.rate,
         concurrency: args.concurrency as usize,
@@ -284,7 +325,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let outcome = driver::run(plan).await?;
     let sent_done = Instant::now();
     let mut report =
-        Report::new(&run_id, &args.url, args.batch, args.concurrency as usize, args.rate, &outcome);
+        Report::new(&run_id, &args.api.url, args.batch, args.concurrency as usize, args.rate, &outcome);
     if args.verify {
         let expected: Vec<String> = outcome
             .accepted_requests
@@ -292,35 +333,23 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
             .flat_map(|&r| generator.events_of(r))
             .map(|n| event_id(&run_id, n))
             .collect();
-        let target = Target {
-            mongodb_uri: &args.mongo.mongodb_uri,
-            database: &args.mongo.database,
-            tenant: &args.mongo.tenant,
-            run_id: &run_id,
-        };
-        let stall = Duration::from_secs(args.mongo.stall_timeout);
-        let wait = if args.no_group_watch { Wait::Count } else { Wait::Group(args.group.group()) };
+        let target = args.check.target(&run_id);
+        let stall = Duration::from_secs(args.check.mongo.stall_timeout);
+        let wait = if args.no_group_watch { Wait::Count } else { Wait::Group(args.check.group.group()) };
         report.verify = Some(
             verify::verify(&target, wait, &expected, outcome.started, sent_done, stall, !args.quiet).await?,
         );
     }
     report.print();
-    write_json(args.json.as_deref(), &report)?;
+    write_json(args.check.json.as_deref(), &report)?;
     Ok(report.verify.as_ref().is_none_or(|v| v.ok()))
 }
 
-async fn drain(
-    run_id: &str,
-    events: u64,
-    group: &GroupArgs,
-    mongo: &MongoArgs,
-    json: Option<std::path::PathBuf>,
-) -> anyhow::Result<bool> {
-    let target =
-        Target { mongodb_uri: &mongo.mongodb_uri, database: &mongo.database, tenant: &mongo.tenant, run_id };
-    let stall = Duration::from_secs(mongo.stall_timeout);
+async fn drain(run_id: &str, events: u64, check: &VerifyArgs) -> anyhow::Result<bool> {
+    let target = check.target(run_id);
+    let stall = Duration::from_secs(check.mongo.stall_timeout);
     let started = Instant::now();
-    let done = verify::wait_acknowledged(&group.group(), stall).await?;
+    let done = verify::wait_acknowledged(&check.group.group(), stall).await?;
     let ids = verify::all_ids(run_id, events);
     let mut v = verify::verify(&target, Wait::Done(done), &ids, started, done, stall, false).await?;
     let seconds = done.duration_since(started).as_secs_f64();
@@ -329,7 +358,7 @@ async fn drain(
         "drain {run_id}: {} of {} stored in {seconds:.2}s = {:.0} events/s; missing {}, duplicates {}",
         v.stored, v.expected, v.processing_events_per_s, v.missing, v.duplicates
     );
-    write_json(json.as_deref(), &v)?;
+    write_json(check.json.as_deref(), &v)?;
     Ok(v.ok())
 }
 

@@ -104,7 +104,7 @@ pub async fn bulk_insert_rate(
     // With a spread, each event gets its own timestamp, evenly over the last `spread`.
     let timestamped = |request: u64| -> anyhow::Result<Vec<u8>> {
         let body = generator.body(request);
-        if spread.is_none() && !every_field {
+        if spread.is_none() && !every_field && batch > 1 {
             return Ok(body);
         }
         let mut events: Vec<serde_json::Value> = match serde_json::from_slice(&body)? {

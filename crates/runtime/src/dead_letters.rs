@@ -6,10 +6,11 @@
 //! is prefixed by the partition, `<partition>:<entry id>`, so ids stay unique and pages run
 //! partition by partition in order.
 //!
-//! A dead letter keeps the entry's original fields and adds `dlq_reason`, `dlq_deliveries`,
+//! A dead letter keeps the entry's original fields and adds a [`Stamp`]: `dlq_reason`, `dlq_deliveries`,
 //! `dlq_source_id`, `dlq_group`, `dlq_consumer` and `dlq_at`. Replaying copies the original fields
-//! back to the main stream as a new entry and deletes the dead letter in one MULTI/EXEC, so an
-//! entry is never in both streams nor in neither. "All" means the dead letters present when the
+//! back to the main stream as a new entry and deletes the dead letter in one script
+//! ([`crate::unstored::REPLAY_SCRIPT`], which also counts it as its tenant's unstored event), so
+//! an entry is never in both streams nor in neither, and two replays racing move it once. "All" means the dead letters present when the
 //! command starts (read in pages), so entries that fail again while it runs are not replayed in a
 //! loop.
 
@@ -22,6 +23,42 @@ use serde_json::Value as Json;
 
 /// Prefix of the fields the dead-letter stream adds to an entry's original fields.
 pub const DLQ_PREFIX: &str = "dlq_";
+const REASON: &str = "dlq_reason";
+const DELIVERIES: &str = "dlq_deliveries";
+const SOURCE_ID: &str = "dlq_source_id";
+const GROUP: &str = "dlq_group";
+const CONSUMER: &str = "dlq_consumer";
+const AT: &str = "dlq_at";
+
+/// What a dead letter adds to its entry's own fields: written by the worker ([`Stamp::fields`]),
+/// read back here ([`DeadLetters::page`]), so the two name the fields once.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp<'a> {
+    /// What went wrong, for a person.
+    pub reason: &'a str,
+    /// Deliveries the entry had.
+    pub deliveries: u64,
+    /// Its id in the main stream.
+    pub source_id: &'a str,
+    pub group: &'a str,
+    pub consumer: &'a str,
+    /// When, RFC 3339.
+    pub at: &'a str,
+}
+
+impl Stamp<'_> {
+    /// The stamp's fields and values, for an `XADD` that also holds the entry's own.
+    pub fn fields(&self) -> [(&'static str, String); 6] {
+        [
+            (REASON, self.reason.to_owned()),
+            (DELIVERIES, self.deliveries.to_string()),
+            (SOURCE_ID, self.source_id.to_owned()),
+            (GROUP, self.group.to_owned()),
+            (CONSUMER, self.consumer.to_owned()),
+            (AT, self.at.to_owned()),
+        ]
+    }
+}
 /// Dead letters read per round trip by "all".
 const PAGE: usize = 500;
 
@@ -65,6 +102,8 @@ pub struct DeadLetter {
 pub struct DeadLetters {
     conn: RedisConn,
     partitions: Partitions,
+    /// The workers' consumer group, whose unstored counts a replayed entry joins.
+    group: String,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -74,9 +113,10 @@ impl std::fmt::Debug for DeadLetters {
 }
 
 impl DeadLetters {
-    /// On `conn`, for `partitions` (each one's dead letters are in its `<stream>:dlq`).
-    pub fn new(conn: RedisConn, partitions: Partitions) -> Self {
-        Self { conn, partitions }
+    /// On `conn`, for `partitions` (each one's dead letters are in its `<stream>:dlq`) and the
+    /// workers' consumer `group`.
+    pub fn new(conn: RedisConn, partitions: Partitions, group: &str) -> Self {
+        Self { conn, partitions, group: group.to_string() }
     }
 
     /// Whether `id` has the shape of a dead letter's id here (not whether it exists).
@@ -91,7 +131,7 @@ impl DeadLetters {
             None if self.partitions.len() == 1 => (self.partitions.get(0)?, id),
             _ => return None,
         };
-        crate::stream_state::parse_id(entry).map(|_| (partition, entry))
+        crate::stream_state::EntryId::parse(entry).map(|_| (partition, entry))
     }
 
     fn letter_id(&self, partition: &Partition, entry: &str) -> String {
@@ -140,21 +180,26 @@ impl DeadLetters {
 
     /// Moves the selected dead letters back to their partition's stream; returns how many moved.
     pub async fn replay(&self, selection: &Selection) -> RedisResult<usize> {
+        let script = redis::Script::new(crate::unstored::REPLAY_SCRIPT);
         let mut moved = 0;
         for (partition, letters) in self.select(selection).await? {
+            let keys = crate::unstored::Keys::new(&partition, &self.group);
             for letter in letters {
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                let xadd = pipe.cmd("XADD").arg(&partition.stream).arg("*");
+                let tenant = letter
+                    .map
+                    .get(evp_events::entry::FIELD)
+                    .map(|payload| crate::unstored::tenant_of(&bytes(payload)))
+                    .unwrap_or_default();
+                let mut invocation = script.key(&partition.dlq);
+                invocation.key(&keys.stream).key(&keys.unstored).key(&keys.totals);
+                invocation.arg(&letter.id).arg(tenant);
                 for (name, value) in &letter.map {
                     if !name.starts_with(DLQ_PREFIX) {
-                        xadd.arg(name).arg(bytes(value));
+                        invocation.arg(name).arg(bytes(value));
                     }
                 }
-                xadd.ignore();
-                pipe.cmd("XDEL").arg(&partition.dlq).arg(&letter.id).ignore();
-                pipe.exec_async(&mut self.conn.clone()).await?;
-                moved += 1;
+                let n: usize = invocation.invoke_async(&mut self.conn.clone()).await?;
+                moved += n;
             }
         }
         Ok(moved)
@@ -274,11 +319,11 @@ fn describe(letter: StreamId) -> DeadLetter {
         .collect();
     DeadLetter {
         other_fields,
-        reason: field("dlq_reason"),
-        deliveries: field("dlq_deliveries").and_then(|d| d.parse().ok()),
-        source_id: field("dlq_source_id"),
-        consumer: field("dlq_consumer"),
-        at: field("dlq_at"),
+        reason: field(REASON),
+        deliveries: field(DELIVERIES).and_then(|d| d.parse().ok()),
+        source_id: field(SOURCE_ID),
+        consumer: field(CONSUMER),
+        at: field(AT),
         raw: if event.is_none() { payload } else { None },
         event,
         id: letter.id,

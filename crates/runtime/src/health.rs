@@ -32,6 +32,10 @@ pub struct HealthReport {
     /// failing, `status` is `degraded` (still 200: a lagging job is no reason to restart a worker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollup: Option<RollupHealth>,
+    /// Ingest only: true while the API keys made at runtime cannot be reloaded (MongoDB), so the
+    /// last ones read are served: a key created or revoked meanwhile is not yet followed here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_stale: Option<bool>,
 }
 
 /// The rollup job as one worker sees it.
@@ -109,6 +113,7 @@ where
         dependencies: Dependencies { redis, mongodb },
         consuming,
         rollup: None,
+        keys_stale: None,
     };
     (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(report))
 }

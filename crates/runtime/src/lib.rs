@@ -12,6 +12,8 @@
 //! - [`metrics`]: the Prometheus recorder, installed once per process by `main` (never by tests).
 //! - [`stream_state`]: what Redis knows of the stream and the consumer group (the acknowledged
 //!   frontier the rollups close ranges at, and the pipeline snapshot analytics reports).
+//! - [`unstored`]: each tenant's events not yet stored, counted exactly next to each partition's
+//!   stream (`TENANT_BACKLOG_SHARE`), and its appended and stored totals.
 //! - [`shutdown`]: SIGTERM / SIGINT turned into a cancellation token that every task watches.
 //! - [`now_ms`]: the one wall clock, in Unix milliseconds.
 
@@ -25,6 +27,7 @@ pub mod redis_conn;
 pub mod shutdown;
 pub mod stream_state;
 pub mod telemetry;
+pub mod unstored;
 
 /// Now, in Unix milliseconds (receive times, analytics windows, the rollups' retirement clock).
 pub fn now_ms() -> i64 {

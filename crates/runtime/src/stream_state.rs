@@ -14,19 +14,7 @@ use crate::redis_conn::RedisConn;
 use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingReply};
 use redis::{RedisResult, Value};
 
-/// A stream entry id, `(ms, seq)`; ids order as tuples.
-pub type EntryId = (u64, u64);
-
-/// Splits `ms-seq`.
-pub fn parse_id(id: &str) -> Option<EntryId> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
-
-/// The smallest id after `id`.
-pub fn next_id((ms, seq): EntryId) -> EntryId {
-    if seq == u64::MAX { (ms + 1, 0) } else { (ms, seq + 1) }
-}
+pub use evp_events::EntryId;
 
 /// The exclusive frontier of `group` on `stream`: every entry with a smaller id has been delivered
 /// and acknowledged, and no entry with a smaller id can be appended any more (Redis gives new
@@ -49,10 +37,10 @@ pub async fn acknowledged_frontier(
         Err(e) => return Err(e),
     };
     let Some(ours) = groups.groups.iter().find(|g| g.name == group) else { return Ok(None) };
-    let Some(delivered) = parse_id(&ours.last_delivered_id) else { return Ok(None) };
-    let mut frontier = next_id(delivered);
+    let Some(delivered) = EntryId::parse(&ours.last_delivered_id) else { return Ok(None) };
+    let mut frontier = delivered.next();
     if let StreamPendingReply::Data(data) = pending
-        && let Some(oldest) = parse_id(&data.start_id)
+        && let Some(oldest) = EntryId::parse(&data.start_id)
     {
         frontier = frontier.min(oldest);
     }
@@ -107,8 +95,8 @@ pub async fn snapshot(conn: &RedisConn, stream: &str, dlq: &str, group: &str) ->
     out.length = info.get("length").and_then(number).unwrap_or(0);
     out.entries_added = info.get("entries-added").and_then(number);
     out.last_generated = info.get("last-generated-id").and_then(|v| match v {
-        Value::BulkString(b) => parse_id(std::str::from_utf8(b).ok()?),
-        Value::SimpleString(s) => parse_id(s),
+        Value::BulkString(b) => EntryId::parse(std::str::from_utf8(b).ok()?),
+        Value::SimpleString(s) => EntryId::parse(s),
         _ => None,
     });
     let groups: StreamInfoGroupsReply =
@@ -133,18 +121,5 @@ fn number(value: &Value) -> Option<u64> {
         Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
         Value::SimpleString(s) => s.parse().ok(),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_parse_and_advance() {
-        assert_eq!(parse_id("1700000000000-3"), Some((1_700_000_000_000, 3)));
-        assert_eq!(parse_id("garbage"), None);
-        assert_eq!(next_id((5, 1)), (5, 2));
-        assert_eq!(next_id((5, u64::MAX)), (6, 0));
     }
 }

@@ -101,8 +101,20 @@ pub struct EventStore {
 }
 
 impl EventStore {
+    /// Writes are journaled (`j: true`) unless `MONGODB_URI` says otherwise: the worker
+    /// acknowledges an entry in Redis once MongoDB has acknowledged its document, so that
+    /// acknowledgement must survive a crash of the server (an unjournaled write can be lost with
+    /// the last ~100 ms of a killed mongod). The URI's `w` (e.g. `majority`) is kept.
     pub fn new(client: mongodb::Client, database: &str) -> Self {
-        let events = client.database(database).collection("events");
+        let db = client.database(database);
+        let mut concern = db.write_concern().cloned().unwrap_or_default();
+        if concern.journal.is_none() {
+            concern.journal = Some(true);
+        }
+        let events = db.collection_with_options(
+            "events",
+            mongodb::options::CollectionOptions::builder().write_concern(concern).build(),
+        );
         Self { client, events }
     }
 

@@ -1,22 +1,25 @@
 //! From a stream entry to the MongoDB document (SPEC's "MongoDB data"), encoded as BSON here.
 //!
-//! `data` is converted from JSON by a visitor of our own rather than by the `bson` crate's
+//! `data` is written from its JSON by [`crate::bson_writer`] rather than by the `bson` crate's
 //! deserializer, which reads MongoDB Extended JSON: through it `{"$numberLong": "5"}` would be
 //! stored as the number 5 and `{"$oid": "zz"}` would fail. Here every object is stored as the
-//! object it is, keys in the order sent. Before converting, the worker runs the ingest's own check
-//! ([`evp_events::data::check`]), so an entry the ingest would refuse (written to the stream by
-//! something else) is refused here with the same message.
+//! object it is, keys in the order sent. The writer refuses what the ingest's own check
+//! ([`evp_events::data::check`]) refuses, and the check then words the refusal, so an entry the
+//! ingest would refuse (written to the stream by something else) is refused here with the same
+//! message.
 //!
 //! Each document is encoded on its own, so one that cannot be encoded, or is larger than MongoDB
 //! stores, is refused alone (and dead-lettered) instead of failing its whole batch.
 
 use std::fmt;
 
-use evp_events::{StoredEvent, entry};
+use evp_events::{EntryId, entry};
 
 use crate::indexes::event_key;
-use mongodb::bson::{Bson, DateTime, Document, RawDocumentBuf, doc};
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use mongodb::bson::RawDocumentBuf;
+use serde_json::value::RawValue;
+
+use crate::bson_writer::DocWriter;
 
 /// Fields of an entry as read from Redis.
 pub type Fields = Vec<(String, Vec<u8>)>;
@@ -50,25 +53,8 @@ pub struct Position<'a> {
     pub entry_id: &'a str,
 }
 
-/// The (ms, seq) of a stored `seq` ([`sortable_seq`]'s output).
-pub fn sortable_seq_parts(seq: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = seq.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
-
-/// `<ms>-<seq>` as a string that sorts in stream order: both parts zero-padded to 20 digits (a
-/// u64 each, so nothing overflows). `None` when `entry_id` is not a stream id.
-pub fn sortable_seq(entry_id: &str) -> Option<String> {
-    let (ms, seq) = entry_id.split_once('-')?;
-    Some(sortable_seq_of((ms.parse().ok()?, seq.parse().ok()?)))
-}
-
-/// The stored `seq` of stream position (ms, seq).
-pub fn sortable_seq_of((ms, seq): (u64, u64)) -> String {
-    format!("{ms:020}-{seq:020}")
-}
-
-/// Builds and encodes the document for an entry at `position`.
+/// Builds and encodes the document for an entry at `position`, written straight as BSON
+/// ([`crate::bson_writer`]) in the layout of SPEC's "MongoDB data".
 pub fn to_document(fields: &Fields, position: Position<'_>) -> Result<RawDocumentBuf, Unusable> {
     let payload = fields
         .iter()
@@ -76,127 +62,57 @@ pub fn to_document(fields: &Fields, position: Position<'_>) -> Result<RawDocumen
         .map(|(_, value)| value)
         .ok_or_else(|| Unusable::undecodable(entry::DecodeError::MissingField))?;
     let event = entry::decode(payload).map_err(Unusable::undecodable)?;
-    let seq = sortable_seq(position.entry_id)
+    let seq = EntryId::parse(position.entry_id)
+        .map(EntryId::sortable)
         .ok_or_else(|| Unusable::undecodable(format!("{:?} is not a stream entry id", position.entry_id)))?;
-    let mut doc = build(event)?;
-    doc.insert("partition", position.partition);
-    doc.insert("seq", seq);
-    let raw = RawDocumentBuf::try_from(&doc).map_err(Unusable::unstorable)?;
-    if raw.as_bytes().len() > MAX_DOCUMENT_BYTES {
-        return Err(Unusable::unstorable(format!(
-            "the document is {} bytes of BSON; MongoDB stores at most {MAX_DOCUMENT_BYTES}",
-            raw.as_bytes().len()
-        )));
-    }
-    Ok(raw)
-}
-
-fn build(event: StoredEvent) -> Result<Document, Unusable> {
-    let data = match &event.data {
-        None => Document::new(),
-        Some(raw) => {
-            evp_events::data::check(raw.get()).map_err(Unusable::unstorable)?;
-            match json_to_bson(raw.get()).map_err(Unusable::unstorable)? {
-                Bson::Document(data) => data,
-                Bson::Null => Document::new(),
-                _ => return Err(Unusable::unstorable("data is not a JSON object")),
-            }
-        }
-    };
     if event.tenant.contains(':') {
         // `_id` joins tenant and id with ':'; no tenant the ingest accepts holds one.
         return Err(Unusable::unstorable(format!("tenant {:?} holds ':'", event.tenant)));
     }
-    let mut doc = doc! {
-        "_id": event_key(&event.tenant, &event.id),
-        "tenant": event.tenant,
-        "event_id": event.id,
-        "type": event.event_type,
-        "timestamp": DateTime::from_millis(event.timestamp_ms),
-        "received_at": DateTime::from_millis(event.received_at_ms),
-        "data": data,
-    };
+    let mut doc = DocWriter::with_capacity(payload.len() + 256);
+    doc.str("_id", &event_key(&event.tenant, &event.id));
+    doc.str("tenant", &event.tenant);
+    doc.str("event_id", &event.id);
+    doc.str("type", &event.event_type);
+    doc.datetime("timestamp", event.timestamp_ms);
+    doc.datetime("received_at", event.received_at_ms);
+    match event.data.as_deref().map(RawValue::get) {
+        None | Some("null") => doc.empty_document("data"),
+        Some(json) => doc.json_object("data", json).map_err(|_| {
+            // The check words the refusal as the ingest does; anything it lets through that is
+            // still not an object is said plainly.
+            Unusable::unstorable(
+                evp_events::data::check(json).err().unwrap_or_else(|| "data is not a JSON object".into()),
+            )
+        })?,
+    }
     for (name, value) in [
-        ("source", event.source),
-        ("aggregate_id", event.aggregate_id),
-        ("correlation_id", event.correlation_id),
-        ("causation_id", event.causation_id),
+        ("source", &event.source),
+        ("aggregate_id", &event.aggregate_id),
+        ("correlation_id", &event.correlation_id),
+        ("causation_id", &event.causation_id),
     ] {
         if let Some(value) = value {
-            doc.insert(name, value);
+            doc.str(name, value);
         }
     }
-    Ok(doc)
-}
-
-/// JSON to BSON, literally: integers that fit 32 bits are `int32` (as the shell stores them),
-/// other integers `int64`, other numbers `double`.
-fn json_to_bson(json: &str) -> Result<Bson, serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_str(json);
-    let value = de.deserialize_any(Literal)?;
-    de.end()?;
-    Ok(value)
-}
-
-struct Literal;
-
-impl<'de> DeserializeSeed<'de> for Literal {
-    type Value = Bson;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Bson, D::Error> {
-        d.deserialize_any(self)
+    doc.i32("partition", position.partition);
+    doc.str("seq", &seq);
+    let bytes = doc.finish();
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(Unusable::unstorable(format!(
+            "the document is {} bytes of BSON; MongoDB stores at most {MAX_DOCUMENT_BYTES}",
+            bytes.len()
+        )));
     }
-}
-
-impl<'de> Visitor<'de> for Literal {
-    type Value = Bson;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Bson, E> {
-        Ok(Bson::Boolean(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Bson, E> {
-        Ok(i32::try_from(v).map_or(Bson::Int64(v), Bson::Int32))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Bson, E> {
-        let v =
-            i64::try_from(v).map_err(|_| E::custom(format!("{v} does not fit a signed 64-bit integer")))?;
-        self.visit_i64(v)
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Bson, E> {
-        Ok(Bson::Double(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Bson, E> {
-        Ok(Bson::String(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Bson, E> {
-        Ok(Bson::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Bson, E> {
-        Ok(Bson::Null)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Bson, A::Error> {
-        let mut doc = Document::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let value = map.next_value_seed(Literal)?;
-            doc.insert(key, value);
-        }
-        Ok(Bson::Document(doc))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bson, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(value) = seq.next_element_seed(Literal)? {
-            items.push(value);
-        }
-        Ok(Bson::Array(items))
-    }
+    RawDocumentBuf::from_bytes(bytes).map_err(Unusable::unstorable)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use evp_events::input::{Admission, Limits, admit_one};
+    use mongodb::bson::{Bson, Document};
 
     fn fields_for(body: &str) -> Fields {
         let e = admit_one(body.as_bytes(), &Admission::new("acme", 1_000, Limits::default())).unwrap();
@@ -297,15 +213,5 @@ mod tests {
         let refused = to_document(&raw_entry(&data), AT).unwrap_err();
         assert_eq!(refused.kind, "unstorable");
         assert!(refused.reason.contains("MongoDB stores at most"), "{refused:?}");
-    }
-
-    #[test]
-    fn stream_positions_sort_as_the_stream_does() {
-        let ids = ["999-5", "1000-0", "1000-2", "1000-10", "18446744073709551615-18446744073709551615"];
-        let seqs: Vec<String> = ids.iter().map(|id| sortable_seq(id).unwrap()).collect();
-        let mut sorted = seqs.clone();
-        sorted.sort();
-        assert_eq!(sorted, seqs, "string order is stream order");
-        assert_eq!(sortable_seq("nope"), None);
     }
 }

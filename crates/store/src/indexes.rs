@@ -32,6 +32,10 @@ use mongodb::IndexModel;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::IndexOptions;
 
+/// The index of stream positions: `partition, seq, tenant, type, timestamp` (the rollup job's
+/// ranges, the analytics tail, and subscriptions).
+pub const POSITION_INDEX: &str = "rollup_position";
+
 /// The unique index of deployments from before `_id` carried (tenant, event id).
 pub const LEGACY_UNIQUE_INDEX: &str = "tenant_event_id_unique";
 
@@ -118,7 +122,7 @@ impl EventIndexes {
             ),
             model(
                 doc! { "partition": 1, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 },
-                "rollup_position",
+                POSITION_INDEX,
                 None,
             ),
         ];

@@ -18,9 +18,10 @@
 //!
 //! Every query carries the tenant, so nothing here can return another tenant's event.
 
+use evp_events::EntryId;
 use futures::TryStreamExt;
 use mongodb::Collection;
-use mongodb::bson::{DateTime, Document, doc};
+use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::error::ErrorKind;
 use mongodb::options::{FindOptions, Hint};
 
@@ -71,6 +72,65 @@ pub struct StreamKey {
     pub seq: String,
 }
 
+/// A stored event as the read side returns it: the document layout of SPEC's "MongoDB data" is
+/// read here, once, so nothing outside this crate names a stored field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    pub event_id: String,
+    pub event_type: String,
+    pub timestamp: DateTime,
+    pub received_at: DateTime,
+    pub source: Option<String>,
+    pub aggregate_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    /// The event's `data`, as stored (an empty document when it had none).
+    pub data: Document,
+    /// Where it was appended: partition and stream position (`None` for events stored before
+    /// positions were recorded).
+    pub position: Option<(i32, EntryId)>,
+}
+
+impl StoredRow {
+    /// The row of a stored document, taking its `data` (no copy of it is made). A field missing
+    /// from a document evp did not write reads as empty, never as an error.
+    pub fn from_document(mut doc: Document) -> Self {
+        let data = match doc.remove("data") {
+            Some(Bson::Document(data)) => data,
+            _ => Document::new(),
+        };
+        let text = |field: &str| doc.get_str(field).ok().map(str::to_string);
+        let date = |field: &str| doc.get_datetime(field).copied().unwrap_or(DateTime::from_millis(0));
+        let position = match (doc.get_i32("partition"), doc.get_str("seq").ok().and_then(EntryId::parse)) {
+            (Ok(partition), Some(seq)) => Some((partition, seq)),
+            _ => None,
+        };
+        Self {
+            event_id: text("event_id").unwrap_or_default(),
+            event_type: text("type").unwrap_or_default(),
+            timestamp: date("timestamp"),
+            received_at: date("received_at"),
+            source: text("source"),
+            aggregate_id: text("aggregate_id"),
+            correlation_id: text("correlation_id"),
+            causation_id: text("causation_id"),
+            data,
+            position,
+        }
+    }
+
+    /// Where a newest-first page that ends with this row resumes.
+    pub fn newest_key(&self) -> NewestKey {
+        NewestKey { timestamp_ms: self.timestamp.timestamp_millis(), event_id: self.event_id.clone() }
+    }
+
+    /// Where an aggregate page that ends with this row resumes (`None` without a position, which
+    /// no row of an aggregate page lacks: its query requires `seq`).
+    pub fn stream_key(&self) -> Option<StreamKey> {
+        self.position.map(|(partition, seq)| StreamKey { partition, seq: seq.sortable() })
+    }
+}
+
 /// Queries on the `events` collection.
 #[derive(Debug, Clone)]
 pub struct EventReader {
@@ -90,7 +150,7 @@ impl EventReader {
         filters: &Filters,
         after: Option<&NewestKey>,
         limit: usize,
-    ) -> mongodb::error::Result<(Vec<Document>, bool)> {
+    ) -> mongodb::error::Result<(Vec<StoredRow>, bool)> {
         self.page(newest_query(tenant, filters, after), limit).await
     }
 
@@ -101,16 +161,16 @@ impl EventReader {
         aggregate_id: &str,
         after: Option<&StreamKey>,
         limit: usize,
-    ) -> mongodb::error::Result<(Vec<Document>, bool)> {
+    ) -> mongodb::error::Result<(Vec<StoredRow>, bool)> {
         self.page(aggregate_query(tenant, aggregate_id, after), limit).await
     }
 
     /// One stored event of `tenant`, by `_id`. An event stored before `_id` carried (tenant, id)
     /// is found through the old unique index while a deployment keeps it; once it is dropped,
     /// that lookup is refused (code 2, a hint to no index) and is a miss.
-    pub async fn get(&self, tenant: &str, event_id: &str) -> mongodb::error::Result<Option<Document>> {
+    pub async fn get(&self, tenant: &str, event_id: &str) -> mongodb::error::Result<Option<StoredRow>> {
         if let Some(found) = self.events.find_one(doc! { "_id": event_key(tenant, event_id) }).await? {
-            return Ok(Some(found));
+            return Ok(Some(StoredRow::from_document(found)));
         }
         let legacy = self
             .events
@@ -120,7 +180,7 @@ impl EventReader {
             .await;
         match legacy {
             Err(e) if matches!(&*e.kind, ErrorKind::Command(c) if c.code == BAD_VALUE) => Ok(None),
-            other => other,
+            other => Ok(other?.map(StoredRow::from_document)),
         }
     }
 
@@ -131,7 +191,7 @@ impl EventReader {
         crate::indexes::explain(&db, self.events.name(), query, Some(limit as i64 + 1)).await
     }
 
-    async fn page(&self, query: Query, limit: usize) -> mongodb::error::Result<(Vec<Document>, bool)> {
+    async fn page(&self, query: Query, limit: usize) -> mongodb::error::Result<(Vec<StoredRow>, bool)> {
         let options = FindOptions::builder()
             .sort(query.sort)
             .limit(limit as i64 + 1)
@@ -141,7 +201,7 @@ impl EventReader {
             self.events.find(query.filter).with_options(options).await?.try_collect().await?;
         let more = docs.len() > limit;
         docs.truncate(limit);
-        Ok((docs, more))
+        Ok((docs.into_iter().map(StoredRow::from_document).collect(), more))
     }
 }
 

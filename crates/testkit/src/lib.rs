@@ -20,7 +20,7 @@ mod redis_server;
 
 pub use mongo::{MongoKind, MongoServer, secantus_binary};
 pub use process::{ChildGuard, free_port, workspace_root};
-pub use redis_cluster::{ClusterNode, RedisCluster};
+pub use redis_cluster::{ClusterNode, RedisCluster, SlotMove};
 pub use redis_server::RedisServer;
 
 /// Polls `check` every 100 ms until it holds or `within` passes; returns whether it held (checked

@@ -74,6 +74,7 @@ impl RedisCluster {
         let seeds: Vec<String> = self.live_ports().iter().map(|p| format!("redis://127.0.0.1:{p}")).collect();
         redis::cluster::ClusterClient::builder(seeds)
             .retries(10)
+            .response_timeout(std::time::Duration::from_secs(30))
             .build()
             .expect("cluster client")
             .get_async_connection()
@@ -112,29 +113,41 @@ impl RedisCluster {
     /// then the new owner announced to every master. Clients meanwhile get ASK for keys already
     /// moved and MOVED once it is done.
     pub fn move_slot(&mut self, slot: u16, to: u16) {
+        let moving = self.start_moving_slot(slot, to);
+        self.finish_moving_slot(moving);
+    }
+
+    /// The first half of [`move_slot`](Self::move_slot): IMPORTING, MIGRATING and every key
+    /// migrated. Until [`finish_moving_slot`](Self::finish_moving_slot), the source still owns the
+    /// slot and answers ASK for its keys, which are on the target: the migration window.
+    pub fn start_moving_slot(&mut self, slot: u16, to: u16) -> SlotMove {
         let from = self.master_of(slot);
         assert_ne!(from, to, "slot {slot} is already on {to}");
         let id = |port: u16| cli(port, &["cluster", "myid"]).trim().to_string();
-        let (from_id, to_id) = (id(from), id(to));
+        let moving = SlotMove { slot, from, to, to_id: id(to) };
         let slot_arg = slot.to_string();
-        expect_ok(cli(to, &["cluster", "setslot", &slot_arg, "importing", &from_id]));
-        expect_ok(cli(from, &["cluster", "setslot", &slot_arg, "migrating", &to_id]));
-        loop {
-            let keys = cli(from, &["cluster", "getkeysinslot", &slot_arg, "100"]);
-            let keys: Vec<&str> = keys.lines().map(str::trim).filter(|k| !k.is_empty()).collect();
-            if keys.is_empty() {
-                break;
-            }
-            let port = to.to_string();
-            let mut args = vec!["migrate", "127.0.0.1", port.as_str(), "", "0", "5000", "KEYS"];
-            args.extend(keys);
-            expect_ok(cli(from, &args));
-        }
+        expect_ok(cli(to, &["cluster", "setslot", &slot_arg, "importing", &id(from)]));
+        expect_ok(cli(from, &["cluster", "setslot", &slot_arg, "migrating", &moving.to_id]));
+        migrate_keys(&moving);
+        moving
+    }
+
+    /// Keys left on the source migrated, then the target announced as the slot's owner to
+    /// every master.
+    pub fn finish_moving_slot(&mut self, moving: SlotMove) {
+        migrate_keys(&moving);
+        let SlotMove { slot, from, to, to_id } = moving;
+        let slot_arg = slot.to_string();
         let masters: Vec<u16> =
             self.live_ports().into_iter().filter(|p| cli(*p, &["role"]).starts_with("master")).collect();
         for port in [to, from].into_iter().chain(masters) {
             expect_ok(cli(port, &["cluster", "setslot", &slot_arg, "node", &to_id]));
         }
+    }
+
+    /// How many keys of `slot` the node on `port` holds.
+    pub fn keys_in_slot(&self, port: u16, slot: u16) -> u64 {
+        cli(port, &["cluster", "countkeysinslot", &slot.to_string()]).trim().parse().unwrap_or(0)
     }
 
     /// SIGKILLs the node on `port` (no chance to hand anything over).
@@ -232,4 +245,29 @@ fn cluster_ports(count: usize) -> Vec<u16> {
         }
     }
     out
+}
+
+/// A slot on its way from one master to another ([`RedisCluster::start_moving_slot`]).
+#[derive(Debug)]
+pub struct SlotMove {
+    pub slot: u16,
+    pub from: u16,
+    pub to: u16,
+    to_id: String,
+}
+
+/// MIGRATEs every key of the slot still on the source to the target, 100 at a time.
+fn migrate_keys(moving: &SlotMove) {
+    let slot_arg = moving.slot.to_string();
+    let port = moving.to.to_string();
+    loop {
+        let keys = cli(moving.from, &["cluster", "getkeysinslot", &slot_arg, "100"]);
+        let keys: Vec<&str> = keys.lines().map(str::trim).filter(|k| !k.is_empty()).collect();
+        if keys.is_empty() {
+            return;
+        }
+        let mut args = vec!["migrate", "127.0.0.1", port.as_str(), "", "0", "5000", "KEYS"];
+        args.extend(keys);
+        expect_ok(cli(moving.from, &args));
+    }
 }

@@ -53,9 +53,16 @@ impl RedisServer {
         redis::Client::open(self.url()).expect("redis url")
     }
 
-    /// A multiplexed async connection for assertions.
+    /// A multiplexed async connection for assertions. Its answers may take up to 30 s (redis-rs
+    /// defaults to 500 ms, which a 10,000-entry `XRANGE` on a busy two-core machine can exceed).
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        self.client().get_multiplexed_async_connection().await.expect("connect to test redis")
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(30)))
+            .set_connection_timeout(Some(std::time::Duration::from_secs(10)));
+        self.client()
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .expect("connect to test redis")
     }
 
     /// Kills the server (simulates an outage). Data is lost: persistence is off.

@@ -5,6 +5,9 @@ use std::time::Duration;
 use evp_runtime::config::{CommonConfig, ConfigError, Env, error};
 use evp_store::EventIndexes;
 
+/// `CONSUMER_GROUP`'s default.
+pub const DEFAULT_GROUP: &str = "evp-workers-group";
+
 /// Everything a worker needs. Defaults are listed in the README.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -69,7 +72,7 @@ impl WorkerConfig {
             lease_ttl,
             rollup_max_lag: Duration::from_secs(env.positive("ROLLUP_MAX_LAG_S", 60)?),
             common: CommonConfig::from_env(env)?,
-            group: env.string("CONSUMER_GROUP", "evp-workers-group"),
+            group: env.string("CONSUMER_GROUP", DEFAULT_GROUP),
             consumer,
             port: env.parse("WORKER_PORT", 9100)?,
             batch_size,

@@ -8,7 +8,14 @@ use evp_runtime::config::{CommonConfig, Env};
 use evp_runtime::dead_letters::{DeadLetters, Selection};
 use evp_store::rollups::RollupStore;
 use evp_worker::WorkerConfig;
+use evp_worker::config::DEFAULT_GROUP;
 use std::time::{Duration, Instant};
+
+/// mimalloc rather than glibc's malloc: a worker allocates and frees every entry's fields and
+/// document from several threads, and glibc's arenas spent about a third of its CPU on it
+/// (docs/PERFORMANCE.md, the drain).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Stream consumer of evp: reads the events stream, bulk-writes to MongoDB, acknowledges in batches.
 /// Without a subcommand it runs a worker, configured by environment variables (see the README).
@@ -191,7 +198,8 @@ async fn dlq(action: DlqAction) -> anyhow::Result<()> {
         format!("the dead-letter streams of {} partitions", partitions.len())
     };
     let partitions_n = partitions.len();
-    let letters = DeadLetters::new(conn, partitions);
+    let group = Env::process().string("CONSUMER_GROUP", DEFAULT_GROUP);
+    let letters = DeadLetters::new(conn, partitions, &group);
     let selection = |ids: Vec<String>, all: bool| if all { Selection::All } else { Selection::Ids(ids) };
     match action {
         DlqAction::List { count } => {

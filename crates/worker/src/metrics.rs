@@ -40,6 +40,10 @@ pub const PARTITION_PENDING: &str = "evp_worker_partition_pending";
 pub const PARTITION_LAG: &str = "evp_worker_partition_lag";
 /// Counter: trim rounds completed (whether or not anything was trimmed): proof that the trimmer runs.
 pub const TRIM_RUNS: &str = "evp_worker_trim_runs_total";
+/// Counter: partitions whose per-tenant unstored counts had drifted (an entry added or removed by
+/// hand, or appended before the counts existed) and were reset once nothing was unstored. Stays 0
+/// while every entry goes through the ingest and the workers.
+pub const UNSTORED_RECONCILED: &str = "evp_worker_unstored_counts_reconciled_total";
 /// Counter: upkeep that failed (trim, consumer cleanup, claim renewal), by `task`; each is also a warning.
 pub const MAINTENANCE_FAILURES: &str = "evp_worker_maintenance_failures_total";
 /// Gauge, label `lease`: 1 while this worker holds the lease (leads), else 0.

@@ -7,7 +7,8 @@
 //!    Transient failures (of one document or of the whole write) are retried with backoff until
 //!    MongoDB takes them; a whole-batch failure that can never succeed (the driver cannot send
 //!    it) makes the batch go one document at a time, so the culprit is isolated.
-//! 3. One XACK covers every stored entry.
+//! 3. One script acknowledges every stored entry (one XACK per tenant) and takes them off their
+//!    tenants' unstored counts ([`evp_runtime::unstored`]).
 //!
 //! Meanwhile the batch renews this worker's claim on its entries, so no other worker takes them
 //! over while MongoDB is slow or down. The renewal and the in-flight gauge are owned by guards:
@@ -121,7 +122,7 @@ impl Processor {
         let mut stored = Vec::with_capacity(writable.len());
         let mut refused = Vec::new();
         let (mut written, mut duplicates) = (0u64, 0u64);
-        for (entry, verdict) in writable.into_iter().zip(verdicts) {
+        for ((entry, verdict), doc) in writable.into_iter().zip(verdicts).zip(&docs) {
             match verdict {
                 Verdict::Written => written += 1,
                 Verdict::Duplicate => duplicates += 1,
@@ -138,7 +139,8 @@ impl Processor {
                 // pending (to be redelivered) is the safe course.
                 Verdict::Transient(_) => continue,
             }
-            stored.push(entry.id);
+            let tenant = doc.get_str("tenant").unwrap_or_default().to_owned();
+            stored.push((entry.id, tenant));
         }
         metrics::counter!(m::EVENTS_WRITTEN).increment(written);
         metrics::counter!(m::EVENTS_DUPLICATE).increment(duplicates);
@@ -254,7 +256,8 @@ impl Processor {
         }
     }
 
-    async fn ack(&self, part: &StreamClient, ids: &[String]) {
+    /// Acknowledges stored entries, `(id, tenant)`, retrying a few times.
+    async fn ack(&self, part: &StreamClient, ids: &[(String, String)]) {
         let mut backoff = Backoff::new(self.config.backoff);
         loop {
             match part.ack(ids).await {

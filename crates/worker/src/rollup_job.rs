@@ -164,7 +164,7 @@ async fn round(
     for (partition, key) in partitions(stream) {
         let frontier = acknowledged_frontier(stream.conn(), &key, stream.group()).await?;
         let Some(frontier) = frontier else { continue };
-        let frontier_ms = frontier.0;
+        let frontier_ms = frontier.ms;
         let closed = frontier_ms as i64 / RANGE_MS;
         let mut next = rollups.next_range(generations.current, partition).await?;
         let mut steps = 0;

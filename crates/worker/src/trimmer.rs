@@ -1,6 +1,7 @@
 //! Trims acknowledged entries of every partition so Redis memory stays flat, refreshes the group
-//! gauges (per partition and in total), and now and then forgets consumers that left (never one
-//! with pending entries).
+//! gauges (per partition and in total), reconciles the per-tenant unstored counts of a partition
+//! with nothing unstored ([`evp_runtime::unstored`]), and now and then forgets consumers that left
+//! (never one with pending entries).
 
 use std::time::Duration;
 
@@ -39,6 +40,22 @@ pub async fn run(processor: Processor) {
                     complete = false;
                     metrics::counter!(m::MAINTENANCE_FAILURES, "task" => "trim").increment(1);
                     tracing::warn!(error = %e, stream = part.stream(), "could not trim the stream; retrying next round");
+                    continue;
+                }
+            }
+            match part.reconcile_counts().await {
+                Ok(false) => {}
+                Ok(true) => {
+                    metrics::counter!(m::UNSTORED_RECONCILED).increment(1);
+                    tracing::warn!(
+                        stream = part.stream(),
+                        "the per-tenant unstored counts had drifted (entries added or removed by hand?); reset them \
+                         now that nothing is unstored"
+                    );
+                }
+                Err(e) => {
+                    metrics::counter!(m::MAINTENANCE_FAILURES, "task" => "reconcile").increment(1);
+                    tracing::warn!(error = %e, stream = part.stream(), "could not reconcile the unstored counts");
                 }
             }
         }

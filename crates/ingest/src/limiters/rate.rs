@@ -35,6 +35,14 @@ pub struct Limit {
     pub burst: u64,
 }
 
+/// A key's own limit (made with `/admin/keys`), which replaces its tenant's for requests sent
+/// with that key: its bucket is the key's, `key:<id>` (no tenant name holds ':').
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyLimit {
+    pub bucket: Arc<str>,
+    pub limit: Limit,
+}
+
 /// Every tenant's limit: `TENANT_RATE_LIMIT`/`TENANT_BURST` for all, `TENANT_LIMITS` for some.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Limits {
@@ -164,7 +172,28 @@ impl RateLimiter {
         tenant: &Arc<str>,
         events: u64,
     ) -> Result<Result<(), Refused>, Unchecked> {
-        let Some(limit) = self.limits.of(tenant) else { return Ok(Ok(())) };
+        self.take_for(conn, tenant, self.limits.of(tenant), events).await
+    }
+
+    /// The same for a key with its own limit: its own bucket, its own rate and burst.
+    pub async fn take_for_key(
+        &self,
+        conn: &RedisConn,
+        key: &KeyLimit,
+        events: u64,
+    ) -> Result<Result<(), Refused>, Unchecked> {
+        self.take_for(conn, &key.bucket, Some(key.limit), events).await
+    }
+
+    /// Takes `events` tokens of `bucket`, limited by `limit` (none: always admitted).
+    async fn take_for(
+        &self,
+        conn: &RedisConn,
+        tenant: &Arc<str>,
+        limit: Option<Limit>,
+        events: u64,
+    ) -> Result<Result<(), Refused>, Unchecked> {
+        let Some(limit) = limit else { return Ok(Ok(())) };
         {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             let mine = held.entry(tenant.clone()).or_default();

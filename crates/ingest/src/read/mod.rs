@@ -1,18 +1,21 @@
 //! The read API's request and response types, and their validation.
 //!
 //! - [`cursor`]: opaque page cursors bound to the tenant, the route and the filters.
+//! - [`cursor_keys`]: their signing secret (`CURSOR_SECRET`), shared by the replicas through
+//!   MongoDB, and its rotation.
 //! - [`ListQuery`] (`GET /events`) and [`PageQuery`] (`GET /aggregates/{id}/events`) are both
 //!   what the query string is parsed into (unknown and repeated parameters refused) and what the
 //!   OpenAPI document says of it. [`ListQuery::filters`] checks each value and names the parameter
 //!   at fault.
-//! - [`StoredEvent`] is an event as read, built from the stored document.
+//! - [`StoredEvent`] is an event as answered, built from the store's typed row ([`StoredRow`]).
 //!
 //! The queries themselves are `evp_store::reader`'s; the handlers are in `routes::read`.
 
 pub mod cursor;
+pub mod cursor_keys;
 
-use evp_store::reader::Filters;
-use mongodb::bson::{Bson, Document};
+use evp_store::reader::{Filters, StoredRow};
+use mongodb::bson::{Bson, DateTime, Document};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -139,12 +142,11 @@ pub fn parse_limit(raw: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
-/// The scope a newest-first cursor is bound to: the tenant and every filter, normalized.
-pub fn listing_scope(tenant: &str, f: &Filters) -> String {
-    format!(
-        "events\n{tenant}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
-        f.event_type, f.source, f.aggregate_id, f.correlation_id, f.from_ms, f.to_ms
-    )
+/// The scope a newest-first cursor is bound to: the tenant and the whole filter set, taken from
+/// `Filters`' derived `Debug` (every field, by name), so a filter added there is in the scope
+/// without a change here, and a cursor never carries across two values of it.
+pub fn listing_scope(tenant: &str, filters: &Filters) -> String {
+    format!("events\n{tenant}\n{filters:?}")
 }
 
 /// The scope an aggregate cursor is bound to.
@@ -226,27 +228,20 @@ impl Serialize for Json<'_> {
     }
 }
 
-impl StoredEvent {
-    /// The event of a stored document, taking its `data` (no copy of it is made).
-    pub fn from_document(mut doc: Document) -> Self {
-        let data = match doc.remove("data") {
-            Some(Bson::Document(data)) => Data(data),
-            _ => Data(Document::new()),
-        };
-        let text = |field: &str| doc.get_str(field).ok().map(str::to_string);
-        let date = |field: &str| {
-            doc.get_datetime(field).ok().and_then(|d| d.try_to_rfc3339_string().ok()).unwrap_or_default()
-        };
+impl From<StoredRow> for StoredEvent {
+    /// The answer's shape of a stored row, taking its `data` (no copy of it is made).
+    fn from(row: StoredRow) -> Self {
+        let date = |d: DateTime| d.try_to_rfc3339_string().unwrap_or_default();
         Self {
-            id: text("event_id").unwrap_or_default(),
-            event_type: text("type").unwrap_or_default(),
-            timestamp: date("timestamp"),
-            received_at: date("received_at"),
-            source: text("source"),
-            aggregate_id: text("aggregate_id"),
-            correlation_id: text("correlation_id"),
-            causation_id: text("causation_id"),
-            data,
+            id: row.event_id,
+            event_type: row.event_type,
+            timestamp: date(row.timestamp),
+            received_at: date(row.received_at),
+            source: row.source,
+            aggregate_id: row.aggregate_id,
+            correlation_id: row.correlation_id,
+            causation_id: row.causation_id,
+            data: Data(row.data),
         }
     }
 }
@@ -257,4 +252,36 @@ pub struct EventPage {
     pub events: Vec<StoredEvent>,
     /// Pass as `cursor` (with the same filters) for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field of the filter set changes a listing's scope. The destructuring names every
+    /// field, so a new filter does not compile here until it has its line below.
+    #[test]
+    fn every_filter_is_in_a_cursors_scope() {
+        let base = Filters::default();
+        let Filters { event_type: _, source: _, aggregate_id: _, correlation_id: _, from_ms: _, to_ms: _ } =
+            base;
+        let one = || Some("x".to_string());
+        let variants = [
+            Filters { event_type: one(), ..Filters::default() },
+            Filters { source: one(), ..Filters::default() },
+            Filters { aggregate_id: one(), ..Filters::default() },
+            Filters { correlation_id: one(), ..Filters::default() },
+            Filters { from_ms: Some(1), ..Filters::default() },
+            Filters { to_ms: Some(1), ..Filters::default() },
+        ];
+        let mut scopes: Vec<String> = variants.iter().map(|f| listing_scope("acme", f)).collect();
+        scopes.push(listing_scope("acme", &Filters::default()));
+        scopes.push(listing_scope("globex", &Filters::default()));
+        let distinct: std::collections::HashSet<&String> = scopes.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            scopes.len(),
+            "each filter, and the tenant, changes the scope: {scopes:#?}"
+        );
+    }
 }

@@ -12,6 +12,7 @@ use crate::body::EventBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::read::{invalid, parse_limit, parse_query};
 use crate::routes::read::bounded_from;
+use crate::routes::responses::{BodyRefused, OperatorOnly, RedisDown};
 use crate::state::AppState;
 
 /// Most ids one replay or purge may name.
@@ -147,10 +148,7 @@ fn selection(body: &[u8]) -> Result<Selection, ApiError> {
     responses(
         (status = 200, description = "One page", body = DlqPage),
         (status = 400, description = "`invalid_query`", body = ErrorResponse),
-        (status = 401, description = "`unauthorized`: no key, or an unknown one", body = ErrorResponse),
-        (status = 403, description = "`forbidden`: a tenant key", body = ErrorResponse),
-        (status = 503, description = "Redis unreachable", body = ErrorResponse,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        OperatorOnly, RedisDown,
     ),
     security(("api_key" = [])))]
 pub async fn list(
@@ -177,22 +175,17 @@ pub async fn list(
     responses(
         (status = 200, description = "How many were replayed (ids not found are skipped)", body = Replayed),
         (status = 400, description = "`invalid_json`: not `{\"ids\": [...]}` or `{\"all\": true}`", body = ErrorResponse),
-        (status = 401, description = "`unauthorized`", body = ErrorResponse),
-        (status = 403, description = "`forbidden`: a tenant key", body = ErrorResponse),
-        (status = 413, description = "`payload_too_large`", body = ErrorResponse),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorResponse),
-        (status = 503, description = "Redis unreachable", body = ErrorResponse,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        OperatorOnly, BodyRefused, RedisDown,
     ),
     security(("api_key" = [])))]
 pub async fn replay(
     State(state): State<AppState>,
-    _operator: Operator,
+    operator: Operator,
     EventBody(body): EventBody,
 ) -> Result<Json<Replayed>, ApiError> {
     let selection = selection(&body)?;
     let replayed = redis(state.pipeline.dead_letters().replay(&selection)).await?;
-    tracing::info!(replayed, "dead letters replayed through /admin/dlq/replay");
+    tracing::info!(operator = %operator.key_id, replayed, "dead letters replayed through /admin/dlq/replay");
     Ok(Json(Replayed { replayed }))
 }
 
@@ -201,21 +194,16 @@ pub async fn replay(
     responses(
         (status = 200, description = "How many were deleted", body = Purged),
         (status = 400, description = "`invalid_json`: not `{\"ids\": [...]}` or `{\"all\": true}`", body = ErrorResponse),
-        (status = 401, description = "`unauthorized`", body = ErrorResponse),
-        (status = 403, description = "`forbidden`: a tenant key", body = ErrorResponse),
-        (status = 413, description = "`payload_too_large`", body = ErrorResponse),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorResponse),
-        (status = 503, description = "Redis unreachable", body = ErrorResponse,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        OperatorOnly, BodyRefused, RedisDown,
     ),
     security(("api_key" = [])))]
 pub async fn purge(
     State(state): State<AppState>,
-    _operator: Operator,
+    operator: Operator,
     EventBody(body): EventBody,
 ) -> Result<Json<Purged>, ApiError> {
     let selection = selection(&body)?;
     let purged = redis(state.pipeline.dead_letters().purge(&selection)).await?;
-    tracing::info!(purged, "dead letters purged through /admin/dlq/purge");
+    tracing::info!(operator = %operator.key_id, purged, "dead letters purged through /admin/dlq/purge");
     Ok(Json(Purged { purged }))
 }

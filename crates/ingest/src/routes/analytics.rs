@@ -15,6 +15,7 @@ use crate::auth::Viewer;
 use crate::error::{ApiError, ErrorResponse};
 use crate::routes::now_ms;
 use crate::routes::read::{READ_TIMEOUT, bounded, bounded_from, read_slot};
+use crate::routes::responses::{ReadsBusy, Unauthorized};
 
 /// The name operator keys' reads are counted under.
 const OPERATORS: &str = "(operators)";
@@ -25,19 +26,18 @@ use crate::state::AppState;
 /// Counts are by event `timestamp`, in UTC buckets; `from` is rounded down and `to` up to the
 /// bucket. They are exact and current: the rollups hold closed stream ranges, and the events not
 /// yet rolled up are counted from the stored events (`rollup` says how far the rollups reach).
-/// `pipeline` is the stream and the worker group now, the same for every tenant. With an operator
-/// key (`ADMIN_KEYS`) the counts are every tenant's.
+/// `pipeline` holds, for a tenant key, only that tenant's own figures: its rates (events/s appended
+/// and stored over the last 10 s) and its events not yet stored. With an operator key
+/// (`ADMIN_KEYS`) the counts are every tenant's, and `pipeline` adds the stream length, pending
+/// entries, group lag, dead letters and the consumers.
 #[utoipa::path(get, path = "/analytics/metrics", tag = "analytics", params(AnalyticsQuery),
     responses(
         (status = 200, description = "Counts and pipeline", body = Metrics),
         (status = 400, description = "`invalid_query`: an unknown or repeated parameter, a bad value, \
             `from` not before `to`, or more than 10,000 buckets", body = ErrorResponse),
-        (status = 401, description = "`unauthorized`", body = ErrorResponse),
-        (status = 429, description = "`rate_limited`: this tenant has READ_CONCURRENCY_PER_TENANT reads in \
-            progress on this replica", body = ErrorResponse,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "MongoDB or Redis unreachable", body = ErrorResponse,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        Unauthorized, ReadsBusy,
     ),
     security(("api_key" = [])))]
 pub async fn metrics(
@@ -48,7 +48,7 @@ pub async fn metrics(
     let window = AnalyticsQuery::parse(raw.as_deref())?.window(now_ms())?;
     let who: Arc<str> = match &viewer {
         Viewer::Tenant(tenant) => tenant.0.clone(),
-        Viewer::Operator => Arc::from(OPERATORS),
+        Viewer::Operator(_) => Arc::from(OPERATORS),
     };
     let _read = read_slot(&state, &who)?;
     // In the tenant's own line first (one of its answers at a time), then for one of the
@@ -74,7 +74,7 @@ pub async fn metrics(
     let counts = bounded(state.rollups.counts(
         match &viewer {
             Viewer::Tenant(tenant) => Some(&*tenant.0),
-            Viewer::Operator => None,
+            Viewer::Operator(_) => None,
         },
         window.event_type.as_deref(),
         window.from_ms,
@@ -84,7 +84,41 @@ pub async fn metrics(
     ))
     .await?;
     let (total, by_type, series) = summarize(&window, &counts.counts);
-    let (ingest_rate, processing_rate) = state.rates.rates();
+    let pipeline = match &viewer {
+        // Only the tenant's own figures: its rates and its events not yet stored.
+        Viewer::Tenant(tenant) => {
+            let (ingest_rate, processing_rate) = state.rates.tenant_rates(&tenant.0);
+            PipelineState {
+                unstored: state.publisher.tenant_backlog(&tenant.0),
+                ingest_rate,
+                processing_rate,
+                stream_length: None,
+                pending: None,
+                lag: None,
+                dead_letters: None,
+                consumers: None,
+            }
+        }
+        Viewer::Operator(_) => {
+            let (ingest_rate, processing_rate) = state.rates.rates();
+            PipelineState {
+                unstored: state.publisher.all_tenants_backlog(),
+                ingest_rate,
+                processing_rate,
+                stream_length: Some(snapshot.length),
+                pending: Some(snapshot.pending),
+                lag: Some(snapshot.lag.unwrap_or(0)),
+                dead_letters: Some(snapshot.dead_letters),
+                consumers: Some(
+                    snapshot
+                        .consumers
+                        .into_iter()
+                        .map(|c| Consumer { name: c.name, pending: c.pending, idle_ms: c.idle_ms })
+                        .collect(),
+                ),
+            }
+        }
+    };
     Ok(Json(Metrics {
         from: rfc3339(window.from_ms),
         to: rfc3339(window.to_ms),
@@ -93,18 +127,6 @@ pub async fn metrics(
         by_type,
         series,
         rollup: rollup_state(&counts.next_range, &frontiers, &appended),
-        pipeline: PipelineState {
-            stream_length: snapshot.length,
-            pending: snapshot.pending,
-            lag: snapshot.lag.unwrap_or(0),
-            dead_letters: snapshot.dead_letters,
-            consumers: snapshot
-                .consumers
-                .into_iter()
-                .map(|c| Consumer { name: c.name, pending: c.pending, idle_ms: c.idle_ms })
-                .collect(),
-            ingest_rate,
-            processing_rate,
-        },
+        pipeline,
     }))
 }

@@ -13,6 +13,7 @@ use crate::body::EventBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::metrics as m;
 use crate::routes::now_ms;
+use crate::routes::responses::EventsRefused;
 use crate::state::AppState;
 use crate::stream_publisher::PublishError;
 
@@ -69,20 +70,7 @@ pub struct Accepted {
     responses(
         (status = 202, description = "Enqueued", body = Accepted),
         (status = 400, description = "`invalid_json` or `invalid_event`", body = ErrorResponse),
-        (status = 401, description = "`unauthorized`: missing or unknown x-api-key", body = ErrorResponse),
-        (status = 413, description = "`payload_too_large`", body = ErrorResponse),
-        (status = 408, description = "`request_timeout`: the body did not arrive within HTTP_BODY_TIMEOUT_MS; \
-            nothing is enqueued", body = ErrorResponse),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorResponse),
-        (status = 422, description = "`idempotency_key_reused`: the Idempotency-Key was first sent with \
-            another body in the last 24 hours; nothing is enqueued", body = ErrorResponse),
-        (status = 429, description = "`rate_limited`: the tenant is past its events/s and burst; nothing is \
-            enqueued", body = ErrorResponse, headers(
-            ("Retry-After" = u64, description = "Seconds until the request would fit"),
-            ("RateLimit-Policy" = String, description = "IETF: the tenant's events per second"),
-            ("RateLimit" = String, description = "IETF: what remains now"))),
-        (status = 503, description = "Redis unreachable or backlog past its high-water mark; see Retry-After",
-            body = ErrorResponse, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        EventsRefused,
     ),
     security(("api_key" = [])))]
 pub async fn post_event(
@@ -109,21 +97,7 @@ pub async fn post_event(
         (status = 202, description = "All enqueued", body = Accepted),
         (status = 400, description = "`invalid_json` or `invalid_event`, with one detail per bad index",
             body = ErrorResponse),
-        (status = 401, description = "`unauthorized`", body = ErrorResponse),
-        (status = 413, description = "`payload_too_large`: body, batch count or one event too large",
-            body = ErrorResponse),
-        (status = 408, description = "`request_timeout`: the body did not arrive within HTTP_BODY_TIMEOUT_MS; \
-            nothing is enqueued", body = ErrorResponse),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorResponse),
-        (status = 422, description = "`idempotency_key_reused`: the Idempotency-Key was first sent with \
-            another body in the last 24 hours; nothing is enqueued", body = ErrorResponse),
-        (status = 429, description = "`rate_limited`: the tenant is past its events/s and burst; nothing is \
-            enqueued", body = ErrorResponse, headers(
-            ("Retry-After" = u64, description = "Seconds until the request would fit"),
-            ("RateLimit-Policy" = String, description = "IETF: the tenant's events per second"),
-            ("RateLimit" = String, description = "IETF: what remains now"))),
-        (status = 503, description = "Redis unreachable or backlog past its high-water mark",
-            body = ErrorResponse, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        EventsRefused,
     ),
     security(("api_key" = [])))]
 pub async fn post_batch(
@@ -159,7 +133,9 @@ async fn accept(
 }
 
 /// Validates everything first, so bad input gets its 4xx whatever the backlog; only then does a
-/// valid request meet the high-water check and Redis.
+/// valid request meet the limits, cheapest first: the type cap, the high-water mark (503 for
+/// everyone), the tenant's backlog share and then its rate (429 for that tenant; a request refused
+/// before the rate takes none of it), and Redis.
 async fn admit_and_publish(
     state: &AppState,
     tenant: &Tenant,
@@ -182,22 +158,28 @@ async fn admit_and_publish(
     if batch {
         let events = admit_batch(body, &admission)?;
         within_type_cap(state, tenant, &events, true).await?;
-        within_rate(state, tenant, events.len()).await?;
         below_high_water(state)?;
+        within_backlog_share(state, tenant, events.len())?;
+        within_rate(state, tenant, events.len()).await?;
         if let Some(key) = idempotency_key {
             same_body_as_first_use(state, &tenant.0, key, body, batch).await?;
         }
-        state.publisher.publish_batch(&events).await.map_err(|e| unavailable(e, events.len()))?;
+        state.publisher.publish_batch(&tenant.0, &events).await.map_err(|e| unavailable(e, events.len()))?;
         Ok(events.into_iter().map(|e| e.id).collect())
     } else {
         let event = admit_one(body, &admission)?;
         within_type_cap(state, tenant, std::slice::from_ref(&event), false).await?;
-        within_rate(state, tenant, 1).await?;
         below_high_water(state)?;
+        within_backlog_share(state, tenant, 1)?;
+        within_rate(state, tenant, 1).await?;
         if let Some(key) = idempotency_key {
             same_body_as_first_use(state, &tenant.0, key, body, batch).await?;
         }
-        state.publisher.publish_one(event.payload, event.route).await.map_err(|e| unavailable(e, 1))?;
+        state
+            .publisher
+            .publish_one(tenant.0.clone(), event.payload, event.route)
+            .await
+            .map_err(|e| unavailable(e, 1))?;
         Ok(vec![event.id])
     }
 }
@@ -219,9 +201,50 @@ async fn within_type_cap(
     }
 }
 
+/// 429 `rate_limited` when `events` more would take the tenant's events not yet stored past
+/// `TENANT_BACKLOG_SHARE` of `STREAM_HIGH_WATER` (as last sampled, so every replica may accept up
+/// to one sampling interval's worth more). Checked before the rate, so a refusal here costs the
+/// tenant none of its rate.
+fn within_backlog_share(state: &AppState, tenant: &Tenant, events: usize) -> Result<(), ApiError> {
+    let unstored = state.publisher.tenant_backlog(&tenant.0);
+    let limit = state.config.tenant_backlog_limit();
+    if unstored + events as u64 <= limit {
+        return Ok(());
+    }
+    // The tenant's own figures only: the limit is a share of everyone's high-water mark.
+    let message = if unstored == 0 {
+        format!(
+            "a request of {events} events is more than tenant {} may have waiting to be stored ({limit}, \
+             TENANT_BACKLOG_SHARE of STREAM_HIGH_WATER) and can never be accepted whole; send smaller batches",
+            tenant.0
+        )
+    } else {
+        format!(
+            "tenant {} has {unstored} events not yet stored, and {events} more would pass its share of the \
+             backlog ({limit}, TENANT_BACKLOG_SHARE of STREAM_HIGH_WATER); nothing was accepted, retry after 1 s",
+            tenant.0
+        )
+    };
+    Err(ApiError::RateLimited {
+        message,
+        retry_after: (unstored > 0).then_some(std::time::Duration::from_secs(1)),
+        policy: None,
+    })
+}
+
 /// 429 `rate_limited` when `events` more would take the tenant past its rate and burst.
 async fn within_rate(state: &AppState, tenant: &Tenant, events: usize) -> Result<(), ApiError> {
-    let take = state.rate_limiter.take(state.publisher.conn(), &tenant.0, events as u64);
+    let conn = state.publisher.conn();
+    let take = async {
+        match &tenant.1 {
+            Some(key) => state.rate_limiter.take_for_key(conn, key, events as u64).await,
+            None => state.rate_limiter.take(conn, &tenant.0, events as u64).await,
+        }
+    };
+    let (whose, variables) = match &tenant.1 {
+        Some(_) => ("this key", "the key's rate_limit and burst"),
+        None => ("tenant", "TENANT_RATE_LIMIT, TENANT_BURST or TENANT_LIMITS"),
+    };
     let unchecked = |cause: String| ApiError::StoreUnreachable { maybe_stored: false, cause };
     let refused = match tokio::time::timeout(state.config.redis_timeout, take).await {
         Ok(Ok(Ok(()))) => return Ok(()),
@@ -232,17 +255,17 @@ async fn within_rate(state: &AppState, tenant: &Tenant, events: usize) -> Result
     let limit = refused.limit;
     let message = match refused.retry_after {
         Some(after) => format!(
-            "tenant {} is past its limit of {} events/s with a burst of {} (TENANT_RATE_LIMIT, TENANT_BURST or \
-             TENANT_LIMITS); nothing was accepted, retry after {} s",
+            "{whose} (tenant {}) is past its limit of {} events/s with a burst of {} ({variables}); nothing was \
+             accepted, retry after {} s",
             tenant.0,
             limit.rate,
             limit.burst,
             after.as_secs_f64().ceil().max(1.0)
         ),
         None => format!(
-            "a request of {events} events is larger than tenant {}'s burst of {} (TENANT_BURST or TENANT_LIMITS) \
-             and can never be accepted whole; send smaller batches",
-            tenant.0, limit.burst
+            "a request of {events} events is larger than the burst of {} of {whose} (tenant {}; {variables}) and \
+             can never be accepted whole; send smaller batches",
+            limit.burst, tenant.0
         ),
     };
     Err(ApiError::RateLimited {

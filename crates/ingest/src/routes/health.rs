@@ -25,7 +25,10 @@ pub struct Status {
     (status = 200, description = "Every dependency is up", body = HealthReport),
     (status = 503, description = "A dependency is down", body = HealthReport)))]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthReport>) {
-    evp_runtime::health::report(state.publisher.ping(), mongo_ping(&state.mongo), None).await
+    let (status, Json(mut report)) =
+        evp_runtime::health::report(state.publisher.ping(), mongo_ping(&state.mongo), None).await;
+    report.keys_stale = Some(state.keys.is_stale());
+    (status, Json(report))
 }
 
 /// Liveness: the process is serving.

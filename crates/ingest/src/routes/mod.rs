@@ -6,7 +6,10 @@ pub mod analytics;
 pub mod dashboard;
 pub mod events;
 pub mod health;
+pub mod keys;
 pub mod read;
+pub mod responses;
+pub mod subscriptions;
 pub mod whoami;
 
 pub use evp_runtime::now_ms;

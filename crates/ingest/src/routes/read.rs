@@ -11,14 +11,15 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use evp_store::reader::{NewestKey, StreamKey};
-use mongodb::bson::Document;
+use evp_store::reader::{NewestKey, StoredRow, StreamKey};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Tenant;
 use crate::error::{ApiError, ErrorResponse};
 use crate::limiters::reads::ReadSlot;
+use crate::read::cursor_keys::Cursors;
 use crate::read::{EventPage, ListQuery, PageQuery, StoredEvent, aggregate_scope, invalid, listing_scope};
+use crate::routes::responses::{MongoDown, ReadsBusy, Unauthorized};
 use crate::state::AppState;
 
 /// Longest a read waits for MongoDB before answering 503.
@@ -65,15 +66,24 @@ pub async fn bounded<T>(read: impl Future<Output = mongodb::error::Result<T>>) -
     bounded_from("MongoDB", read).await
 }
 
+/// The cursor secrets, loaded from MongoDB on the first read (bounded like any read).
+async fn cursors(state: &AppState) -> Result<Cursors<'_>, ApiError> {
+    match tokio::time::timeout(READ_TIMEOUT, state.cursors.ready()).await {
+        Ok(Ok(cursors)) => Ok(cursors),
+        Ok(Err(e)) => Err(ApiError::ReadUnavailable { cause: e.to_string() }),
+        Err(_) => Err(ApiError::ReadUnavailable { cause: "the cursor secret was not read in time".into() }),
+    }
+}
+
 /// The position in `cursor`, when one was given; 400 when it was not issued for `scope`.
 fn position<T: serde::de::DeserializeOwned>(
-    state: &AppState,
+    cursors: &Cursors<'_>,
     scope: &str,
     cursor: Option<&str>,
 ) -> Result<Option<T>, ApiError> {
     cursor
         .map(|cursor| {
-            state.cursors.open(scope, cursor).map_err(|m| ApiError::InvalidQuery {
+            cursors.open(scope, cursor).map_err(|m| ApiError::InvalidQuery {
                 message: format!("cursor: {m}"),
                 parameter: Some("cursor"),
             })
@@ -87,24 +97,25 @@ const PAGE_TAIL_BYTES: usize = 1_024;
 /// A page's JSON body, written once from the documents: the events in order while the body stays
 /// within `max_bytes` (`MAX_PAGE_BYTES`; at least one event, whatever its size), then
 /// `next_cursor`, after the last event written, when more follow (or the page was cut short).
-fn page(
-    docs: Vec<Document>,
+fn page<K>(
+    rows: Vec<StoredRow>,
     more: bool,
     max_bytes: usize,
-    cursor: impl FnOnce(&Document) -> String,
+    key: impl Fn(&StoredRow) -> K,
+    cursor: impl FnOnce(&K) -> String,
 ) -> Response {
     let mut body = Vec::with_capacity(max_bytes.min(64 * 1024));
     body.extend_from_slice(b"{\"events\":[");
-    let mut last: Option<Document> = None;
+    let mut last: Option<K> = None;
     let mut cut = false;
-    for doc in docs {
+    for row in rows {
         let start = body.len();
         if last.is_some() {
             body.push(b',');
         }
-        let position = position_fields(&doc);
+        let position = key(&row);
         // Serializing a plain struct of strings, numbers and a BSON document into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut body, &StoredEvent::from_document(doc));
+        let _ = serde_json::to_writer(&mut body, &StoredEvent::from(row));
         if last.is_some() && body.len() + PAGE_TAIL_BYTES > max_bytes {
             body.truncate(start);
             cut = true;
@@ -119,17 +130,6 @@ fn page(
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// What a cursor needs of a document (its position fields), kept once the document is consumed.
-fn position_fields(doc: &Document) -> Document {
-    let mut out = Document::new();
-    for field in ["timestamp", "event_id", "partition", "seq"] {
-        if let Some(value) = doc.get(field) {
-            out.insert(field, value.clone());
-        }
-    }
-    out
-}
-
 /// The tenant's stored events, newest first.
 ///
 /// Ordered by `timestamp`, newest first, ties broken by `id`. Filters combine with AND. Pages are
@@ -142,12 +142,7 @@ fn position_fields(doc: &Document) -> Document {
         (status = 400, description = "`invalid_query`: an unknown or repeated parameter, a bad value, \
             a filter this deployment keeps no index for (`EVENT_INDEXES`), or a cursor issued for other \
             filters or another tenant", body = ErrorResponse),
-        (status = 401, description = "`unauthorized`", body = ErrorResponse),
-        (status = 429, description = "`rate_limited`: this tenant has READ_CONCURRENCY_PER_TENANT reads in \
-            progress on this replica", body = ErrorResponse,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "MongoDB unreachable", body = ErrorResponse,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        Unauthorized, ReadsBusy, MongoDown,
     ),
     security(("api_key" = [])))]
 pub async fn list_events(
@@ -170,13 +165,12 @@ pub async fn list_events(
         ));
     }
     let scope = listing_scope(&tenant.0, &filters);
-    let after = position(&state, &scope, query.cursor.as_deref())?
+    let cursors = cursors(&state).await?;
+    let after = position(&cursors, &scope, query.cursor.as_deref())?
         .map(|NewestPosition(timestamp_ms, event_id)| NewestKey { timestamp_ms, event_id });
-    let (docs, more) = bounded(state.reader.newest(&tenant.0, &filters, after.as_ref(), limit)).await?;
-    Ok(page(docs, more, state.config.max_page_bytes, |last| {
-        let timestamp_ms = last.get_datetime("timestamp").map(|d| d.timestamp_millis()).unwrap_or_default();
-        let id = last.get_str("event_id").unwrap_or_default().to_string();
-        state.cursors.issue(&scope, &NewestPosition(timestamp_ms, id))
+    let (rows, more) = bounded(state.reader.newest(&tenant.0, &filters, after.as_ref(), limit)).await?;
+    Ok(page(rows, more, state.config.max_page_bytes, StoredRow::newest_key, |last| {
+        cursors.issue(&scope, &NewestPosition(last.timestamp_ms, last.event_id.clone()))
     }))
 }
 
@@ -185,13 +179,8 @@ pub async fn list_events(
     params(("id" = String, Path, description = "The event's id")),
     responses(
         (status = 200, description = "The event", body = StoredEvent),
-        (status = 401, description = "`unauthorized`", body = ErrorResponse),
         (status = 404, description = "`not_found`: no such event for this tenant", body = ErrorResponse),
-        (status = 429, description = "`rate_limited`: this tenant has READ_CONCURRENCY_PER_TENANT reads in \
-            progress on this replica", body = ErrorResponse,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "MongoDB unreachable", body = ErrorResponse,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        Unauthorized, ReadsBusy, MongoDown,
     ),
     security(("api_key" = [])))]
 pub async fn get_event(
@@ -201,7 +190,7 @@ pub async fn get_event(
 ) -> Result<Json<StoredEvent>, ApiError> {
     let _slot = read_slot(&state, &tenant.0)?;
     match bounded(state.reader.get(&tenant.0, &id)).await? {
-        Some(doc) => Ok(Json(StoredEvent::from_document(doc))),
+        Some(row) => Ok(Json(StoredEvent::from(row))),
         None => Err(ApiError::NotFound(format!("no event {id:?}"))),
     }
 }
@@ -216,12 +205,7 @@ pub async fn get_event(
     responses(
         (status = 200, description = "One page", body = EventPage),
         (status = 400, description = "`invalid_query`", body = ErrorResponse),
-        (status = 401, description = "`unauthorized`", body = ErrorResponse),
-        (status = 429, description = "`rate_limited`: this tenant has READ_CONCURRENCY_PER_TENANT reads in \
-            progress on this replica", body = ErrorResponse,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 503, description = "MongoDB unreachable", body = ErrorResponse,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        Unauthorized, ReadsBusy, MongoDown,
     ),
     security(("api_key" = [])))]
 pub async fn aggregate_events(
@@ -234,13 +218,15 @@ pub async fn aggregate_events(
     let limit = query.limit()?;
     let _slot = read_slot(&state, &tenant.0)?;
     let scope = aggregate_scope(&tenant.0, &aggregate_id);
-    let after = position(&state, &scope, query.cursor.as_deref())?
+    let cursors = cursors(&state).await?;
+    let after = position(&cursors, &scope, query.cursor.as_deref())?
         .map(|StreamPosition(partition, seq)| StreamKey { partition, seq });
-    let (docs, more) =
+    let (rows, more) =
         bounded(state.reader.aggregate(&tenant.0, &aggregate_id, after.as_ref(), limit)).await?;
-    Ok(page(docs, more, state.config.max_page_bytes, |last| {
-        let partition = last.get_i32("partition").unwrap_or_default();
-        let seq = last.get_str("seq").unwrap_or_default().to_string();
-        state.cursors.issue(&scope, &StreamPosition(partition, seq))
+    Ok(page(rows, more, state.config.max_page_bytes, StoredRow::stream_key, |last| {
+        // Every row of an aggregate page has a position (its query requires `seq`).
+        let StreamKey { partition, seq } =
+            last.clone().unwrap_or(StreamKey { partition: 0, seq: String::new() });
+        cursors.issue(&scope, &StreamPosition(partition, seq))
     }))
 }

@@ -5,7 +5,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::Viewer;
-use crate::error::ErrorResponse;
+use crate::routes::responses::Unauthorized;
 
 /// The key's tenant and role.
 #[derive(Debug, Serialize, ToSchema)]
@@ -23,12 +23,12 @@ pub struct WhoAmI {
 #[utoipa::path(get, path = "/whoami", tag = "auth",
     responses(
         (status = 200, description = "The key's tenant and role", body = WhoAmI),
-        (status = 401, description = "`unauthorized`: missing or unknown x-api-key", body = ErrorResponse),
+        Unauthorized,
     ),
     security(("api_key" = [])))]
 pub async fn whoami(viewer: Viewer) -> Json<WhoAmI> {
     Json(match viewer {
         Viewer::Tenant(tenant) => WhoAmI { tenant: Some(tenant.0.to_string()), role: "tenant" },
-        Viewer::Operator => WhoAmI { tenant: None, role: "operator" },
+        Viewer::Operator(_) => WhoAmI { tenant: None, role: "operator" },
     })
 }

@@ -1,9 +1,10 @@
 //! The coalescer of single events: takes every single event queued at that moment and sends them
-//! as one pipeline of independent XADDs per partition, each with its own reply.
+//! as one script of independent XADDs per partition, each with its own reply.
 
 use std::sync::Arc;
 
-use evp_runtime::partitions::{Partition, Partitions};
+use evp_runtime::partitions::Partitions;
+use evp_runtime::unstored::Keys;
 use futures::future::join_all;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -12,6 +13,8 @@ use super::{Appender, MAX_COALESCED, MAX_PIPELINES, PublishError, Single};
 /// Sends queued single events as pipelines, at most [`MAX_PIPELINES`] at a time.
 pub(super) struct Coalescer {
     pub(super) appender: Appender,
+    /// Each partition's per-tenant counts, by partition index.
+    pub(super) counts: Arc<[Keys]>,
 }
 
 impl Coalescer {
@@ -44,24 +47,25 @@ impl Coalescer {
             return;
         }
         if partitions.len() == 1 {
-            return self.send_to(partitions.first(), batch).await;
+            return self.send_to(&self.counts[0], batch).await;
         }
         let mut by_partition: Vec<Vec<Single>> = (0..partitions.len()).map(|_| Vec::new()).collect();
         for single in batch {
             by_partition[partitions.for_hash(single.route).index as usize].push(single);
         }
-        let sends = partitions
+        let sends = self
+            .counts
             .iter()
             .zip(by_partition)
             .filter(|(_, singles)| !singles.is_empty())
-            .map(|(partition, singles)| self.send_to(partition, singles));
+            .map(|(keys, singles)| self.send_to(keys, singles));
         join_all(sends).await;
     }
 
-    async fn send_to(&self, partition: &Partition, batch: Vec<Single>) {
-        let payloads: Vec<&[u8]> = batch.iter().map(|s| s.payload.as_slice()).collect();
-        let outcome = self.appender.independent(partition, &payloads).await;
-        drop(payloads);
+    async fn send_to(&self, keys: &Keys, batch: Vec<Single>) {
+        let singles: Vec<(&str, &[u8])> = batch.iter().map(|s| (&*s.tenant, s.payload.as_slice())).collect();
+        let outcome = self.appender.independent(keys, &singles).await;
+        drop(singles);
         match outcome {
             Ok(replies) => {
                 for (single, reply) in batch.into_iter().zip(replies) {
@@ -90,7 +94,7 @@ mod tests {
 
     fn single(payload: &str) -> (Single, oneshot::Receiver<Result<(), PublishError>>) {
         let (reply, outcome) = oneshot::channel();
-        (Single { payload: payload.as_bytes().to_vec(), route: 0, reply }, outcome)
+        (Single { tenant: Arc::from("acme"), payload: payload.as_bytes().to_vec(), route: 0, reply }, outcome)
     }
 
     #[tokio::test]
@@ -98,7 +102,8 @@ mod tests {
         let redis = RedisServer::start();
         let target = RedisTarget::new(&redis.url(), false).unwrap();
         let publisher =
-            StreamPublisher::new(target, Partitions::new("events", 1), 0, Duration::from_secs(2)).unwrap();
+            StreamPublisher::new(target, Partitions::new("events", 1), "g", 0, Duration::from_secs(2))
+                .unwrap();
         let coalescer = publisher.coalescer();
         let (kept, kept_outcome) = single("kept");
         let (abandoned, abandoned_outcome) = single("abandoned");
@@ -113,5 +118,8 @@ mod tests {
             redis::cmd("XRANGE").arg("events").arg("-").arg("+").query_async(&mut conn).await.unwrap();
         let payloads: Vec<&str> = entries.iter().map(|(_, fields)| fields[0].1.as_str()).collect();
         assert_eq!(payloads, ["kept", "also kept"]);
+        let counted: u64 =
+            redis::cmd("HGET").arg("events:unstored:g").arg("acme").query_async(&mut conn).await.unwrap();
+        assert_eq!(counted, 2, "the two appended events are counted, the abandoned one is not");
     }
 }

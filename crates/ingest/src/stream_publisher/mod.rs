@@ -12,41 +12,46 @@
 //!
 //! - A **batch** is one MULTI/EXEC pipeline of XADDs per partition it touches
 //!   ([`StreamPublisher::publish_batch`]), sent concurrently: within a partition all of its
-//!   entries land or none do. If some partitions fail, the answer is 503 although other
+//!   entries land or none do, and the same MULTI counts them as the tenant's unstored events
+//!   ([`evp_runtime::unstored`]). If some partitions fail, the answer is 503 although other
 //!   partitions' entries landed; a retry with the same ids (the client library's, or the same
 //!   `Idempotency-Key`) appends them again and the workers store each event once.
 //! - With `REDIS_WAIT_REPLICAS=N`, each pipeline ends with `WAIT N`: the events count as appended
 //!   only once N replicas confirmed them, otherwise the answer is 503.
 //! - A **single event** ([`StreamPublisher::publish_one`]) goes through a coalescer: a task that
-//!   takes every single event queued at that moment and sends them as one pipeline of independent
-//!   XADDs, each with its own reply. Under load many requests share one round trip, which costs
+//!   takes every single event queued at that moment and sends them as one script of independent
+//!   XADDs ([`evp_runtime::unstored::APPEND_SCRIPT`]), each with its own reply, counting those that
+//!   were appended. Under load many requests share one round trip, which costs
 //!   Redis (single-threaded, shared by every ingest replica) far less CPU than one command per
 //!   round trip; when idle a pipeline holds one event, so nothing waits for a batch to fill. Each
 //!   request still gets the outcome of its own XADD, and an event whose request has already given
 //!   up (timed out, client gone) is not sent at all.
 //!
-//! The backlog monitor samples the stream length in the background for the high-water check, so
-//! that check adds nothing to a request's round trip.
+//! The backlog monitor samples the stream length and each tenant's unstored events in the
+//! background for the high-water and backlog-share checks, so they add nothing to a request's
+//! round trip.
 //!
-//! Here: the publisher, its errors and the appender (MULTI/EXEC, `WAIT`); [`coalescer`]: the single
-//! events' shared pipelines; [`backlog`]: the backlog monitor.
+//! Here: the publisher and its errors; [`appender`]: the MULTI/EXEC, the append script and `WAIT`;
+//! [`coalescer`]: the single events' shared pipelines; [`backlog`]: the backlog monitor.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use evp_events::EncodedEvent;
-use evp_events::entry::FIELD;
-use evp_runtime::partitions::{Partition, Partitions};
+use evp_runtime::partitions::Partitions;
 use evp_runtime::redis_conn::{RedisConn, RedisTarget};
+use evp_runtime::unstored::Keys;
 use futures::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics as m;
 
+mod appender;
 mod backlog;
 mod coalescer;
 
+use appender::Appender;
 use coalescer::Coalescer;
 
 /// Most single events in one coalesced pipeline.
@@ -105,10 +110,14 @@ pub struct StreamPublisher {
     target: RedisTarget,
     conn: RedisConn,
     partitions: Arc<Partitions>,
+    /// Each partition's per-tenant counts, by partition index.
+    counts: Arc<[Keys]>,
     /// `REDIS_WAIT_REPLICAS`.
     wait_replicas: u32,
     timeout: Duration,
     backlog: Arc<AtomicU64>,
+    /// Each tenant's unstored events, as last sampled.
+    tenant_backlog: Arc<std::sync::RwLock<Arc<std::collections::HashMap<String, u64>>>>,
     reachable: Arc<AtomicBool>,
     singles: mpsc::Sender<Single>,
     metrics: PipelineMetrics,
@@ -116,6 +125,7 @@ pub struct StreamPublisher {
 
 /// One single event waiting for the coalescer, and where its outcome goes.
 struct Single {
+    tenant: Arc<str>,
     payload: Vec<u8>,
     /// The event's routing hash.
     route: u64,
@@ -142,6 +152,7 @@ impl StreamPublisher {
     pub fn new(
         target: RedisTarget,
         partitions: Partitions,
+        group: &str,
         wait_replicas: u32,
         timeout: Duration,
     ) -> Result<Self, redis::RedisError> {
@@ -154,10 +165,12 @@ impl StreamPublisher {
         let this = Self {
             target,
             conn,
+            counts: partitions.iter().map(|p| Keys::new(p, group)).collect(),
             partitions: Arc::new(partitions),
             wait_replicas,
             timeout,
             backlog: Arc::new(AtomicU64::new(0)),
+            tenant_backlog: Arc::default(),
             reachable: Arc::new(AtomicBool::new(true)),
             singles,
             metrics,
@@ -179,7 +192,7 @@ impl StreamPublisher {
     }
 
     fn coalescer(&self) -> Coalescer {
-        Coalescer { appender: self.appender() }
+        Coalescer { appender: self.appender(), counts: self.counts.clone() }
     }
 
     fn appender(&self) -> Appender {
@@ -191,26 +204,27 @@ impl StreamPublisher {
         }
     }
 
-    /// Appends every event of a batch: per partition, atomically (MULTI/EXEC) in one round trip;
-    /// the partitions concurrently. Fails if any partition failed.
-    pub async fn publish_batch(&self, events: &[EncodedEvent]) -> Result<(), PublishError> {
+    /// Appends every event of `tenant`'s batch: per partition, atomically (MULTI/EXEC) in one
+    /// round trip; the partitions concurrently. Fails if any partition failed.
+    pub async fn publish_batch(&self, tenant: &str, events: &[EncodedEvent]) -> Result<(), PublishError> {
         let appender = self.appender();
         if self.partitions.len() == 1 {
-            let partition = self.partitions.first();
-            return appender.atomic(partition, events.iter().map(|e| e.payload.as_slice())).await;
+            return appender
+                .atomic(&self.counts[0], tenant, events.iter().map(|e| e.payload.as_slice()))
+                .await;
         }
         let mut by_partition: Vec<Vec<&[u8]>> = vec![Vec::new(); self.partitions.len()];
         for event in events {
             by_partition[self.partitions.for_hash(event.route).index as usize].push(&event.payload);
         }
         let sends: Vec<_> = self
-            .partitions
+            .counts
             .iter()
             .zip(by_partition)
             .filter(|(_, payloads)| !payloads.is_empty())
-            .map(|(partition, payloads)| {
+            .map(|(keys, payloads)| {
                 let appender = &appender;
-                async move { appender.atomic(partition, payloads.into_iter()).await }
+                async move { appender.atomic(keys, tenant, payloads.into_iter()).await }
             })
             .collect();
         let attempted = sends.len();
@@ -225,11 +239,20 @@ impl StreamPublisher {
         }
     }
 
-    /// Appends one event, sharing a pipeline with the single events of concurrent requests.
-    pub async fn publish_one(&self, payload: Vec<u8>, route: u64) -> Result<(), PublishError> {
+    /// Appends one event of `tenant`, sharing a pipeline with the single events of concurrent
+    /// requests.
+    pub async fn publish_one(
+        &self,
+        tenant: Arc<str>,
+        payload: Vec<u8>,
+        route: u64,
+    ) -> Result<(), PublishError> {
         let (reply, outcome) = oneshot::channel();
         let queued_and_answered = async {
-            self.singles.send(Single { payload, route, reply }).await.map_err(|_| PublishError::Stopped)?;
+            self.singles
+                .send(Single { tenant, payload, route, reply })
+                .await
+                .map_err(|_| PublishError::Stopped)?;
             outcome.await.map_err(|_| PublishError::Stopped)?
         };
         match tokio::time::timeout(self.timeout, queued_and_answered).await {
@@ -268,14 +291,6 @@ impl StreamPublisher {
 /// How long the body digest of an Idempotency-Key is kept (Stripe keeps keys for 24 hours).
 pub const IDEMPOTENCY_TTL_S: u64 = 86_400;
 
-/// `XADD <stream> * e <payload>`, its buffer sized once: built argument by argument, a command's
-/// buffer grows (and copies the payload) several times.
-fn xadd(stream: &str, payload: &[u8]) -> redis::Cmd {
-    let mut cmd = redis::Cmd::with_capacity(5, "XADD*".len() + stream.len() + FIELD.len() + payload.len());
-    cmd.arg("XADD").arg(stream).arg("*").arg(FIELD).arg(payload);
-    cmd
-}
-
 async fn bounded<T>(
     timeout: Duration,
     call: impl Future<Output = Result<T, redis::RedisError>>,
@@ -283,99 +298,5 @@ async fn bounded<T>(
     match tokio::time::timeout(timeout, call).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(PublishError::Timeout(timeout)),
-    }
-}
-
-/// Sends pipelines of XADDs to one partition, and `WAIT`s for replicas when asked to.
-#[derive(Clone)]
-struct Appender {
-    conn: RedisConn,
-    wait_replicas: u32,
-    timeout: Duration,
-    metrics: PipelineMetrics,
-}
-
-impl Appender {
-    /// All of `payloads` or none, in one MULTI/EXEC (then `WAIT`).
-    async fn atomic<'p>(
-        &self,
-        partition: &Partition,
-        payloads: impl ExactSizeIterator<Item = &'p [u8]>,
-    ) -> Result<(), PublishError> {
-        let n = payloads.len();
-        let mut pipe = redis::Pipeline::with_capacity(n + 3);
-        if self.wait_replicas == 0 {
-            pipe.atomic();
-            for payload in payloads {
-                pipe.add_command(xadd(&partition.stream, payload)).ignore();
-            }
-            return self.timed(n, pipe.exec_async(&mut self.conn.clone())).await;
-        }
-        // MULTI … EXEC, then WAIT on the same connection: WAIT inside the transaction would not wait.
-        pipe.cmd("MULTI").ignore();
-        for payload in payloads {
-            pipe.add_command(xadd(&partition.stream, payload)).ignore();
-        }
-        pipe.cmd("EXEC").ignore();
-        self.add_wait(&mut pipe);
-        let (confirmed,): (i64,) = self.timed(n, pipe.query_async(&mut self.conn.clone())).await?;
-        self.confirmed(confirmed)
-    }
-
-    /// One XADD per payload, each with its own reply (then `WAIT`, whose failure fails them all).
-    async fn independent(
-        &self,
-        partition: &Partition,
-        payloads: &[&[u8]],
-    ) -> Result<Vec<redis::Value>, PublishError> {
-        let mut pipe = redis::Pipeline::with_capacity(payloads.len() + 1);
-        pipe.ignore_errors();
-        for payload in payloads {
-            pipe.add_command(xadd(&partition.stream, payload));
-        }
-        if self.wait_replicas > 0 {
-            self.add_wait(&mut pipe);
-        }
-        let mut replies: Vec<redis::Value> =
-            self.timed(payloads.len(), pipe.query_async(&mut self.conn.clone())).await?;
-        if self.wait_replicas > 0 {
-            match replies.pop() {
-                Some(redis::Value::Int(confirmed)) => self.confirmed(confirmed)?,
-                other => return Err(PublishError::Refused(format!("WAIT answered {other:?}"))),
-            }
-        }
-        if replies.len() != payloads.len() {
-            return Err(PublishError::Refused(format!(
-                "{} replies to {} XADDs",
-                replies.len(),
-                payloads.len()
-            )));
-        }
-        Ok(replies)
-    }
-
-    /// `WAIT <replicas> <ms>`: at most half the request's timeout, so a missing replica costs a
-    /// 503 in time rather than a timeout.
-    fn add_wait(&self, pipe: &mut redis::Pipeline) {
-        pipe.cmd("WAIT").arg(self.wait_replicas).arg((self.timeout / 2).as_millis() as u64);
-    }
-
-    fn confirmed(&self, confirmed: i64) -> Result<(), PublishError> {
-        if confirmed < i64::from(self.wait_replicas) {
-            return Err(PublishError::Replicas { wanted: self.wait_replicas, got: confirmed });
-        }
-        Ok(())
-    }
-
-    async fn timed<T>(
-        &self,
-        events: usize,
-        call: impl Future<Output = Result<T, redis::RedisError>>,
-    ) -> Result<T, PublishError> {
-        let started = Instant::now();
-        let result = bounded(self.timeout, call).await;
-        self.metrics.seconds.record(started.elapsed().as_secs_f64());
-        self.metrics.events.record(events as f64);
-        result
     }
 }

@@ -107,7 +107,10 @@ async fn list_pages_replay_and_purge() {
     let purge_all = app.post("/admin/dlq/purge", OPS, r#"{"all":true}"#).await;
     assert_eq!(purge_all.json::<Value>().await.unwrap(), json!({"purged": 3}));
     let conn = RedisTarget::new(&app.redis.url(), false).unwrap().shared(Duration::from_secs(2)).unwrap();
-    assert_eq!(DeadLetters::new(conn, Partitions::new(&app.stream, 1)).len().await.unwrap(), 0);
+    assert_eq!(
+        DeadLetters::new(conn, Partitions::new(&app.stream, 1), "evp-workers-group").len().await.unwrap(),
+        0
+    );
     assert_eq!(app.entries().await.len(), 1, "purging replays nothing");
 }
 

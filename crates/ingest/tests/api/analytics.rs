@@ -82,7 +82,67 @@ async fn counts_per_type_and_bucket_are_the_tenants_own() {
     assert_eq!(default_tenant["total"], 0);
     let operator = r.page(OPS_KEY, &format!("/analytics/metrics?{window}")).await;
     assert_eq!(operator["total"], 37, "an operator key counts every tenant: {operator}");
-    assert!(body["pipeline"]["consumers"].is_array() && body["rollup"]["lag_seconds"].is_number(), "{body}");
+    assert!(
+        operator["pipeline"]["consumers"].is_array() && body["rollup"]["lag_seconds"].is_number(),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_sees_only_its_own_pipeline_figures_and_an_operator_sees_the_whole() {
+    let r = ReadApp::start().await;
+    // No worker runs: acme's 30 events stay unstored.
+    r.send("key-acme", &(0..30).map(|i| json!({"type": "view", "id": format!("p-{i}")})).collect::<Vec<_>>())
+        .await;
+    let mut conn = r.app.redis.connection().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&r.app.stream)
+        .arg("evp-workers-group")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // A worker that has read some entries, so there is a consumer to hide.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("evp-workers-group")
+        .arg("worker-secret-name")
+        .arg("COUNT")
+        .arg(5)
+        .arg("STREAMS")
+        .arg(&r.app.stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let acme_sees = || async { r.page("key-acme", "/analytics/metrics").await["pipeline"].clone() };
+    let seen = evp_testkit::eventually(std::time::Duration::from_secs(10), || async {
+        let p = acme_sees().await;
+        p["unstored"] == 30 && p["ingest_rate"].as_f64().is_some_and(|rate| rate > 0.0)
+    })
+    .await;
+    assert!(seen, "acme's own backlog and rate: {}", acme_sees().await);
+    let acme = acme_sees().await;
+    let mut fields: Vec<&str> = acme.as_object().unwrap().keys().map(String::as_str).collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        ["ingest_rate", "processing_rate", "unstored"],
+        "nothing of the shared pipeline: {acme}"
+    );
+
+    let globex = r.page("key-globex", "/analytics/metrics").await;
+    assert_eq!(globex["pipeline"]["unstored"], 0, "{globex}");
+    assert_eq!(globex["pipeline"]["ingest_rate"], 0.0, "acme's events are not globex's rate: {globex}");
+    assert!(!globex.to_string().contains("worker-secret-name"), "{globex}");
+
+    let operator = r.page(OPS_KEY, "/analytics/metrics").await["pipeline"].clone();
+    assert_eq!(operator["unstored"], 30, "{operator}");
+    assert_eq!(operator["stream_length"], 30, "{operator}");
+    assert_eq!((operator["pending"].as_u64(), operator["lag"].as_u64()), (Some(5), Some(25)), "{operator}");
+    assert_eq!(operator["consumers"][0]["name"], "worker-secret-name", "{operator}");
 }
 
 #[tokio::test]

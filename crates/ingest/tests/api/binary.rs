@@ -22,7 +22,7 @@ fn ingest(env: &[(&str, &str)]) -> Command {
 fn a_bad_variable_stops_start_up_with_one_line_naming_it() {
     for (env, variable) in [
         (vec![("API_KEYS", "k"), ("PORT", "http")], "PORT"),
-        (vec![], "API_KEYS"),
+        (vec![("API_KEYS", "a:b:c")], "API_KEYS"),
         (vec![("API_KEYS", "k"), ("MAX_BODY_BYTES", "-1")], "MAX_BODY_BYTES"),
         (vec![("API_KEYS", "k"), ("STREAM_HIGH_WATER", "0")], "STREAM_HIGH_WATER"),
     ] {
@@ -95,6 +95,13 @@ async fn metrics_count_requests_and_events_and_responses_carry_a_request_id() {
         "{text}"
     );
     assert!(text.contains("evp_ingest_redis_xadd_duration_seconds_bucket"), "{text}");
+    // No worker runs: the tenant's 53 events are its backlog (sampled in the background).
+    let backlog = evp_testkit::eventually(Duration::from_secs(5), || async {
+        let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines().any(|l| l.starts_with("evp_ingest_tenant_backlog{") && l.ends_with(" 53"))
+    })
+    .await;
+    assert!(backlog, "evp_ingest_tenant_backlog of the tenant is 53");
 }
 
 #[tokio::test]
@@ -185,4 +192,77 @@ async fn sigterm_drains_the_request_in_flight_then_exits_0() {
     assert_eq!(len, 1);
     // New connections are refused once it has stopped.
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+/// `evp-ingest keys …` against the same MongoDB as a running ingest started without any key.
+fn keys_cli(mongo_uri: &str, database: &str, args: &[&str]) -> (i32, String, String) {
+    let out = ingest(&[("MONGODB_URI", mongo_uri), ("MONGODB_DATABASE", database)])
+        .arg("keys")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test]
+async fn an_ingest_without_keys_says_how_to_make_one_and_follows_keys_made_with_the_cli() {
+    let (redis, mongo) = (RedisServer::start(), evp_testkit::MongoServer::start().await);
+    let database = mongo.unique_database("cli");
+    let (dir, port) = (tempfile::tempdir().unwrap(), free_port());
+    let log = dir.path().join("ingest.log");
+    let cmd = ingest(&[
+        ("REDIS_URL", &redis.url()),
+        ("MONGODB_URI", mongo.uri()),
+        ("MONGODB_DATABASE", &database),
+        ("PORT", &port.to_string()),
+        ("KEY_REFRESH_MS", "200"),
+        ("LOG_FORMAT", "json"),
+    ]);
+    let mut child = ChildGuard::spawn("evp-ingest", cmd, &log).unwrap();
+    child.wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(10)).unwrap();
+    let said = evp_testkit::eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("evp-ingest keys create --tenant")
+    })
+    .await;
+    assert!(said, "the log does not say how to make a key");
+
+    let (code, out, err) =
+        keys_cli(mongo.uri(), &database, &["create", "--tenant", "acme", "--name", "from the cli"]);
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let (id, secret) = (created["id"].as_str().unwrap(), created["key"].as_str().unwrap());
+    let http = reqwest::Client::new();
+    let post = || {
+        http.post(format!("http://127.0.0.1:{port}/events"))
+            .header("x-api-key", secret)
+            .header("content-type", "application/json")
+            .body(r#"{"type":"cli"}"#)
+            .send()
+    };
+    let accepted =
+        evp_testkit::eventually(Duration::from_secs(3), || async { post().await.unwrap().status() == 202 })
+            .await;
+    assert!(accepted, "the running ingest never accepted the key made with the CLI");
+
+    let (code, listed, _) = keys_cli(mongo.uri(), &database, &["list"]);
+    assert_eq!(code, 0);
+    assert!(listed.contains(id) && listed.contains("from the cli"), "{listed}");
+    assert!(!listed.contains(secret.rsplit('_').next().unwrap()), "no secret in the list");
+    assert!(
+        !std::fs::read_to_string(&log).unwrap().contains(secret.rsplit('_').next().unwrap()),
+        "nor in the log"
+    );
+
+    let (code, out, _) = keys_cli(mongo.uri(), &database, &["revoke", id]);
+    assert_eq!((code, out.trim()), (0, format!("revoked {id}").as_str()));
+    let refused =
+        evp_testkit::eventually(Duration::from_secs(3), || async { post().await.unwrap().status() == 401 })
+            .await;
+    assert!(refused, "the running ingest still accepts a key revoked with the CLI");
+
+    let (code, _, err) = keys_cli(mongo.uri(), &database, &["revoke", "0123456789abcdef"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = keys_cli(mongo.uri(), &database, &["create", "--name", "no tenant"]);
+    assert!(code != 0 && err.contains("tenant"), "{err}");
 }

@@ -168,14 +168,8 @@ async fn api_keys_name_tenants_and_unknown_keys_get_401() {
     .await;
     expect_error(app.post("/events", "wrong", r#"{"type":"t"}"#).await, 401, "unauthorized").await;
     expect_error(app.post("/events", "key-acme2", r#"{"type":"t"}"#).await, 401, "unauthorized").await;
-    let no_key = app
-        .http
-        .post(app.url("/events/batch"))
-        .header("content-type", "application/json")
-        .body(r#"[{"type":"t"}]"#)
-        .send()
-        .await
-        .unwrap();
+    let no_key =
+        app.post_with("/events/batch", &[("content-type", "application/json")], r#"[{"type":"t"}]"#).await;
     expect_error(no_key, 401, "unauthorized").await;
     assert_eq!(app.entry_count().await, 3);
 }
@@ -185,30 +179,32 @@ async fn gzip_bodies_are_accepted() {
     let app = TestApp::spawn().await;
     let batch: Vec<Value> = (0..200).map(|i| json!({"type": "zipped", "id": format!("z-{i}")})).collect();
     let resp = app
-        .http
-        .post(app.url("/events/batch"))
-        .header("x-api-key", "key-globex")
-        .header("content-type", "application/json")
-        .header("content-encoding", "gzip")
-        .body(gzip(serde_json::to_string(&batch).unwrap().as_bytes()))
-        .send()
-        .await
-        .unwrap();
+        .post_with(
+            "/events/batch",
+            &[
+                ("x-api-key", "key-globex"),
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            gzip(serde_json::to_string(&batch).unwrap().as_bytes()),
+        )
+        .await;
     assert_eq!(resp.status(), 202);
     let entries = app.entries().await;
     assert_eq!(entries.len(), 200);
     assert_eq!(entries[199]["id"], "z-199");
 
     let garbage = app
-        .http
-        .post(app.url("/events"))
-        .header("x-api-key", "key-globex")
-        .header("content-type", "application/json")
-        .header("content-encoding", "gzip")
-        .body("definitely not gzip")
-        .send()
-        .await
-        .unwrap();
+        .post_with(
+            "/events",
+            &[
+                ("x-api-key", "key-globex"),
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            "definitely not gzip",
+        )
+        .await;
     expect_error(garbage, 400, "invalid_json").await;
 }
 
@@ -290,15 +286,16 @@ async fn an_idempotency_key_gives_a_retried_request_the_same_ids() {
         let app = &app;
         async move {
             let resp = app
-                .http
-                .post(app.url("/events/batch"))
-                .header("x-api-key", tenant_key)
-                .header("content-type", "application/json")
-                .header("idempotency-key", key)
-                .body(r#"[{"type":"a"},{"type":"b","id":"own"},{"type":"c"}]"#)
-                .send()
-                .await
-                .unwrap();
+                .post_with(
+                    "/events/batch",
+                    &[
+                        ("x-api-key", tenant_key),
+                        ("content-type", "application/json"),
+                        ("idempotency-key", key),
+                    ],
+                    r#"[{"type":"a"},{"type":"b","id":"own"},{"type":"c"}]"#,
+                )
+                .await;
             assert_eq!(resp.status(), 202);
             let body: Value = resp.json().await.unwrap();
             body["ids"]
@@ -320,15 +317,16 @@ async fn an_idempotency_key_gives_a_retried_request_the_same_ids() {
     assert_eq!(stored[..3], stored[3..], "both attempts reached the stream with the same ids");
 
     let resp = app
-        .http
-        .post(app.url("/events"))
-        .header("x-api-key", "key-acme")
-        .header("content-type", "application/json")
-        .header("idempotency-key", "x".repeat(129))
-        .body(r#"{"type":"a"}"#)
-        .send()
-        .await
-        .unwrap();
+        .post_with(
+            "/events",
+            &[
+                ("x-api-key", "key-acme"),
+                ("content-type", "application/json"),
+                ("idempotency-key", &"x".repeat(129)),
+            ],
+            r#"{"type":"a"}"#,
+        )
+        .await;
     let body = expect_error(resp, 400, "invalid_event").await;
     assert_eq!(body["error"]["details"][0]["field"], "Idempotency-Key", "{body}");
 }

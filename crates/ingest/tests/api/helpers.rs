@@ -57,6 +57,20 @@ impl TestApp {
             .unwrap()
     }
 
+    /// POSTs `body` to `path` with exactly these headers (no key or content type unless given).
+    pub async fn post_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut request = self.http.post(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(body).send().await.unwrap()
+    }
+
     /// The decoded payload of every entry in the events stream, oldest first.
     pub async fn entries(&self) -> Vec<Value> {
         let mut conn = self.redis.connection().await;

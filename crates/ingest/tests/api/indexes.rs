@@ -55,6 +55,11 @@ fn shapes() -> Vec<(String, &'static str, Query)> {
     };
     out.push(("GET /events/{id}".into(), "events", by_id));
 
+    let before = evp_events::EntryId::new(2_000_000_000_000, 0).sortable();
+    for (name, types) in [("every type", vec![]), ("two types", vec!["a".to_string(), "b".to_string()])] {
+        let query = evp_store::subscriptions::deliverable_query("acme", 0, "", &before, &types);
+        out.push((format!("a subscription's read, {name}"), "events", query));
+    }
     let (from, to) = (rollups::range_start_seq(0), rollups::range_start_seq(2_000_000_000));
     out.push(("rollup job: count ranges".into(), "events", rollups::position_query(0, &from, &to)));
     for (name, tenant, event_type) in [
@@ -68,7 +73,16 @@ fn shapes() -> Vec<(String, &'static str, Query)> {
             let progress = Progress {
                 generation: 1,
                 partitions: (0..partitions)
-                    .map(|p| (p, PartitionProgress { next: 5, until: (5_000, 0), provisional: Vec::new() }))
+                    .map(|p| {
+                        (
+                            p,
+                            PartitionProgress {
+                                next: 5,
+                                until: evp_events::EntryId::new(5_000, 0),
+                                provisional: Vec::new(),
+                            },
+                        )
+                    })
                     .collect(),
             };
             let tail = rollups::tail_query(&progress, &BTreeMap::new(), &window).expect("a tail");

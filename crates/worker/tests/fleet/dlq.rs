@@ -78,7 +78,8 @@ async fn entries_past_max_deliveries_are_dead_lettered_then_replayed_and_stored(
                 .arg("JUSTID"),
         )
         .await;
-    let _w = p.worker("w", &[("WORKER_CLAIM_IDLE_MS", "300"), ("WORKER_MAX_DELIVERIES", "5")]);
+    assert_eq!(p.unstored().await.get("acme"), Some(&3));
+    let w = p.worker("w", &[("WORKER_CLAIM_IDLE_MS", "300"), ("WORKER_MAX_DELIVERIES", "5")]);
 
     assert!(eventually(WAIT, || async { p.xlen(DLQ).await == 3 }).await);
     assert!(
@@ -86,6 +87,7 @@ async fn entries_past_max_deliveries_are_dead_lettered_then_replayed_and_stored(
         "dead letters are acknowledged"
     );
     assert_eq!(p.stored_count().await, 0);
+    assert_eq!(p.unstored().await.get("acme"), None, "dead letters are no longer the tenant's backlog");
 
     let (_, out) = p.cli(&["dlq", "list", "--count", "10"]);
     let letters: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -107,6 +109,11 @@ async fn entries_past_max_deliveries_are_dead_lettered_then_replayed_and_stored(
     for i in 0..3 {
         assert!(stored.contains(&("acme".to_string(), format!("stuck-{i}"))));
     }
+    // Replayed entries were counted again, and uncounted once stored.
+    p.assert_counts_settled(&w).await;
+    let totals: std::collections::HashMap<String, i64> =
+        p.redis_query(redis::cmd("HGETALL").arg(crate::helpers::counts().totals)).await;
+    assert_eq!((totals["a:acme"], totals["s:acme"]), (6, 3), "3 appended, 3 replayed; 3 stored");
 }
 
 #[tokio::test]

@@ -21,7 +21,8 @@ async fn kill_9_mid_batch_leaves_pending_entries_that_another_worker_stores() {
         "kill landed too late to test anything: {orphaned} pending"
     );
 
-    let _b = p.worker("survivor", &[("WORKER_BATCH_SIZE", "200")]);
+    assert!(p.unstored().await["acme"] > 0, "the tenant's unstored events are counted");
+    let b = p.worker("survivor", &[("WORKER_BATCH_SIZE", "200")]);
     assert_eq!(p.wait_for_count(5000, WAIT).await, 5000);
     assert_eq!(p.stored_ids().await.len(), 5000, "exact count, no duplicates");
     assert!(
@@ -29,6 +30,8 @@ async fn kill_9_mid_batch_leaves_pending_entries_that_another_worker_stores() {
         "the orphaned entries were acknowledged"
     );
     assert_eq!(p.pending_of("doomed").await, 0);
+    // Entries written but not acknowledged by the dead worker were acknowledged once, by the survivor.
+    p.assert_counts_settled(&b).await;
 }
 
 #[tokio::test]
@@ -39,10 +42,11 @@ async fn entries_pending_on_a_dead_consumer_are_claimed_after_the_idle_time() {
     assert_eq!(held.len(), 300);
     assert_eq!(p.pending_of("ghost").await, 300);
 
-    let _w = p.worker("live", &[("WORKER_CLAIM_IDLE_MS", "500")]);
+    let w = p.worker("live", &[("WORKER_CLAIM_IDLE_MS", "500")]);
     assert_eq!(p.wait_for_count(300, WAIT).await, 300);
     assert!(eventually(WAIT, || async { p.pending(GROUP).await == 0 }).await);
     assert_eq!(p.stored_ids().await.len(), 300);
+    p.assert_counts_settled(&w).await;
 }
 
 #[tokio::test]
@@ -90,8 +94,14 @@ async fn sigterm_writes_and_acknowledges_the_batch_in_flight_then_exits_0() {
 
     let pid = w.process.pid().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The worker has taken the signal (its shutdown has begun) and is still there, holding the batch.
+    assert!(
+        eventually(WAIT, || async { w.process.log().contains("shutdown signal received") }).await,
+        "the worker did not take the signal; log:\n{}",
+        w.process.log()
+    );
     assert!(w.process.is_running(), "the worker must not exit with a batch unwritten");
+    assert_eq!(p.pending_of("w").await, 200, "the batch is still held, unacknowledged");
 
     p.mongo.restart().await;
     let code = w.process.signal_and_wait("0", Duration::from_secs(30));

@@ -1,10 +1,12 @@
 //! `Pipeline`: a redis-server, a MongoDB server, and worker processes on top.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use evp_events::input::{Admission, Limits, admit_batch};
+use evp_runtime::partitions::Partitions;
+use evp_runtime::unstored;
 use evp_testkit::{ChildGuard, MongoServer, RedisServer, free_port};
 use mongodb::bson::{Document, doc};
 use serde_json::json;
@@ -13,6 +15,11 @@ use tempfile::TempDir;
 pub const BIN: &str = env!("CARGO_BIN_EXE_evp-worker");
 pub const STREAM: &str = "events";
 pub const GROUP: &str = "evp-workers-group";
+
+/// The keys of the per-tenant counts of the one partition.
+pub fn counts() -> unstored::Keys {
+    unstored::Keys::new(Partitions::new(STREAM, 1).first(), GROUP)
+}
 
 pub struct Pipeline {
     pub redis: RedisServer,
@@ -94,7 +101,8 @@ impl Pipeline {
         ids
     }
 
-    /// Encodes `n` events exactly as the ingest does and XADDs them; returns their ids.
+    /// Encodes `n` events exactly as the ingest does and appends them as it does (XADDs and the
+    /// tenant's unstored count in one MULTI); returns their ids.
     pub async fn publish(&self, tenant: &str, prefix: &str, n: usize) -> Vec<String> {
         let events: Vec<_> = (0..n)
             .map(|i| json!({"type": "test.event", "id": format!("{prefix}-{i}"), "data": {"i": i}}))
@@ -106,10 +114,12 @@ impl Pipeline {
             let adm = Admission::new(tenant, 1_700_000_000_000, Limits::default());
             let encoded = admit_batch(&body, &adm).unwrap();
             let mut pipe = redis::pipe();
+            pipe.atomic();
             for e in &encoded {
                 pipe.cmd("XADD").arg(STREAM).arg("*").arg("e").arg(&e.payload).ignore();
                 ids.push(e.id.clone());
             }
+            unstored::count_batch(&mut pipe, &counts(), tenant, encoded.len());
             pipe.exec_async(&mut conn).await.unwrap();
         }
         ids
@@ -146,6 +156,20 @@ impl Pipeline {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Each tenant's events not yet stored, as counted in Redis (absent: none).
+    pub async fn unstored(&self) -> HashMap<String, i64> {
+        self.redis_query(redis::cmd("HGETALL").arg(counts().unstored)).await
+    }
+
+    /// Waits until no tenant has an unstored event counted, and checks that `worker` never had to
+    /// reconcile the counts: they reached zero by counting alone.
+    pub async fn assert_counts_settled(&self, worker: &Worker) {
+        let settled =
+            eventually(Duration::from_secs(30), || async { self.unstored().await.is_empty() }).await;
+        assert!(settled, "unstored counts left: {:?}", self.unstored().await);
+        assert_eq!(worker.metric("evp_worker_unstored_counts_reconciled_total").await, 0.0);
     }
 
     pub async fn redis_query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {

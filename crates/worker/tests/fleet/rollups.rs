@@ -77,7 +77,7 @@ impl Pipeline {
         tokio::time::sleep(Duration::from_millis(1_100)).await;
         self.send("sentinel", &[json!({"type": "tick"})]).await;
         let store = self.rollups_store().await;
-        let (ms, _) = evp_runtime::stream_state::parse_id(last_entry).unwrap();
+        let ms = evp_runtime::stream_state::EntryId::parse(last_entry).unwrap().ms;
         let needed = ms as i64 / evp_store::rollups::RANGE_MS;
         let done = eventually(Duration::from_secs(60), || async {
             let current = store.generations().await.unwrap().current;
@@ -249,7 +249,7 @@ async fn counts_stay_exact_when_the_leader_and_a_worker_are_killed_mid_run() {
         let info: std::collections::HashMap<String, redis::Value> =
             p.redis_query(redis::cmd("XINFO").arg("STREAM").arg(STREAM)).await;
         let Some(redis::Value::BulkString(last)) = info.get("last-generated-id") else { panic!("{info:?}") };
-        let last = evp_runtime::stream_state::parse_id(std::str::from_utf8(last).unwrap()).unwrap();
+        let last = evp_runtime::stream_state::EntryId::parse(std::str::from_utf8(last).unwrap()).unwrap();
         assert!(last < progress.partitions[&0].until, "the provisional counts reach the last entry");
         let appended = BTreeMap::from([(0, last)]);
         let mut out = Counts::new();

@@ -8,16 +8,17 @@
 //! Two kinds of connection ([`evp_runtime::redis_conn`]): a shared multiplexed one for short
 //! commands (ack, claim, dead-letter, trim), and one dedicated connection per [`Reader`] for the
 //! blocking XREADGROUP, which would otherwise hold up every command queued behind it.
+//!
+//! Here: the client, acknowledging, claiming and dead-lettering, and the reader; `upkeep`:
+//! trimming, departed consumers and the unstored counts' reconciliation.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use evp_runtime::partitions::Partitions;
 use evp_runtime::redis_conn::{RedisConn, RedisTarget};
-use redis::streams::{
-    StreamClaimReply, StreamId, StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingCountReply,
-    StreamPendingId, StreamPendingReply, StreamReadReply,
-};
+use evp_runtime::unstored::{self, Keys};
+use redis::streams::{StreamClaimReply, StreamId, StreamPendingCountReply, StreamPendingId, StreamReadReply};
 use redis::{RedisResult, Value};
 
 use crate::config::WorkerConfig;
@@ -35,7 +36,7 @@ pub struct Entry {
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub entry: Entry,
-    /// Stored with the entry as `dlq_reason`: what went wrong, for a person.
+    /// Stored with the entry as its reason ([`Stamp`]): what went wrong, for a person.
     pub reason: String,
     /// The metric label: `undecodable`, `unstorable`, `refused` or `max_deliveries`.
     pub kind: &'static str,
@@ -61,17 +62,19 @@ for i = 1, #keep, 1000 do
 end
 return #keep
 ";
-pub use evp_runtime::dead_letters::DLQ_PREFIX;
+pub use evp_runtime::dead_letters::Stamp;
+pub use upkeep::GroupState;
 
-/// The consumer group's state after a trim.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GroupState {
-    /// Entries delivered to the group and not yet acknowledged.
-    pub pending: u64,
-    /// Entries not yet delivered to the group, when Redis can tell.
-    pub lag: Option<u64>,
-    /// Entries removed by this trim.
-    pub trimmed: u64,
+mod upkeep;
+
+/// The tenant an entry was counted under, read leniently (empty when it has none).
+fn entry_tenant(entry: &Entry) -> String {
+    entry
+        .fields
+        .iter()
+        .find(|(name, _)| name == evp_events::entry::FIELD)
+        .map(|(_, payload)| unstored::tenant_of(payload))
+        .unwrap_or_default()
 }
 
 /// Shared handle for the short stream commands of one partition.
@@ -83,6 +86,8 @@ pub struct StreamClient {
     partition: u32,
     stream: Arc<str>,
     dlq: Arc<str>,
+    /// The partition's per-tenant counts ([`evp_runtime::unstored`]).
+    counts: Arc<Keys>,
     group: Arc<str>,
     consumer: Arc<str>,
     renew_script: Arc<redis::Script>,
@@ -110,6 +115,7 @@ impl StreamClient {
             partition: first.index,
             stream: Arc::from(first.stream.as_str()),
             dlq: Arc::from(first.dlq.as_str()),
+            counts: Arc::new(Keys::new(first, &config.group)),
             all: Arc::new(all),
             group: Arc::from(config.group.as_str()),
             consumer: Arc::from(config.consumer.as_str()),
@@ -126,6 +132,7 @@ impl StreamClient {
                 partition: p.index,
                 stream: Arc::from(p.stream.as_str()),
                 dlq: Arc::from(p.dlq.as_str()),
+                counts: Arc::new(Keys::new(p, &self.group)),
                 ..self.clone()
             })
             .collect()
@@ -181,24 +188,25 @@ impl StreamClient {
         }
     }
 
-    /// Acknowledges entries, all in one XACK.
-    pub async fn ack(&self, ids: &[String]) -> RedisResult<u64> {
-        if ids.is_empty() {
+    /// Acknowledges stored entries, given as `(id, tenant)`, in one script that also takes them
+    /// off their tenants' unstored counts ([`unstored::ACK_SCRIPT`]). Returns how many were still
+    /// pending.
+    pub async fn ack(&self, entries: &[(String, String)]) -> RedisResult<u64> {
+        if entries.is_empty() {
             return Ok(0);
         }
-        redis::cmd("XACK")
-            .arg(&*self.stream)
-            .arg(&*self.group)
-            .arg(ids)
-            .query_async(&mut self.conn.clone())
-            .await
+        let mut pipe = redis::pipe();
+        let groups = unstored::by_tenant(entries.iter().map(|(id, tenant)| (id.as_str(), tenant.as_str())));
+        unstored::add_ack(&mut pipe, &self.counts, &self.group, true, groups);
+        let (acked,): (u64,) = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(acked)
     }
 
     /// Resets the idle time of entries this worker is still writing, without counting a
     /// delivery (XCLAIM ... JUSTID), so no other worker claims them meanwhile. Entries another
     /// worker has claimed since are left to it. Returns how many were renewed.
     pub async fn renew(&self, ids: &[String]) -> RedisResult<u64> {
-        let mut parsed = ids.iter().filter_map(|id| parse_id(id));
+        let mut parsed = ids.iter().filter_map(|id| EntryId::parse(id));
         let Some(first) = parsed.next() else { return Ok(0) };
         let (low, high) = parsed.fold((first, first), |(lo, hi), id| (lo.min(id), hi.max(id)));
         // Every entry this consumer holds in the range: its batches in flight, at most.
@@ -207,8 +215,8 @@ impl StreamClient {
         invocation
             .arg(&*self.group)
             .arg(&*self.consumer)
-            .arg(format!("{}-{}", low.0, low.1))
-            .arg(format!("{}-{}", high.0, high.1))
+            .arg(low.to_string())
+            .arg(high.to_string())
             .arg(look_at)
             .arg(ids);
         invocation.invoke_async(&mut self.conn.clone()).await
@@ -253,107 +261,25 @@ impl StreamClient {
             for (name, value) in &letter.entry.fields {
                 xadd.arg(name).arg(value);
             }
-            xadd.arg("dlq_reason")
-                .arg(&letter.reason)
-                .arg("dlq_deliveries")
-                .arg(letter.entry.deliveries)
-                .arg("dlq_source_id")
-                .arg(&letter.entry.id)
-                .arg("dlq_group")
-                .arg(&*self.group)
-                .arg("dlq_consumer")
-                .arg(&*self.consumer)
-                .arg("dlq_at")
-                .arg(now_rfc3339)
-                .ignore();
+            let stamp = Stamp {
+                reason: &letter.reason,
+                deliveries: letter.entry.deliveries,
+                source_id: &letter.entry.id,
+                group: &self.group,
+                consumer: &self.consumer,
+                at: now_rfc3339,
+            };
+            for (name, value) in stamp.fields() {
+                xadd.arg(name).arg(value);
+            }
+            xadd.ignore();
         }
-        let ids: Vec<&str> = letters.iter().map(|l| l.entry.id.as_str()).collect();
-        pipe.cmd("XACK").arg(&*self.stream).arg(&*self.group).arg(ids).ignore();
+        let tenants: Vec<String> = letters.iter().map(|l| entry_tenant(&l.entry)).collect();
+        let groups =
+            unstored::by_tenant(letters.iter().zip(&tenants).map(|(l, t)| (l.entry.id.as_str(), t.as_str())));
+        unstored::add_ack(&mut pipe, &self.counts, &self.group, false, groups);
+        pipe.ignore();
         pipe.exec_async(&mut self.conn.clone()).await
-    }
-
-    /// Trims entries that every consumer group has acknowledged, and reports this group's state.
-    ///
-    /// For each group, everything before its oldest pending entry (or, with nothing pending, up to
-    /// its last delivered entry) is acknowledged; the stream is trimmed below the smallest such
-    /// boundary over all groups, so an entry some group still needs is never removed. With no
-    /// group at all nothing is trimmed.
-    pub async fn trim_acknowledged(&self) -> RedisResult<Option<GroupState>> {
-        let mut conn = self.conn.clone();
-        let groups: StreamInfoGroupsReply =
-            match redis::cmd("XINFO").arg("GROUPS").arg(&*self.stream).query_async(&mut conn).await {
-                Ok(groups) => groups,
-                Err(e) if e.to_string().contains("no such key") => return Ok(None),
-                Err(e) => return Err(e),
-            };
-        let mut boundary: Option<(u64, u64)> = None;
-        let mut ours = None;
-        for group in &groups.groups {
-            let group_boundary = if group.pending > 0 {
-                let summary: StreamPendingReply =
-                    redis::cmd("XPENDING").arg(&*self.stream).arg(&group.name).query_async(&mut conn).await?;
-                match summary {
-                    StreamPendingReply::Data(data) => parse_id(&data.start_id),
-                    _ => parse_id(&group.last_delivered_id).map(next_id),
-                }
-            } else {
-                parse_id(&group.last_delivered_id).map(next_id)
-            };
-            // An id we cannot read means we cannot prove anything is safe to trim.
-            let Some(group_boundary) = group_boundary else { return Ok(None) };
-            boundary = Some(boundary.map_or(group_boundary, |b| b.min(group_boundary)));
-            if group.name == *self.group {
-                ours = Some(GroupState {
-                    pending: group.pending as u64,
-                    lag: group.lag.map(|l| l as u64),
-                    trimmed: 0,
-                });
-            }
-        }
-        let Some((ms, seq)) = boundary else { return Ok(None) };
-        let trimmed: u64 = redis::cmd("XTRIM")
-            .arg(&*self.stream)
-            .arg("MINID")
-            .arg(format!("{ms}-{seq}"))
-            .query_async(&mut conn)
-            .await?;
-        Ok(Some(GroupState { trimmed, ..ours.unwrap_or_default() }))
-    }
-
-    /// Removes consumers of this group that hold no pending entries and have been idle for at
-    /// least `idle` (replicas that went away). A consumer with pending entries is never removed.
-    pub async fn remove_departed_consumers(&self, idle: Duration) -> RedisResult<usize> {
-        let mut conn = self.conn.clone();
-        let reply: StreamInfoConsumersReply = redis::cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(&*self.stream)
-            .arg(&*self.group)
-            .query_async(&mut conn)
-            .await?;
-        let mut removed = 0;
-        for consumer in reply.consumers {
-            if consumer.pending == 0
-                && consumer.idle as u128 >= idle.as_millis()
-                && consumer.name != *self.consumer
-            {
-                let still_pending: u64 = redis::cmd("XGROUP")
-                    .arg("DELCONSUMER")
-                    .arg(&*self.stream)
-                    .arg(&*self.group)
-                    .arg(&consumer.name)
-                    .query_async(&mut conn)
-                    .await?;
-                if still_pending > 0 {
-                    tracing::error!(
-                        consumer = consumer.name,
-                        still_pending,
-                        "removed a consumer that had just received entries"
-                    );
-                }
-                removed += 1;
-            }
-        }
-        Ok(removed)
     }
 }
 
@@ -407,4 +333,4 @@ fn value_bytes(value: Value) -> Vec<u8> {
     }
 }
 
-pub use evp_runtime::stream_state::{next_id, parse_id};
+pub use evp_runtime::stream_state::EntryId;

@@ -5,35 +5,30 @@
 //!   aligned on the bucket, refusing more than [`MAX_POINTS`] points.
 //! - The counts are `evp_store::rollups`'s: count documents plus the not-yet-rolled tail, so the
 //!   answer is exact and current. [`Metrics`] is the answer.
-//! - [`Pipeline`] reads the stream and the group from Redis; [`RateSampler`] keeps one sample of
-//!   Redis's own counters (`entries-added`, the group's `entries-read`) a second, so the rates
-//!   over the last 10 s cost no write on the hot path.
+//! - [`pipeline`]: the answer's `pipeline` section ([`PipelineState`]: a tenant sees only its own
+//!   figures), read from Redis ([`Pipeline`]) and sampled for the rates ([`RateSampler`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashMap};
 
-use evp_runtime::partitions::Partitions;
-use evp_runtime::redis_conn::{RedisConn, RedisTarget};
-use evp_runtime::stream_state::{self, ConsumerState, Snapshot};
+use evp_events::EntryId;
 use evp_store::rollups::{MINUTE_MS, RANGE_MS};
-use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
+
+mod pipeline;
+
 use crate::read::{invalid, parse_query, parse_time};
+pub use pipeline::{Consumer, Pipeline, PipelineSnapshot, PipelineState, RATE_WINDOW, RateSampler};
 
 /// Most points a series may have.
 pub const MAX_POINTS: i64 = 10_000;
 /// Analytics answers one ingest process computes at once; the others wait (at most the read
 /// timeout, then 503).
 pub const CONCURRENT_ANSWERS: usize = 2;
-/// The window of the rates.
-pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// Query parameters of `GET /analytics/metrics`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -121,8 +116,8 @@ impl AnalyticsQuery {
     "series": [{"start": "2026-11-20T09:00:00Z", "count": 600, "by_type": {"page_view": 500, "signup": 100}},
                {"start": "2026-11-20T10:00:00Z", "count": 634, "by_type": {"page_view": 500, "signup": 134}}],
     "rollup": {"complete_until": "2026-11-20T10:59:58Z", "lag_seconds": 0.8},
-    "pipeline": {"stream_length": 0, "pending": 0, "lag": 0, "dead_letters": 0,
-        "consumers": [{"name": "worker-1", "pending": 0, "idle_ms": 12}], "ingest_rate": 0.0, "processing_rate": 0.0}}))]
+    "pipeline": {"unstored": 0, "ingest_rate": 0.0, "processing_rate": 0.0, "stream_length": 0, "pending": 0,
+        "lag": 0, "dead_letters": 0, "consumers": [{"name": "worker-1", "pending": 0, "idle_ms": 12}]}}))]
 pub struct Metrics {
     /// Start of the window (on a bucket boundary).
     pub from: String,
@@ -165,31 +160,6 @@ pub struct RollupState {
     pub lag_seconds: f64,
 }
 
-/// The pipeline, for every tenant alike.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct PipelineState {
-    /// Entries in the stream (acknowledged ones are trimmed within a second or so).
-    pub stream_length: u64,
-    /// Entries delivered to workers and not yet acknowledged.
-    pub pending: u64,
-    /// Entries not yet delivered to any worker.
-    pub lag: u64,
-    /// Entries in the dead-letter stream.
-    pub dead_letters: u64,
-    pub consumers: Vec<Consumer>,
-    /// Events/s appended to the stream over the last 10 s.
-    pub ingest_rate: f64,
-    /// Events/s read by the workers over the last 10 s.
-    pub processing_rate: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Consumer {
-    pub name: String,
-    pub pending: u64,
-    pub idle_ms: u64,
-}
-
 /// Folds per-(type, minute) counts into the answer's totals and series.
 pub fn summarize(window: &Window, counts: &HashMap<(String, i64), i64>) -> (i64, Vec<TypeCount>, Vec<Point>) {
     let buckets = ((window.to_ms - window.from_ms) / window.bucket_ms) as usize;
@@ -218,172 +188,6 @@ pub fn summarize(window: &Window, counts: &HashMap<(String, i64), i64>) -> (i64,
     (total, by_type, series)
 }
 
-/// One sample of Redis's counters.
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    at: Instant,
-    added: u64,
-    read: u64,
-}
-
-/// The last [`RATE_WINDOW`] of counter samples, shared by every server thread.
-#[derive(Debug, Clone, Default)]
-pub struct RateSampler(Arc<Mutex<VecDeque<Sample>>>);
-
-impl RateSampler {
-    /// Samples `snapshot`'s counters every second until `shutdown`.
-    pub fn spawn(&self, pipeline: Pipeline, shutdown: CancellationToken) {
-        let samples = self.0.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                if let Ok(s) = pipeline.snapshot().await {
-                    let sample = Sample {
-                        at: Instant::now(),
-                        added: s.total.entries_added.unwrap_or(0),
-                        read: s.total.entries_read.unwrap_or(0),
-                    };
-                    let mut samples = samples.lock().unwrap_or_else(|p| p.into_inner());
-                    samples.push_back(sample);
-                    while samples.front().is_some_and(|f| sample.at.duration_since(f.at) > RATE_WINDOW) {
-                        samples.pop_front();
-                    }
-                }
-            }
-        });
-    }
-
-    /// (ingest, processing) events/s over the samples kept; zeros before two samples exist.
-    pub fn rates(&self) -> (f64, f64) {
-        let samples = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (Some(first), Some(last)) = (samples.front(), samples.back()) else { return (0.0, 0.0) };
-        let secs = last.at.duration_since(first.at).as_secs_f64();
-        if secs <= 0.0 {
-            return (0.0, 0.0);
-        }
-        let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
-        (rate(first.added, last.added), rate(first.read, last.read))
-    }
-}
-
-/// Reads the partitions' and the group's state (one connection per server thread).
-#[derive(Clone)]
-pub struct Pipeline {
-    target: RedisTarget,
-    conn: RedisConn,
-    partitions: Arc<Partitions>,
-    group: Arc<str>,
-}
-
-impl std::fmt::Debug for Pipeline {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline")
-            .field("partitions", &self.partitions.len())
-            .field("group", &self.group)
-            .finish()
-    }
-}
-
-/// Every partition's state at one moment, added up, and each partition's last appended id.
-#[derive(Debug, Clone, Default)]
-pub struct PipelineSnapshot {
-    /// Sums over the partitions; a consumer's pending entries are summed and its idle time is
-    /// its smallest.
-    pub total: Snapshot,
-    /// The last entry appended to each partition (absent while its stream does not exist).
-    pub appended: BTreeMap<i32, (u64, u64)>,
-}
-
-impl Pipeline {
-    pub fn new(
-        target: RedisTarget,
-        partitions: Partitions,
-        group: &str,
-        timeout: Duration,
-    ) -> redis::RedisResult<Self> {
-        let conn = target.shared(timeout)?;
-        Ok(Self { target, conn, partitions: Arc::new(partitions), group: Arc::from(group) })
-    }
-
-    /// The same, with a connection of the calling thread's runtime.
-    pub fn on_this_runtime(&self, timeout: Duration) -> redis::RedisResult<Self> {
-        Ok(Self { conn: self.target.shared(timeout)?, ..self.clone() })
-    }
-
-    /// The dead letters of every partition, on this connection.
-    pub fn dead_letters(&self) -> evp_runtime::dead_letters::DeadLetters {
-        evp_runtime::dead_letters::DeadLetters::new(self.conn.clone(), (*self.partitions).clone())
-    }
-
-    /// Every partition's snapshot (read concurrently), added up.
-    pub async fn snapshot(&self) -> redis::RedisResult<PipelineSnapshot> {
-        let reads = self
-            .partitions
-            .iter()
-            .map(|p| stream_state::snapshot(&self.conn, &p.stream, &p.dlq, &self.group));
-        let mut out = PipelineSnapshot::default();
-        let mut consumers: BTreeMap<String, ConsumerState> = BTreeMap::new();
-        for (partition, snapshot) in self.partitions.iter().zip(join_all(reads).await) {
-            let snapshot = snapshot?;
-            let total = &mut out.total;
-            total.length += snapshot.length;
-            total.pending += snapshot.pending;
-            total.dead_letters += snapshot.dead_letters;
-            total.entries_added = add(total.entries_added, snapshot.entries_added);
-            total.entries_read = add(total.entries_read, snapshot.entries_read);
-            total.lag = add(total.lag, snapshot.lag);
-            if let Some(last) = snapshot.last_generated {
-                out.appended.insert(partition.index as i32, last);
-            }
-            for consumer in snapshot.consumers {
-                match consumers.get_mut(&consumer.name) {
-                    Some(seen) => {
-                        seen.pending += consumer.pending;
-                        seen.idle_ms = seen.idle_ms.min(consumer.idle_ms);
-                    }
-                    None => drop(consumers.insert(consumer.name.clone(), consumer)),
-                }
-            }
-        }
-        out.total.consumers = consumers.into_values().collect();
-        Ok(out)
-    }
-
-    /// Each partition's acknowledged frontier, in ms of stream time (partitions without a group
-    /// yet are absent).
-    pub async fn frontiers_ms(&self) -> redis::RedisResult<BTreeMap<i32, i64>> {
-        let reads = self
-            .partitions
-            .iter()
-            .map(|p| stream_state::acknowledged_frontier(&self.conn, &p.stream, &self.group));
-        let mut out = BTreeMap::new();
-        for (partition, frontier) in self.partitions.iter().zip(join_all(reads).await) {
-            if let Some((ms, _)) = frontier? {
-                out.insert(partition.index as i32, ms as i64);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The partition numbers, as the rollups name them.
-    pub fn partition_numbers(&self) -> Vec<i32> {
-        self.partitions.iter().map(|p| p.index as i32).collect()
-    }
-}
-
-/// A sum of counters a partition may not report (its stream does not exist yet).
-fn add(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (None, None) => None,
-        _ => Some(a.unwrap_or(0) + b.unwrap_or(0)),
-    }
-}
-
 /// The rollup section from each partition's `next` range and acknowledged frontier: complete
 /// until the earliest partition's `next`, lagging by the partition furthest behind its frontier.
 ///
@@ -393,12 +197,12 @@ fn add(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 pub fn rollup_state(
     next_range: &BTreeMap<i32, i64>,
     frontiers_ms: &BTreeMap<i32, i64>,
-    appended: &BTreeMap<i32, (u64, u64)>,
+    appended: &BTreeMap<i32, EntryId>,
 ) -> RollupState {
     let counted_through_now = |p: &i32, next: &i64| {
         // (0, 0): the stream exists but nothing was ever appended to it.
-        appended.get(p).is_none_or(|&(ms, seq)| {
-            (ms, seq) == (0, 0) || i64::try_from(ms).is_ok_and(|ms| ms < next * RANGE_MS)
+        appended.get(p).is_none_or(|last| {
+            *last == EntryId::default() || i64::try_from(last.ms).is_ok_and(|ms| ms < next * RANGE_MS)
         })
     };
     let behind =
@@ -422,20 +226,24 @@ mod tests {
         let next: BTreeMap<i32, i64> = [(0, 1_700_000_100), (1, 0), (2, 1_700_000_050)].into();
         let frontiers: BTreeMap<i32, i64> = [(0, 1_700_000_100_500), (1, 0), (2, 1_700_000_050_000)].into();
         // Partition 1 never had an entry; partition 2's last entry is before its next range.
-        let appended: BTreeMap<i32, (u64, u64)> =
-            [(0, (1_700_000_100_400, 0)), (1, (0, 0)), (2, (1_700_000_049_999, 3))].into();
+        let appended: BTreeMap<i32, EntryId> = [
+            (0, EntryId::new(1_700_000_100_400, 0)),
+            (1, EntryId::new(0, 0)),
+            (2, EntryId::new(1_700_000_049_999, 3)),
+        ]
+        .into();
         let state = rollup_state(&next, &frontiers, &appended);
         assert_eq!(state.complete_until.as_deref(), Some("2023-11-14T22:15:00Z"));
         assert_eq!(state.lag_seconds, 0.5);
         // Partition 2 has an entry in a range not yet counted: it holds the rollups back.
-        let appended: BTreeMap<i32, (u64, u64)> =
-            [(0, (1_700_000_100_400, 0)), (2, (1_700_000_050_001, 0))].into();
+        let appended: BTreeMap<i32, EntryId> =
+            [(0, EntryId::new(1_700_000_100_400, 0)), (2, EntryId::new(1_700_000_050_001, 0))].into();
         assert_eq!(
             rollup_state(&next, &frontiers, &appended).complete_until.as_deref(),
             Some("2023-11-14T22:14:10Z")
         );
         // Nothing anywhere: the furthest `next`.
-        let all_quiet: BTreeMap<i32, (u64, u64)> = BTreeMap::new();
+        let all_quiet: BTreeMap<i32, EntryId> = BTreeMap::new();
         assert_eq!(
             rollup_state(&next, &frontiers, &all_quiet).complete_until.as_deref(),
             Some("2023-11-14T22:15:00Z")

@@ -1,0 +1,239 @@
+//! A poll: claim the consumer's partitions, read their events below the horizon, commit each
+//! claim as its delivery. Reading, the slow part, happens between two short compare-and-sets, so
+//! consumers of one subscription do not keep invalidating each other's changes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use evp_events::EntryId;
+use evp_store::reader::StoredRow;
+use evp_store::subscriptions::{InFlight, Subscription};
+
+use super::token::Token;
+use super::view::{Delivered, SubscriptionEvent};
+use super::{ATTEMPTS, LOOK_AGAIN, Subscriptions, assignment, back_off, busy};
+use crate::error::ApiError;
+use crate::metrics as m;
+use crate::routes::read::bounded;
+
+impl Subscriptions {
+    /// One poll: up to `max` events of the partitions this consumer holds (or can take), below
+    /// their horizons. Waits up to `wait` for something to be deliverable.
+    pub async fn poll(
+        &self,
+        tenant: &str,
+        name: &str,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+        pipeline: &crate::analytics::Pipeline,
+    ) -> Result<Delivered, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let horizons = crate::routes::read::bounded_from("Redis", pipeline.frontiers()).await?;
+            let delivered = self.poll_once(tenant, name, consumer, max, &horizons).await?;
+            if !delivered.events.is_empty() || tokio::time::Instant::now() + LOOK_AGAIN > deadline {
+                return Ok(delivered);
+            }
+            tokio::time::sleep(LOOK_AGAIN).await;
+        }
+    }
+
+    /// One poll, in three steps so that the slow part (reading events) holds no compare-and-set
+    /// open, and consumers of one subscription do not keep invalidating each other's:
+    /// 1. claim: take the consumer's partitions and mark each free one in flight to it (a
+    ///    placeholder delivery, so nobody else reads it meanwhile);
+    /// 2. read each claimed partition's events in `[from, horizon)`;
+    /// 3. commit: each claim becomes its delivery (or is let go, moving the checkpoint up to the
+    ///    horizon when nothing of the subscription lies below it), if it is still this poll's
+    ///    (a reset meanwhile drops it).
+    async fn poll_once(
+        &self,
+        tenant: &str,
+        name: &str,
+        consumer: &str,
+        max: usize,
+        horizons: &BTreeMap<i32, EntryId>,
+    ) -> Result<Delivered, ApiError> {
+        let (generation, types, claims) = self.claim(tenant, name, consumer, horizons).await?;
+        let mut reads = Vec::with_capacity(claims.len());
+        let mut budget = max;
+        for claim in &claims {
+            let rows = if budget == 0 {
+                None // No room in this poll: let the claim go untouched.
+            } else {
+                let asked = budget;
+                let rows = bounded(self.store.deliverable(
+                    tenant,
+                    claim.partition,
+                    &claim.from,
+                    &claim.before,
+                    &types,
+                    asked,
+                ))
+                .await?;
+                budget -= rows.len();
+                Some((rows, asked))
+            };
+            reads.push(rows);
+        }
+        self.commit(tenant, name, generation, &claims, reads).await
+    }
+
+    /// Step 1 of a poll: the consumer's partitions claimed; returns the generation, the types and
+    /// the claims.
+    async fn claim(
+        &self,
+        tenant: &str,
+        name: &str,
+        consumer: &str,
+        horizons: &BTreeMap<i32, EntryId>,
+    ) -> Result<(i64, Vec<String>, Vec<Claim>), ApiError> {
+        for attempt in 0..ATTEMPTS {
+            back_off(attempt).await;
+            let mut sub = self.load(tenant, name).await?;
+            let read = sub.clone();
+            let now = evp_runtime::now_ms();
+            let timeout_ms = self.ack_timeout.as_millis() as i64;
+            assignment::seen(&mut sub, consumer, now, timeout_ms)?;
+            let mut claims = Vec::new();
+            for p in assignment::assign(&mut sub, consumer, now, timeout_ms) {
+                let Some(horizon) = horizons.get(&(p as i32)) else { continue };
+                let part = &mut sub.partitions[p];
+                if part.delivery.as_ref().is_some_and(|d| d.deadline > now) {
+                    continue; // Its delivery is still in flight: nothing more from it until then.
+                }
+                let before = horizon.sortable();
+                if part.delivery.is_none() && part.from >= before {
+                    continue; // Caught up: nothing can be read below the horizon.
+                }
+                let id = format!("{:016x}", rand::random::<u64>());
+                let missed = part.delivery.as_ref().map_or(0, |d| d.count.max(0) as usize);
+                part.delivery = Some(InFlight {
+                    id: id.clone(),
+                    consumer: consumer.to_owned(),
+                    to: part.from.clone(),
+                    count: 0,
+                    deadline: now + timeout_ms,
+                    first_ms: 0,
+                });
+                claims.push(Claim { partition: p as i32, id, from: part.from.clone(), before, missed });
+            }
+            if claims.is_empty() && !worth_writing(&read, &sub, consumer, now, timeout_ms) {
+                // An idle poll of a caught-up consumer: nothing to claim, and its holdings were
+                // refreshed recently enough. Writing would only contend with the others.
+                return Ok((sub.generation, sub.types, claims));
+            }
+            sub.version += 1;
+            if bounded(self.store.replace(&sub)).await? {
+                return Ok((sub.generation, sub.types, claims));
+            }
+        }
+        Err(busy())
+    }
+
+    /// Step 3 of a poll: each claim that is still this poll's becomes its delivery.
+    async fn commit(
+        &self,
+        tenant: &str,
+        name: &str,
+        generation: i64,
+        claims: &[Claim],
+        mut reads: Vec<Option<(Vec<StoredRow>, usize)>>,
+    ) -> Result<Delivered, ApiError> {
+        if claims.is_empty() {
+            return Ok(Delivered { events: Vec::new(), ack: None });
+        }
+        for attempt in 0..ATTEMPTS {
+            back_off(attempt).await;
+            let mut sub = self.load(tenant, name).await?;
+            if sub.generation != generation {
+                // Reset since the claim: what was read is from before the reset's checkpoint.
+                return Ok(Delivered { events: Vec::new(), ack: None });
+            }
+            let mut handed = Vec::new();
+            let mut redelivered = 0_u64;
+            for (claim, rows) in claims.iter().zip(&reads) {
+                let Some(part) = sub.partitions.get_mut(claim.partition as usize) else { continue };
+                if part.delivery.as_ref().is_none_or(|d| d.id != claim.id) {
+                    continue; // Not this poll's any more.
+                }
+                let delivery = part.delivery.as_mut().expect("checked above");
+                match rows {
+                    None => part.delivery = None,
+                    Some((rows, _)) if rows.is_empty() => {
+                        // Nothing of this subscription below the horizon: the checkpoint can move
+                        // up to it, so later reads start there.
+                        part.delivery = None;
+                        if part.from == claim.from && part.from < claim.before {
+                            part.from = claim.before.clone();
+                        }
+                    }
+                    Some((rows, asked)) => {
+                        let last =
+                            rows.last().and_then(|r| r.position).map(|(_, seq)| seq).unwrap_or_default();
+                        let want_more = rows.len() < *asked;
+                        // A short read covered everything below the horizon; a full one ends after its last.
+                        delivery.to = if want_more { claim.before.clone() } else { last.next().sortable() };
+                        delivery.count = rows.len() as i64;
+                        delivery.first_ms =
+                            rows.first().and_then(|r| r.position).map_or(0, |(_, seq)| seq.ms as i64);
+                        redelivered += rows.len().min(claim.missed) as u64;
+                        handed.push((claim.partition, claim.id.clone()));
+                    }
+                }
+            }
+            sub.version += 1;
+            if bounded(self.store.replace(&sub)).await? {
+                let mut events = Vec::new();
+                for (claim, rows) in claims.iter().zip(reads.iter_mut()) {
+                    if handed.iter().any(|(p, id)| *p == claim.partition && *id == claim.id) {
+                        let (rows, _) = rows.take().unwrap_or_default();
+                        events.extend(rows.into_iter().map(SubscriptionEvent::from));
+                    }
+                }
+                let labels = [("tenant", tenant.to_owned()), ("subscription", name.to_owned())];
+                metrics::counter!(m::SUBSCRIPTION_DELIVERED, &labels).increment(events.len() as u64);
+                metrics::counter!(m::SUBSCRIPTION_REDELIVERED, &labels).increment(redelivered);
+                let ack = (!handed.is_empty()).then(|| Token { generation, deliveries: handed }.encode());
+                return Ok(Delivered { events, ack });
+            }
+        }
+        Err(busy())
+    }
+}
+
+/// A partition claimed by a poll (step 1), to be read and then committed as its delivery.
+struct Claim {
+    partition: i32,
+    /// The placeholder delivery's id.
+    id: String,
+    /// The checkpoint and the horizon the read covers, `[from, before)`.
+    from: String,
+    before: String,
+    /// Events the expired delivery it replaces held (counted as redelivered).
+    missed: usize,
+}
+
+/// Whether a poll that claims nothing must still write: the holders changed, or the consumer's
+/// last write of its liveness is older than a quarter of the ack timeout (so it keeps its
+/// partitions, and shows as live, with room to spare).
+fn worth_writing(
+    read: &Subscription,
+    now_state: &Subscription,
+    consumer: &str,
+    now: i64,
+    timeout_ms: i64,
+) -> bool {
+    let holders = |s: &Subscription| s.partitions.iter().map(|p| p.holder.clone()).collect::<Vec<_>>();
+    let names = |s: &Subscription| s.consumers.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+    let last_seen = read.consumers.iter().find(|c| c.name == consumer).map_or(i64::MIN, |c| c.last_seen);
+    let expiring = read
+        .partitions
+        .iter()
+        .any(|p| p.holder.as_deref() == Some(consumer) && p.held_until - now < timeout_ms * 3 / 4);
+    holders(read) != holders(now_state)
+        || names(read) != names(now_state)
+        || last_seen < now - timeout_ms / 4
+        || expiring
+}

@@ -1,0 +1,247 @@
+//! The `subscriptions` collection and the query that feeds a subscription.
+//!
+//! - [`Subscription`]: one document per (tenant, name) holding the whole state of a subscription:
+//!   its definition, each partition's checkpoint (`from`, inclusive) and the delivery in flight
+//!   there, the consumers seen, the last error. Every change is a compare-and-set on `version`
+//!   ([`SubscriptionStore::replace`]), so two ingest replicas never hand out one partition twice.
+//! - [`SubscriptionStore::deliverable`]: a partition's stored events of the tenant (and types) in
+//!   `[from, horizon)`, in stream order, served by the `rollup_position` index.
+//!
+//! The logic (who holds which partition, tokens, the horizon) is the ingest's; this module only
+//! knows the layout.
+
+use futures::TryStreamExt;
+use mongodb::bson::{DateTime, Document, doc};
+use mongodb::options::{FindOptions, Hint, IndexOptions, ReplaceOptions};
+use mongodb::{Collection, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use crate::indexes::{POSITION_INDEX, Query};
+use crate::reader::StoredRow;
+
+/// A subscription's state, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// `<tenant>:<name>`.
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    /// Sorted; empty means every type.
+    pub types: Vec<String>,
+    /// `beginning` or `now`, as created.
+    pub start: String,
+    pub created_at: DateTime,
+    /// Bumped by every change (the compare-and-set).
+    pub version: i64,
+    /// Bumped by every reset: a token of an earlier generation is stale.
+    pub generation: i64,
+    /// Indexed by partition number.
+    pub partitions: Vec<PartitionState>,
+    pub consumers: Vec<ConsumerSeen>,
+    pub last_error: Option<LastError>,
+}
+
+/// One partition of a subscription.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// The checkpoint: the first stream position (sortable form) not yet acknowledged; `""` is
+    /// the beginning.
+    pub from: String,
+    /// The consumer holding the partition, while `held_until` (Unix ms) is not past.
+    pub holder: Option<String>,
+    pub held_until: i64,
+    /// The delivery in flight, if any.
+    pub delivery: Option<InFlight>,
+}
+
+/// A delivery handed out and not yet acknowledged or handed back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// Random; the ack token names it.
+    pub id: String,
+    pub consumer: String,
+    /// Where the checkpoint moves when it is acknowledged (exclusive end, sortable form).
+    pub to: String,
+    pub count: i64,
+    /// Unix ms after which it is redelivered.
+    pub deadline: i64,
+    /// Append time (Unix ms) of its first event, for the lag.
+    pub first_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerSeen {
+    pub name: String,
+    /// Unix ms.
+    pub last_seen: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastError {
+    pub message: String,
+    pub at: DateTime,
+    pub consumer: String,
+}
+
+impl Subscription {
+    pub fn key(tenant: &str, name: &str) -> String {
+        format!("{tenant}:{name}")
+    }
+}
+
+/// Reads and writes subscriptions, and the events they deliver.
+#[derive(Debug, Clone)]
+pub struct SubscriptionStore {
+    subscriptions: Collection<Subscription>,
+    events: Collection<Document>,
+}
+
+impl SubscriptionStore {
+    pub fn new(client: &mongodb::Client, database: &str) -> Self {
+        let db = client.database(database);
+        Self { subscriptions: db.collection("subscriptions"), events: db.collection("events") }
+    }
+
+    /// The index listing a tenant's subscriptions.
+    pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
+        let by_tenant = IndexModel::builder()
+            .keys(doc! { "tenant": 1, "name": 1 })
+            .options(IndexOptions::builder().name("tenant_name".to_string()).build())
+            .build();
+        self.subscriptions.create_index(by_tenant).await.map(|_| ())
+    }
+
+    pub async fn get(&self, tenant: &str, name: &str) -> mongodb::error::Result<Option<Subscription>> {
+        self.subscriptions.find_one(doc! { "_id": Subscription::key(tenant, name) }).await
+    }
+
+    /// A tenant's subscriptions by name, or every tenant's (`None`, for operators).
+    pub async fn list(&self, tenant: Option<&str>) -> mongodb::error::Result<Vec<Subscription>> {
+        let filter = tenant.map_or_else(Document::new, |t| doc! { "tenant": t });
+        let options = FindOptions::builder().sort(doc! { "tenant": 1, "name": 1 }).limit(10_000).build();
+        self.subscriptions.find(filter).with_options(options).await?.try_collect().await
+    }
+
+    pub async fn count(&self, tenant: &str) -> mongodb::error::Result<u64> {
+        self.subscriptions.count_documents(doc! { "tenant": tenant }).await
+    }
+
+    /// Inserts `sub`; false when one of that name exists already.
+    pub async fn create(&self, sub: &Subscription) -> mongodb::error::Result<bool> {
+        match self.subscriptions.insert_one(sub).await {
+            Ok(_) => Ok(true),
+            Err(e) if crate::is_duplicate(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a subscription; false when there was none.
+    pub async fn delete(&self, tenant: &str, name: &str) -> mongodb::error::Result<bool> {
+        let result = self.subscriptions.delete_one(doc! { "_id": Subscription::key(tenant, name) }).await?;
+        Ok(result.deleted_count == 1)
+    }
+
+    /// Replaces the stored state with `sub` (whose `version` must be one past the stored one)
+    /// only if nobody changed it since it was read: false when someone did (read again, retry).
+    pub async fn replace(&self, sub: &Subscription) -> mongodb::error::Result<bool> {
+        let filter = doc! { "_id": &sub.id, "version": sub.version - 1 };
+        let result = self
+            .subscriptions
+            .replace_one(filter, sub)
+            .with_options(ReplaceOptions::builder().build())
+            .await?;
+        Ok(result.matched_count == 1)
+    }
+
+    /// The stored events of `tenant` in `partition` at stream positions `[from, before)` (sortable
+    /// forms), of `types` (all when empty), oldest first, at most `limit`.
+    pub async fn deliverable(
+        &self,
+        tenant: &str,
+        partition: i32,
+        from: &str,
+        before: &str,
+        types: &[String],
+        limit: usize,
+    ) -> mongodb::error::Result<Vec<StoredRow>> {
+        let Query { filter, sort, .. } = deliverable_query(tenant, partition, from, before, types);
+        let docs = self.find_positions(filter, sort, limit, None).await?;
+        Ok(docs.into_iter().map(StoredRow::from_document).collect())
+    }
+
+    /// The newest deliverable event's position in `[from, before)` (sortable form), for the lag.
+    pub async fn newest_position(
+        &self,
+        tenant: &str,
+        partition: i32,
+        from: &str,
+        before: &str,
+        types: &[String],
+    ) -> mongodb::error::Result<Option<String>> {
+        self.edge_position(position_filter(tenant, partition, from, before, types), -1).await
+    }
+
+    /// The oldest deliverable event's position in `[from, before)`.
+    pub async fn oldest_position(
+        &self,
+        tenant: &str,
+        partition: i32,
+        from: &str,
+        before: &str,
+        types: &[String],
+    ) -> mongodb::error::Result<Option<String>> {
+        self.edge_position(position_filter(tenant, partition, from, before, types), 1).await
+    }
+
+    /// The `seq` of the first document of `filter` in stream order (`direction` 1) or reverse (-1).
+    async fn edge_position(
+        &self,
+        filter: Document,
+        direction: i32,
+    ) -> mongodb::error::Result<Option<String>> {
+        let sort = doc! { "partition": direction, "seq": direction };
+        let docs = self.find_positions(filter, sort, 1, Some(doc! { "seq": 1, "_id": 0 })).await?;
+        Ok(docs.first().and_then(|d| d.get_str("seq").ok()).map(str::to_owned))
+    }
+
+    /// A find on the position index (named: the planner must not pick another and sort).
+    async fn find_positions(
+        &self,
+        filter: Document,
+        sort: Document,
+        limit: usize,
+        projection: Option<Document>,
+    ) -> mongodb::error::Result<Vec<Document>> {
+        let options = FindOptions::builder()
+            .sort(sort)
+            .hint(Hint::Name(POSITION_INDEX.to_string()))
+            .limit(limit as i64)
+            .projection(projection)
+            .max_time(crate::READ_MAX_TIME)
+            .build();
+        self.events.find(filter).with_options(options).await?.try_collect().await
+    }
+}
+
+/// The query of a subscription's read: a partition's events of the tenant (and types) in
+/// `[from, before)`, in stream order, on the position index (named: the planner must not pick
+/// the tenant's newest-first index and sort).
+pub fn deliverable_query(tenant: &str, partition: i32, from: &str, before: &str, types: &[String]) -> Query {
+    Query {
+        filter: position_filter(tenant, partition, from, before, types),
+        sort: doc! { "partition": 1, "seq": 1 },
+        hint: Some(POSITION_INDEX),
+    }
+}
+
+/// `{partition, seq: [from, before), tenant, type}`: the position index's prefix, with tenant and
+/// type filtered from its keys before any document is fetched.
+fn position_filter(tenant: &str, partition: i32, from: &str, before: &str, types: &[String]) -> Document {
+    let mut filter =
+        doc! { "partition": partition, "seq": { "$gte": from, "$lt": before }, "tenant": tenant };
+    if !types.is_empty() {
+        filter.insert("type", doc! { "$in": types });
+    }
+    filter
+}

@@ -1,0 +1,368 @@
+//! Subscriptions end to end: an in-process ingest (the HTTP API), real worker processes storing
+//! into a real MongoDB-protocol server, four partitions. Consumers poll, acknowledge, die, and the
+//! deliveries are checked against what was sent: every event, in append order per aggregate.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{Pipeline, Worker};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+const PARTITIONS: &str = "4";
+
+/// One Prometheus recorder for the test binary (a process has one), so the ingest serves
+/// `/metrics`.
+fn recorder() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().unwrap())
+        .clone()
+}
+
+struct Subs {
+    p: Pipeline,
+    url: String,
+    http: reqwest::Client,
+    _ingest: tokio_util::sync::DropGuard,
+}
+
+impl Subs {
+    async fn start(ack_timeout_ms: u64) -> Self {
+        Self::with(Pipeline::start().await, ack_timeout_ms).await
+    }
+
+    async fn with(p: Pipeline, ack_timeout_ms: u64) -> Self {
+        let mut config = evp_ingest::IngestConfig::for_test(
+            &p.redis.url(),
+            p.mongo.uri(),
+            "acme:key-acme,globex:key-globex",
+        );
+        config.common.mongodb_database = p.database.clone();
+        config.common.partitions = PARTITIONS.parse().unwrap();
+        config.subscription_ack_timeout = Duration::from_millis(ack_timeout_ms);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(evp_ingest::run(config, listener, Some(recorder()), shutdown.clone()));
+        Self { p, url, http: reqwest::Client::new(), _ingest: shutdown.drop_guard() }
+    }
+
+    /// The ingest's `/metrics` value of `name` for acme's subscription `subscription` (the
+    /// recorder is shared by the test binary, so every test uses names of its own).
+    async fn metric(&self, name: &str, subscription: &str) -> f64 {
+        let text = self.http.get(format!("{}/metrics", self.url)).send().await.unwrap().text().await.unwrap();
+        let subscription = format!("subscription=\"{subscription}\"");
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(&subscription) && l.contains("tenant=\"acme\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until the workers have stored and acknowledged everything acme sent (its `unstored`
+    /// figure is 0): the horizon then no longer moves, so a poll's batch no longer grows.
+    async fn settled(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (_, answer) = self.call("GET", "/analytics/metrics", "key-acme", None).await;
+            if answer["pipeline"]["unstored"] == 0 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not settled within {WAIT:?}: {answer}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn worker(&self, name: &str) -> Worker {
+        self.p.worker(name, &[("STREAM_PARTITIONS", PARTITIONS)])
+    }
+
+    async fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.url))
+            .header("x-api-key", key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.timeout(Duration::from_secs(60)).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn send(&self, key: &str, events: &[Value]) {
+        for chunk in events.chunks(500) {
+            let (status, body) = self.call("POST", "/events/batch", key, Some(json!(chunk))).await;
+            assert_eq!(status, 202, "{body}");
+        }
+    }
+
+    async fn define(&self, key: &str, name: &str, definition: Value) -> (u16, Value) {
+        self.call("PUT", &format!("/subscriptions/{name}"), key, Some(definition)).await
+    }
+
+    async fn poll(
+        &self,
+        key: &str,
+        name: &str,
+        consumer: &str,
+        max: u64,
+        wait_ms: u64,
+    ) -> (Vec<Value>, Option<String>) {
+        let body = json!({"consumer": consumer, "max": max, "wait_ms": wait_ms});
+        let (status, answer) =
+            self.call("POST", &format!("/subscriptions/{name}/poll"), key, Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+        let events = answer["events"].as_array().cloned().unwrap_or_default();
+        (events, answer["ack"].as_str().map(str::to_owned))
+    }
+
+    async fn ack(&self, key: &str, name: &str, ack: &str) -> u16 {
+        self.call("POST", &format!("/subscriptions/{name}/ack"), key, Some(json!({"ack": ack}))).await.0
+    }
+}
+
+fn id(event: &Value) -> String {
+    event["id"].as_str().unwrap().to_owned()
+}
+
+/// Events over `aggregates` aggregates, in the order they are sent.
+fn events(prefix: &str, n: usize, aggregates: usize, event_type: &str) -> Vec<Value> {
+    (0..n)
+        .map(|i| json!({"id": format!("{prefix}-{i}"), "type": event_type, "aggregate_id": format!("{prefix}-agg-{}", i % aggregates),
+            "data": {"i": i}}))
+        .collect()
+}
+
+/// Each aggregate's event ids in the order of `events`.
+fn by_aggregate(events: &[Value]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in events {
+        out.entry(e["aggregate_id"].as_str().unwrap_or_default().to_owned()).or_default().push(id(e));
+    }
+    out
+}
+
+/// A consumer that polls and acknowledges until `want` distinct events were acknowledged (or
+/// the wait runs out); returns what it acknowledged, in order.
+async fn consume(s: &Subs, key: &str, name: &str, consumer: &str, want: usize) -> Vec<Value> {
+    let mut acked = Vec::new();
+    let mut seen = HashSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    while seen.len() < want && tokio::time::Instant::now() < deadline {
+        let (events, ack) = s.poll(key, name, consumer, 500, 500).await;
+        if let Some(ack) = ack {
+            assert_eq!(s.ack(key, name, &ack).await, 204);
+            for e in events {
+                seen.insert(id(&e));
+                acked.push(e);
+            }
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_one_dies_mid_batch_every_event_comes_in_order_per_aggregate() {
+    let s = Subs::start(2_000).await;
+    let _w = s.worker("w");
+    assert_eq!(s.define("key-acme", "projection", json!({})).await.0, 201);
+    let sent = events("o", 20_000, 50, "ordered");
+    s.send("key-acme", &sent).await;
+
+    // B takes a batch and dies without acknowledging it.
+    let (held, ack) = s.poll("key-acme", "projection", "b", 300, 5_000).await;
+    assert!(!held.is_empty() && ack.is_some(), "b got a batch");
+    let a = consume(&s, "key-acme", "projection", "a", sent.len()).await;
+
+    let acked_ids: Vec<String> = a.iter().map(id).collect();
+    let distinct: HashSet<&String> = acked_ids.iter().collect();
+    assert_eq!(distinct.len(), sent.len(), "every event delivered and acknowledged");
+    assert_eq!(acked_ids.len(), sent.len(), "none acknowledged twice");
+    assert!(held.iter().all(|e| distinct.contains(&id(e))), "b's batch went to a");
+    assert_eq!(by_aggregate(&a), by_aggregate(&sent), "each aggregate's events in append order");
+    // The subscription says so: caught up, nothing pending, b's ack refused.
+    let (_, view) = s.call("GET", "/subscriptions/projection", "key-acme", None).await;
+    assert_eq!(view["pending"], 0, "{view}");
+    assert_eq!(view["lag_seconds"], 0.0, "{view}");
+    assert_eq!(s.ack("key-acme", "projection", &ack.unwrap()).await, 409, "a redelivered batch's old ack");
+    // The metrics count it: b's batch handed out twice, every event acknowledged once.
+    let metric = |name| s.metric(name, "projection");
+    assert_eq!(metric("evp_ingest_subscription_acknowledged_total").await, 20_000.0);
+    assert_eq!(metric("evp_ingest_subscription_redelivered_total").await, held.len() as f64);
+    assert_eq!(metric("evp_ingest_subscription_delivered_total").await, (20_000 + held.len()) as f64);
+    assert_eq!(metric("evp_ingest_subscription_lag_seconds").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_share_the_partitions_and_each_holds_its_own() {
+    let s = Subs::start(5_000).await;
+    let _w = s.worker("w");
+    assert_eq!(s.define("key-acme", "shared", json!({})).await.0, 201);
+    let sent = events("sh", 4_000, 40, "shared");
+    s.send("key-acme", &sent).await;
+    // Both poll (50 at a time) until every event is acknowledged between them.
+    let total = std::sync::atomic::AtomicUsize::new(0);
+    let run = |consumer: &'static str| {
+        let (s, total) = (&s, &total);
+        async move {
+            let mut acked = Vec::new();
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while total.load(std::sync::atomic::Ordering::SeqCst) < 4_000
+                && tokio::time::Instant::now() < deadline
+            {
+                let (events, ack) = s.poll("key-acme", "shared", consumer, 50, 200).await;
+                if let Some(ack) = ack {
+                    assert_eq!(s.ack("key-acme", "shared", &ack).await, 204);
+                    total.fetch_add(events.len(), std::sync::atomic::Ordering::SeqCst);
+                    acked.extend(events);
+                }
+            }
+            acked
+        }
+    };
+    let (a, b) = tokio::join!(run("a"), run("b"));
+    assert!(!a.is_empty() && !b.is_empty(), "both consumed: {} and {}", a.len(), b.len());
+    let ids: Vec<String> = a.iter().chain(&b).map(id).collect();
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 4_000, "every event");
+    assert_eq!(ids.len(), 4_000, "none delivered to both");
+    // While both are live, each holds two partitions of its own.
+    let (_, view) = s.call("GET", "/subscriptions/shared", "key-acme", None).await;
+    let held: HashMap<String, Vec<i64>> = view["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let partitions =
+                c["partitions"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()).collect();
+            (c["name"].as_str().unwrap().to_owned(), partitions)
+        })
+        .collect();
+    let all: Vec<i64> = held.values().flatten().copied().collect();
+    assert_eq!(all.len(), all.iter().collect::<HashSet<_>>().len(), "no partition held twice: {held:?}");
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert!(held.values().all(|p| p.len() == 2), "two each: {held:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_the_subscription_reads_at_the_horizon_skips_nothing() {
+    let s = Subs::start(5_000).await;
+    let mut w1 = s.worker("w1");
+    let _w2 = s.worker("w2");
+    assert_eq!(s.define("key-acme", "tail", json!({})).await.0, 201);
+    let sent = events("k", 6_000, 30, "tail");
+    // The consumer reads at the horizon while events arrive and one worker dies with batches in
+    // flight: its entries are stored late (claimed by the other), behind later ones.
+    let consumer = async { consume(&s, "key-acme", "tail", "c", sent.len()).await };
+    let load = async {
+        for (i, chunk) in sent.chunks(500).enumerate() {
+            s.send("key-acme", chunk).await;
+            if i == 4 {
+                w1.process.signal_and_wait("KILL", Duration::from_secs(5));
+            }
+        }
+    };
+    let (delivered, ()) = tokio::join!(consumer, load);
+    let ids: HashSet<String> = delivered.iter().map(id).collect();
+    assert_eq!(ids.len(), sent.len(), "every event delivered");
+    assert_eq!(delivered.len(), sent.len(), "none twice");
+    assert_eq!(by_aggregate(&delivered), by_aggregate(&sent), "in append order per aggregate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn types_tenants_conflicts_nack_reset_and_delete() {
+    let s = Subs::start(30_000).await;
+    let _w = s.worker("w");
+    // Definitions: 201, the same again 200, another 409; names are checked.
+    let (status, view) = s.define("key-acme", "signups", json!({"types": ["signed_up"]})).await;
+    assert_eq!((status, view["types"].clone()), (201, json!(["signed_up"])), "{view}");
+    assert_eq!(s.define("key-acme", "signups", json!({"types": ["signed_up"]})).await.0, 200);
+    let (status, body) = s.define("key-acme", "signups", json!({"types": ["other"]})).await;
+    assert_eq!((status, body["error"]["code"].clone()), (409, json!("conflict")));
+    assert_eq!(s.define("key-acme", "bad%20name", json!({})).await.0, 400);
+    let (status, body) = s.define("key-acme", "x", json!({"start": "yesterday"})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = s.poll_raw("key-acme", "signups", json!({"consumer": "c", "max": 0})).await;
+    assert_eq!(status, 400, "{body}");
+
+    let mut sent = events("t", 300, 3, "signed_up");
+    sent.extend(events("u", 200, 3, "page_view"));
+    s.send("key-acme", &sent).await;
+    s.send("key-globex", &events("g", 100, 2, "signed_up")).await;
+
+    // The types filter, and the tenant's own events only.
+    let got = consume(&s, "key-acme", "signups", "c", 300).await;
+    assert_eq!(got.len(), 300);
+    assert!(got.iter().all(|e| e["type"] == "signed_up" && id(e).starts_with("t-")), "only acme's signups");
+    // Another tenant does not see the name.
+    let (status, _) = s.call("GET", "/subscriptions/signups", "key-globex", None).await;
+    assert_eq!(status, 404);
+    let (_, list) = s.call("GET", "/subscriptions", "key-globex", None).await;
+    assert_eq!(list["subscriptions"], json!([]));
+
+    // Nack: the same events again, and the error kept.
+    s.send("key-acme", &events("n", 10, 1, "signed_up")).await;
+    // All ten stored first, so the redelivery can be compared with the batch handed back.
+    s.settled().await;
+    let (first, ack) = consume_one(&s, "signups").await;
+    let (status, _) = s
+        .call(
+            "POST",
+            "/subscriptions/signups/nack",
+            "key-acme",
+            Some(json!({"ack": ack, "error": "projection db down"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (again, ack) = consume_one(&s, "signups").await;
+    assert_eq!(
+        again.iter().map(id).collect::<Vec<_>>(),
+        first.iter().map(id).collect::<Vec<_>>(),
+        "redelivered"
+    );
+    assert_eq!(s.ack("key-acme", "signups", &ack).await, 204);
+    let (_, view) = s.call("GET", "/subscriptions/signups", "key-acme", None).await;
+    assert_eq!(view["last_error"]["message"], "projection db down", "{view}");
+    assert_eq!(view["last_error"]["consumer"], "c");
+    assert_eq!(s.metric("evp_ingest_subscription_nacked_total", "signups").await, first.len() as f64);
+    assert_eq!(s.ack("key-acme", "signups", "not-a-token").await, 400);
+
+    // Reset to the beginning while events keep arriving: everything again, once.
+    let (status, _) =
+        s.call("POST", "/subscriptions/signups/reset", "key-acme", Some(json!({"to": "beginning"}))).await;
+    assert_eq!(status, 204);
+    let more = events("r", 200, 4, "signed_up");
+    let (all, ()) = tokio::join!(consume(&s, "key-acme", "signups", "c", 510), s.send("key-acme", &more));
+    let ids: Vec<String> = all.iter().map(id).collect();
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 510, "300 + 10 + 200 signups");
+    assert_eq!(ids.len(), 510, "each once after the reset");
+
+    // Delete: 204, then 404.
+    assert_eq!(s.call("DELETE", "/subscriptions/signups", "key-acme", None).await.0, 204);
+    assert_eq!(s.call("DELETE", "/subscriptions/signups", "key-acme", None).await.0, 404);
+    assert_eq!(
+        s.call("POST", "/subscriptions/signups/poll", "key-acme", Some(json!({"consumer": "c"}))).await.0,
+        404
+    );
+}
+
+impl Subs {
+    async fn poll_raw(&self, key: &str, name: &str, body: Value) -> (u16, Value) {
+        self.call("POST", &format!("/subscriptions/{name}/poll"), key, Some(body)).await
+    }
+}
+
+/// The next non-empty delivery of `name` to consumer `c` of acme, not acknowledged.
+async fn consume_one(s: &Subs, name: &str) -> (Vec<Value>, String) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        let (events, ack) = s.poll("key-acme", name, "c", 100, 500).await;
+        if let Some(ack) = ack {
+            return (events, ack);
+        }
+    }
+    panic!("nothing delivered within {WAIT:?}");
+}
