@@ -90,6 +90,13 @@ impl Subscription {
     }
 }
 
+/// Which end of a partition's deliverable range [`SubscriptionStore::edge_position`] finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    Oldest,
+    Newest,
+}
+
 /// Reads and writes subscriptions, and the events they deliver.
 #[derive(Debug, Clone)]
 pub struct SubscriptionStore {
@@ -170,36 +177,22 @@ impl SubscriptionStore {
         Ok(docs.into_iter().map(StoredRow::from_document).collect())
     }
 
-    /// The newest deliverable event's position in `[from, before)` (sortable form), for the lag.
-    pub async fn newest_position(
+    /// The position (sortable form) of the newest or oldest deliverable event in `[from, before)`,
+    /// for the lag.
+    pub async fn edge_position(
         &self,
+        edge: Edge,
         tenant: &str,
         partition: i32,
         from: &str,
         before: &str,
         types: &[String],
     ) -> mongodb::error::Result<Option<String>> {
-        self.edge_position(position_filter(tenant, partition, from, before, types), -1).await
-    }
-
-    /// The oldest deliverable event's position in `[from, before)`.
-    pub async fn oldest_position(
-        &self,
-        tenant: &str,
-        partition: i32,
-        from: &str,
-        before: &str,
-        types: &[String],
-    ) -> mongodb::error::Result<Option<String>> {
-        self.edge_position(position_filter(tenant, partition, from, before, types), 1).await
-    }
-
-    /// The `seq` of the first document of `filter` in stream order (`direction` 1) or reverse (-1).
-    async fn edge_position(
-        &self,
-        filter: Document,
-        direction: i32,
-    ) -> mongodb::error::Result<Option<String>> {
+        let direction = match edge {
+            Edge::Oldest => 1,
+            Edge::Newest => -1,
+        };
+        let filter = position_filter(tenant, partition, from, before, types);
         let sort = doc! { "partition": direction, "seq": direction };
         let docs = self.find_positions(filter, sort, 1, Some(doc! { "seq": 1, "_id": 0 })).await?;
         Ok(docs.first().and_then(|d| d.get_str("seq").ok()).map(str::to_owned))

@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use evp_events::EntryId;
-use evp_store::subscriptions::{LastError, PartitionState, Subscription, SubscriptionStore};
+use evp_store::subscriptions::{Edge, LastError, PartitionState, Subscription, SubscriptionStore};
 use mongodb::bson::DateTime;
 
 use crate::error::ApiError;
@@ -247,26 +247,14 @@ impl Subscriptions {
             let Some(horizon) = horizons.get(&(p as i32)) else { continue };
             let before = horizon.sortable();
             let ms = |seq: Option<String>| seq.as_deref().and_then(EntryId::parse).map(|id| id.ms as i64);
-            let newest = ms(bounded(self.store.newest_position(
-                &sub.tenant,
-                p as i32,
-                &part.from,
-                &before,
-                &sub.types,
-            ))
-            .await?);
+            let edge =
+                |e| self.store.edge_position(e, &sub.tenant, p as i32, &part.from, &before, &sub.types);
+            let newest = ms(bounded(edge(Edge::Newest)).await?);
             let Some(newest) = newest else { continue };
             let oldest = match &part.delivery {
                 // (A poll's claim, not yet read, holds no events: count 0.)
                 Some(d) if d.count > 0 => Some(d.first_ms),
-                _ => ms(bounded(self.store.oldest_position(
-                    &sub.tenant,
-                    p as i32,
-                    &part.from,
-                    &before,
-                    &sub.types,
-                ))
-                .await?),
+                _ => ms(bounded(edge(Edge::Oldest)).await?),
             };
             if let Some(oldest) = oldest {
                 lag_ms = lag_ms.max(newest - oldest);
