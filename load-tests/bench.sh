@@ -17,7 +17,8 @@
 #       takes minutes; BENCH_ANALYTICS_SIZES="10000 100000" for less)
 #   BENCH_PHASES="dashboard" load-tests/bench.sh   # single events with and without an open dashboard
 #   BENCH_PHASES="subscriptions" load-tests/bench.sh   # a subscription's delivery rate with 1 and 2
-#       consumers against the workers' drain rate, and received-to-delivered p99 at 80% of the drain
+#       consumers against the workers' drain rate, and received-to-delivered p50/p99 at 40% and 80% of
+#       the end-to-end rate and at 80% of the drain
 #   BENCH_PHASES="cluster" load-tests/bench.sh     # batched ingest: one Redis vs a 3-master Redis Cluster
 #       with 8 partitions, and the cost of REDIS_WAIT_REPLICAS=1 (not in the default run)
 #   WORKER_BIN=/path/to/evp-worker load-tests/bench.sh   # measure another build's worker
@@ -565,12 +566,14 @@ fi
 
 # --- Subscriptions: delivery rate against the drain rate; latency at 80% of the drain --------
 # Two workers drain a backlog (the drain rate); a subscription of the run's type is then consumed
-# from the beginning by 1, then 2 consumers (each its own subscription): the delivery rate. Then a
-# subscription starting now is consumed while the load test sends at 40%, then 80%, of that drain
-# rate for 20 s (each after the workers caught up): the time from the ingest's receiving an event
-# to its delivery, p99, and the workers' backlog when the sending stopped (an event is delivered
-# only once stored). Only with
-# BENCH_PHASES=subscriptions.
+# from the beginning by 1, then 2 consumers (each its own subscription): the delivery rate. Then
+# the end-to-end rate: the load test sending as fast as it can while the two workers store
+# (--verify: events stored over the time from the first send to the last store), the drain as it
+# is when the same two cores also run the load generator and the ingest. A subscription starting
+# now is then consumed while the load test sends for 20 s at 40% and 80% of that end-to-end rate,
+# and at 80% of the drain alone (each after the workers caught up): the time from the ingest's
+# receiving an event to its delivery, p50 and p99, and the workers' backlog when the sending
+# stopped (an event is delivered only once stored). Only with BENCH_PHASES=subscriptions.
 SUBS_REPORT=""
 if phase subscriptions; then
 SUB_EVENTS=$(n 30000)
@@ -585,24 +588,31 @@ for c in 1 2; do
     subscribe --name "bench-$c-$run" --type "loadtest.$run" --consumers "$c" --events "$SUB_EVENTS" --json "$WORK/subs-$c.json"
 done
 SUB_RATE1=$(json "$WORK/subs-1.json" "int(d['events_per_s'])"); SUB_RATE2=$(json "$WORK/subs-2.json" "int(d['events_per_s'])")
-LIVE_LINES=""
 drained() { for _ in $(seq 1200); do [ "$("${REDIS_CLI[@]}" xlen events)" -eq 0 ] && break; sleep 0.1; done; }
-for pct in 40 80; do
+drained
+echo "== subscriptions: the end-to-end rate (sending as fast as possible while 2 workers store)"
+loadtest --events "$SUB_EVENTS" --batch 100 --concurrency 16 --quiet --verify --run-id "e2e$RANDOM" \
+    --stall-timeout 300 --json "$WORK/subs-e2e.json" > /dev/null
+SUB_E2E=$(json "$WORK/subs-e2e.json" "int(d['verify']['processing_events_per_s'])")
+LIVE_LINES=""
+for live_at in "40 $SUB_E2E end-to-end" "80 $SUB_E2E end-to-end" "80 $SUB_DRAIN drain"; do
+    read -r pct base basis <<< "$live_at"
     drained   # each rate starts with the workers caught up
-    LIVE_RATE=$(python3 -c "print(max(100, int($pct * $SUB_DRAIN / 100)))")
+    LIVE_RATE=$(python3 -c "print(max(100, int($pct * $base / 100)))")
     live="live$pct$RANDOM"
-    echo "== subscriptions: consuming while sending at $LIVE_RATE events/s ($pct% of the drain) for 20 s"
-    subscribe --name "bench-live-$live" --type "loadtest.$live" --start-now --consumers 2 --duration 24 --json "$WORK/subs-live$pct.json" &
+    echo "== subscriptions: consuming while sending at $LIVE_RATE events/s ($pct% of the $basis rate) for 20 s"
+    subscribe --name "bench-live-$live" --type "loadtest.$live" --start-now --consumers 2 --duration 24 --json "$WORK/subs-live.json" &
     SUB_PID=$!
     sleep 1
-    loadtest --duration 20 --rate "$LIVE_RATE" --batch 100 --concurrency 16 --quiet --run-id "$live" --json "$WORK/subs-load$pct.json" > /dev/null
+    loadtest --duration 20 --rate "$LIVE_RATE" --batch 100 --concurrency 16 --quiet --run-id "$live" --json "$WORK/subs-load.json" > /dev/null
     BACKLOG_END=$("${REDIS_CLI[@]}" xlen events)
     wait "$SUB_PID"
     LIVE_LINES+="
-  at $pct% of the drain       $(json "$WORK/subs-load$pct.json" "f\"{d['accepted']} sent at {d['events_per_s']:.0f} events/s\""); $(json "$WORK/subs-live$pct.json" "f\"{d['events']} delivered within 24 s; received to delivered p50 {d['delivery_p50_ms']:.0f} ms, p99 {d['delivery_p99_ms']:.0f} ms\""); not yet stored when the sending stopped: $BACKLOG_END"
+  at $pct% of the $basis rate $(json "$WORK/subs-load.json" "f\"{d['accepted']} sent at {d['events_per_s']:.0f} events/s\""); $(json "$WORK/subs-live.json" "f\"{d['events']} delivered within 24 s; received to delivered p50 {d['delivery_p50_ms']:.0f} ms, p99 {d['delivery_p99_ms']:.0f} ms\""); not yet stored when the sending stopped: $BACKLOG_END"
 done
 stop_workers
 SUBS_REPORT="  drain (2 workers)         $SUB_DRAIN events/s
+  end to end (2 workers)    $SUB_E2E events/s = $(ratio "$SUB_E2E" "$SUB_DRAIN") of the drain (sending and storing on the same cores)
   delivery, 1 consumer      $SUB_RATE1 events/s = $(ratio "$SUB_RATE1" "$SUB_DRAIN") of the drain
   delivery, 2 consumers     $SUB_RATE2 events/s = $(ratio "$SUB_RATE2" "$SUB_DRAIN") of the drain$LIVE_LINES"
 "${REDIS_CLI[@]}" del events > /dev/null

@@ -16,6 +16,13 @@
 //! ```
 //!
 //! It prints the active users per plan after each batch; Ctrl-C stops it after the batch in hand.
+//! Against `scripts/up.sh` the three events above print
+//! `active users per plan: [{"_id": "pro", "users": 2}]` (u-2 moved from free to pro). Then, with
+//! the projector stopped, a reset to the beginning (`POST /subscriptions/active-users/reset`
+//! `{"to":"beginning"}`) and `cancelled` for u-1, `page_view` for u-3 and `signed_up` (free) for
+//! u-4 sent, the restarted projector is given the five events of its types again from the start
+//! and prints `[{"_id": "pro", "users": 1}, {"_id": "free", "users": 1}]`: the three it had
+//! already applied changed nothing, the page view was never delivered.
 
 use evp_client::{Client, Delivered, Subscriber, SubscriberConfig};
 use mongodb::bson::{Document, doc};
