@@ -288,15 +288,27 @@ async fn types_tenants_conflicts_nack_reset_and_delete() {
     let (status, body) = s.poll_raw("key-acme", "signups", json!({"consumer": "c", "max": 0})).await;
     assert_eq!(status, 400, "{body}");
 
+    // Half the signups, then, over a second later, the rest with page views: each partition's
+    // deliverable events then span more than a second of append time.
     let mut sent = events("t", 300, 3, "signed_up");
     sent.extend(events("u", 200, 3, "page_view"));
-    s.send("key-acme", &sent).await;
+    s.send("key-acme", &sent[..150]).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    s.send("key-acme", &sent[150..]).await;
     s.send("key-globex", &events("g", 100, 2, "signed_up")).await;
+
+    // The lag: the newest deliverable signup's append time minus the oldest unacknowledged one's.
+    s.settled().await;
+    let (_, view) = s.call("GET", "/subscriptions/signups", "key-acme", None).await;
+    let lag = view["lag_seconds"].as_f64().unwrap();
+    assert!((1.2..30.0).contains(&lag), "over a second between the two sends: {view}");
 
     // The types filter, and the tenant's own events only.
     let got = consume(&s, "key-acme", "signups", "c", 300).await;
     assert_eq!(got.len(), 300);
     assert!(got.iter().all(|e| e["type"] == "signed_up" && id(e).starts_with("t-")), "only acme's signups");
+    let (_, view) = s.call("GET", "/subscriptions/signups", "key-acme", None).await;
+    assert_eq!(view["lag_seconds"], 0.0, "caught up: {view}");
     // Another tenant does not see the name.
     let (status, _) = s.call("GET", "/subscriptions/signups", "key-globex", None).await;
     assert_eq!(status, 404);
