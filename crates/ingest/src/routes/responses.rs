@@ -7,7 +7,8 @@
 //! - [`BodyRefused`]: routes that take a JSON body (413, 415);
 //! - [`ReadsBusy`]: the tenant's read slots (429);
 //! - [`MongoDown`], [`RedisDown`]: the 503 of a route that needs the one or the other;
-//! - [`EventsRefused`]: what both event-writing routes answer besides 202 and 400.
+//! - [`EventsRefused`]: what both event-writing routes answer besides 202 and 400;
+//! - [`NoSubscription`]: the 404 of a route on one subscription.
 
 #![allow(dead_code)] // The variants exist for the document; no handler builds them.
 
@@ -95,4 +96,10 @@ pub enum EventsRefused {
         see Retry-After",
         headers(("Retry-After" = u64, description = "Seconds to wait")))]
     Unavailable(ErrorResponse),
+}
+
+#[derive(Debug, IntoResponses)]
+pub enum NoSubscription {
+    #[response(status = 404, description = "`not_found`: no such subscription of this tenant")]
+    NotFound(ErrorResponse),
 }

@@ -10,13 +10,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use evp_events::EntryId;
 use serde::Deserialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Tenant, Viewer};
 use crate::body::EventBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::routes::read::{bounded, bounded_from};
-use crate::routes::responses::{BodyRefused, MongoDown, Unauthorized};
+use crate::routes::responses::{BodyRefused, MongoDown, NoSubscription, Unauthorized};
 use crate::state::AppState;
 use crate::subscriptions::view::{Delivered, SubscriptionList, SubscriptionView};
 use crate::subscriptions::{MAX_TYPES, StartAt};
@@ -103,6 +103,14 @@ pub struct Reset {
         pattern = "^(beginning|now|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2}))$"
     )]
     pub to: String,
+}
+
+/// The path of a route on one subscription.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct Named {
+    /// The subscription's name
+    pub name: String,
 }
 
 /// Whether `name` is a subscription (or consumer) name: 1–64 characters of `[A-Za-z0-9_.-]`.
@@ -219,34 +227,32 @@ pub async fn list(State(state): State<AppState>, viewer: Viewer) -> Result<Json<
 
 /// One subscription: lag, pending, consumers and the last error.
 #[utoipa::path(get, path = "/subscriptions/{name}", tag = "subscriptions",
-    params(("name" = String, Path, description = "The subscription's name")),
+    params(Named),
     responses(
         (status = 200, description = "The subscription", body = SubscriptionView),
-        (status = 404, description = "`not_found`: no such subscription of this tenant", body = ErrorResponse),
-        Unauthorized, MongoDown,
+        Unauthorized, NoSubscription, MongoDown,
     ),
     security(("api_key" = [])))]
 pub async fn show(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(name): Path<String>,
+    Path(Named { name }): Path<Named>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     Ok(Json(view(&state, &tenant.0, &name, false).await?))
 }
 
 /// Deletes a subscription, its checkpoints with it.
 #[utoipa::path(delete, path = "/subscriptions/{name}", tag = "subscriptions",
-    params(("name" = String, Path, description = "The subscription's name")),
+    params(Named),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "`not_found`: no such subscription of this tenant", body = ErrorResponse),
-        Unauthorized, MongoDown,
+        Unauthorized, NoSubscription, MongoDown,
     ),
     security(("api_key" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(name): Path<String>,
+    Path(Named { name }): Path<Named>,
 ) -> Result<StatusCode, ApiError> {
     state.subscriptions.delete(&tenant.0, &name).await?;
     tracing::info!(tenant = %tenant.0, subscription = name, "subscription deleted");
@@ -259,24 +265,23 @@ pub async fn delete(
 /// can no longer be preceded by an event stored late. Acknowledge them with `ack` once processed;
 /// not acknowledged within SUBSCRIPTION_ACK_TIMEOUT_MS, they are delivered again.
 #[utoipa::path(post, path = "/subscriptions/{name}/poll", tag = "subscriptions", request_body = Poll,
-    params(("name" = String, Path, description = "The subscription's name")),
+    params(Named),
     responses(
         (status = 200, description = "The events (maybe none) and their ack token", body = Delivered),
         (status = 400, description = "`invalid_json` naming the field", body = ErrorResponse),
-        (status = 404, description = "`not_found`: no such subscription of this tenant", body = ErrorResponse),
         (status = 409, description = "`conflict`: the subscription has 100 consumers", body = ErrorResponse),
         (status = 429, description = "`rate_limited`: this tenant has READ_CONCURRENCY_PER_TENANT polls in \
             progress on this replica", body = ErrorResponse,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "MongoDB or Redis unreachable", body = ErrorResponse,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        Unauthorized, BodyRefused,
+        Unauthorized, NoSubscription, BodyRefused,
     ),
     security(("api_key" = [])))]
 pub async fn poll(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(name): Path<String>,
+    Path(Named { name }): Path<Named>,
     EventBody(body): EventBody,
 ) -> Result<Json<Delivered>, ApiError> {
     let poll: Poll = json(&body, "a poll")?;
@@ -309,20 +314,19 @@ pub async fn poll(
 
 /// Acknowledges a poll's events: the checkpoint moves past them.
 #[utoipa::path(post, path = "/subscriptions/{name}/ack", tag = "subscriptions", request_body = Ack,
-    params(("name" = String, Path, description = "The subscription's name")),
+    params(Named),
     responses(
         (status = 204, description = "Acknowledged"),
         (status = 400, description = "`invalid_json`: not an ack token of this server", body = ErrorResponse),
-        (status = 404, description = "`not_found`: no such subscription of this tenant", body = ErrorResponse),
         (status = 409, description = "`conflict`: the delivery was given to another consumer since (or the \
             subscription was reset); its events will be delivered again", body = ErrorResponse),
-        Unauthorized, BodyRefused, MongoDown,
+        Unauthorized, NoSubscription, BodyRefused, MongoDown,
     ),
     security(("api_key" = [])))]
 pub async fn ack(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(name): Path<String>,
+    Path(Named { name }): Path<Named>,
     EventBody(body): EventBody,
 ) -> Result<StatusCode, ApiError> {
     let ack: Ack = json(&body, "an ack")?;
@@ -332,19 +336,18 @@ pub async fn ack(
 
 /// Hands a poll's events back: they are delivered again, and `error` becomes `last_error`.
 #[utoipa::path(post, path = "/subscriptions/{name}/nack", tag = "subscriptions", request_body = Nack,
-    params(("name" = String, Path, description = "The subscription's name")),
+    params(Named),
     responses(
         (status = 204, description = "Handed back"),
         (status = 400, description = "`invalid_json`: not an ack token of this server, or no `error`", body = ErrorResponse),
-        (status = 404, description = "`not_found`: no such subscription of this tenant", body = ErrorResponse),
         (status = 409, description = "`conflict`: the delivery was given to another consumer since", body = ErrorResponse),
-        Unauthorized, BodyRefused, MongoDown,
+        Unauthorized, NoSubscription, BodyRefused, MongoDown,
     ),
     security(("api_key" = [])))]
 pub async fn nack(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(name): Path<String>,
+    Path(Named { name }): Path<Named>,
     EventBody(body): EventBody,
 ) -> Result<StatusCode, ApiError> {
     let nack: Nack = json(&body, "a nack")?;
@@ -356,18 +359,17 @@ pub async fn nack(
 /// Moves the checkpoint (rebuild a projection): every event appended from that point is
 /// delivered again.
 #[utoipa::path(post, path = "/subscriptions/{name}/reset", tag = "subscriptions", request_body = Reset,
-    params(("name" = String, Path, description = "The subscription's name")),
+    params(Named),
     responses(
         (status = 204, description = "Moved; deliveries in flight are dropped (their acks get 409)"),
         (status = 400, description = "`invalid_json`: `to` is not `beginning`, `now` or an RFC 3339 time", body = ErrorResponse),
-        (status = 404, description = "`not_found`: no such subscription of this tenant", body = ErrorResponse),
-        Unauthorized, BodyRefused, MongoDown,
+        Unauthorized, NoSubscription, BodyRefused, MongoDown,
     ),
     security(("api_key" = [])))]
 pub async fn reset(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(name): Path<String>,
+    Path(Named { name }): Path<Named>,
     EventBody(body): EventBody,
 ) -> Result<StatusCode, ApiError> {
     let reset: Reset = json(&body, "a reset")?;

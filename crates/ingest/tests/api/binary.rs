@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use evp_testkit::{ChildGuard, RedisServer, free_port};
 
+use crate::helpers::json_post;
+
 const BIN: &str = env!("CARGO_BIN_EXE_evp-ingest");
 
 fn ingest(env: &[(&str, &str)]) -> Command {
@@ -114,12 +116,8 @@ async fn a_failed_request_is_logged_once_with_its_request_id_route_and_cause() {
     let mut conn = redis.connection().await;
     let _: () = redis::cmd("SET").arg("events").arg("not a stream").query_async(&mut conn).await.unwrap();
     let http = reqwest::Client::new();
-    let resp = http
-        .post(format!("http://127.0.0.1:{port}/events"))
-        .header("x-api-key", "k1")
-        .header("content-type", "application/json")
+    let resp = json_post(&http, format!("http://127.0.0.1:{port}/events"), "k1", r#"{"type":"refused"}"#)
         .header("x-request-id", "failing-request-7")
-        .body(r#"{"type":"refused"}"#)
         .send()
         .await
         .unwrap();

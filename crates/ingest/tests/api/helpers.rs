@@ -47,14 +47,7 @@ impl TestApp {
 
     /// POSTs a JSON body with the given key.
     pub async fn post(&self, path: &str, key: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .header("x-api-key", key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
+        json_post(&self.http, self.url(path), key, body).send().await.unwrap()
     }
 
     /// POSTs `body` to `path` with exactly these headers (no key or content type unless given).
@@ -92,6 +85,16 @@ impl TestApp {
 }
 
 /// Asserts the status and error code of a response and returns its JSON body.
+/// A POST of a JSON body with the given key, to send (or to add headers to first).
+pub fn json_post(
+    http: &reqwest::Client,
+    url: String,
+    key: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::RequestBuilder {
+    http.post(url).header("x-api-key", key).header("content-type", "application/json").body(body)
+}
+
 pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(resp.status().as_u16(), status, "unexpected status");
     let body: Value = resp.json().await.unwrap();

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{NO_MONGO, TestApp, expect_error, gzip};
+use crate::helpers::{NO_MONGO, TestApp, expect_error, gzip, json_post};
 
 #[tokio::test]
 async fn body_batch_and_event_limits_get_413_and_enqueue_nothing() {
@@ -259,14 +259,15 @@ async fn a_flooding_tenant_gets_its_limit_across_two_replicas_and_the_other_only
     // globex sends one event every 10 ms meanwhile, and gets 202 every time.
     let mut steady = 0;
     while started.elapsed() < window {
-        let resp = http
-            .post(format!("{}/events", replicas[steady % 2]))
-            .header("x-api-key", "key-globex")
-            .header("content-type", "application/json")
-            .body(r#"{"type":"steady"}"#)
-            .send()
-            .await
-            .unwrap();
+        let resp = json_post(
+            &http,
+            format!("{}/events", replicas[steady % 2]),
+            "key-globex",
+            r#"{"type":"steady"}"#,
+        )
+        .send()
+        .await
+        .unwrap();
         assert_eq!(resp.status(), 202, "globex is never refused");
         steady += 1;
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
