@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes docs/dashboard.png: the dashboard with an operator key, taken by headless Chromium while
-# the system runs under load (evp-loadtest at 800 events/s, three event types, two dead letters).
+# the system runs under load (evp-loadtest at 800 events/s, three event types, two dead letters, a
+# subscription whose consumer holds a delivery).
 #   scripts/screenshot.sh [path]     # default docs/dashboard.png
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../load-tests/lib.sh"
@@ -16,6 +17,15 @@ for i in 1 2; do
         dlq_reason "not stored after 5 deliveries" dlq_deliveries 6 dlq_source_id "1-$i" dlq_consumer gone-worker \
         dlq_at "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > /dev/null
 done
+# A subscription with a consumer that holds a delivery, for the Subscriptions panel.
+curl -s -X PUT "$INGEST_URL/subscriptions/active-users" -H "x-api-key: $KEY" -H 'content-type: application/json' \
+    -d '{"types":["signup","checkout"]}' > /dev/null
+sleep 2   # the workers store the batches above
+( for _ in $(seq 9); do   # polling without acknowledging: it stays a live consumer holding 50 events
+    curl -s -X POST "$INGEST_URL/subscriptions/active-users/poll" -H "x-api-key: $KEY" -H 'content-type: application/json' \
+        -d '{"consumer":"projector-1","max":50}' > /dev/null
+    sleep 10
+done ) &
 loadtest --duration 75 --rate 800 --batch 20 --concurrency 4 --quiet > /dev/null &
 LOAD_PID=$!
 "$EVP_ROOT/.venv/bin/python" "$EVP_ROOT/scripts/dashboard_open.py" "$INGEST_URL" "$ADMIN_KEYS" --screenshot "$OUT" --after 60
