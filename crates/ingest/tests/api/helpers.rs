@@ -84,7 +84,6 @@ impl TestApp {
     }
 }
 
-/// Asserts the status and error code of a response and returns its JSON body.
 /// A POST of a JSON body with the given key, to send (or to add headers to first).
 pub fn json_post(
     http: &reqwest::Client,
@@ -95,6 +94,7 @@ pub fn json_post(
     http.post(url).header("x-api-key", key).header("content-type", "application/json").body(body)
 }
 
+/// Asserts the status and error code of a response and returns its JSON body.
 pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(resp.status().as_u16(), status, "unexpected status");
     let body: Value = resp.json().await.unwrap();
