@@ -24,6 +24,17 @@ pub struct Event {
     pub data: Option<serde_json::Value>,
 }
 
+/// A setter per optional text field: `Event::new("signed_up").source("web")`.
+macro_rules! string_setters {
+    ($($(#[$doc:meta])* $field:ident,)*) => {$(
+        $(#[$doc])*
+        pub fn $field(mut self, value: impl Into<String>) -> Self {
+            self.$field = Some(value.into());
+            self
+        }
+    )*};
+}
+
 impl Event {
     pub fn new(event_type: impl Into<String>) -> Self {
         Self {
@@ -38,35 +49,19 @@ impl Event {
         }
     }
 
-    /// Your own id (the idempotency key); otherwise the client makes one.
-    pub fn id(mut self, id: impl Into<String>) -> Self {
-        self.id = Some(id.into());
-        self
-    }
-
-    pub fn timestamp(mut self, rfc3339: impl Into<String>) -> Self {
-        self.timestamp = Some(rfc3339.into());
-        self
-    }
-
-    pub fn source(mut self, source: impl Into<String>) -> Self {
-        self.source = Some(source.into());
-        self
-    }
-
-    pub fn aggregate_id(mut self, aggregate_id: impl Into<String>) -> Self {
-        self.aggregate_id = Some(aggregate_id.into());
-        self
-    }
-
-    pub fn correlation_id(mut self, correlation_id: impl Into<String>) -> Self {
-        self.correlation_id = Some(correlation_id.into());
-        self
-    }
-
-    pub fn causation_id(mut self, causation_id: impl Into<String>) -> Self {
-        self.causation_id = Some(causation_id.into());
-        self
+    string_setters! {
+        /// Your own id (the idempotency key); otherwise the client makes one.
+        id,
+        /// When it happened, RFC 3339; otherwise the server's receive time.
+        timestamp,
+        /// Where it came from.
+        source,
+        /// The entity it is about: its events are kept and delivered in order.
+        aggregate_id,
+        /// Ties the events of one flow together.
+        correlation_id,
+        /// The id of the event that caused this one.
+        causation_id,
     }
 
     /// A JSON object.

@@ -72,12 +72,9 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let config = match IngestConfig::from_env(&Env::process()) {
+    let config = match evp_runtime::config::from_process("evp-ingest", IngestConfig::from_env) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("evp-ingest: {e}");
-            return ExitCode::from(2);
-        }
+        Err(status) => return status,
     };
     evp_runtime::telemetry::init(config.common.log_format);
     match serve(config).await {

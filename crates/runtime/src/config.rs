@@ -18,6 +18,18 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A program's configuration read from the process environment. A bad value is printed as
+/// `program: error` and becomes exit status 2, before logging is set up.
+pub fn from_process<C>(
+    program: &str,
+    read: impl FnOnce(&Env) -> Result<C, ConfigError>,
+) -> Result<C, std::process::ExitCode> {
+    read(&Env::process()).map_err(|e| {
+        eprintln!("{program}: {e}");
+        std::process::ExitCode::from(2)
+    })
+}
+
 /// Where variables come from: the process environment, or a map in tests.
 #[derive(Debug, Clone, Default)]
 pub struct Env {

@@ -19,7 +19,7 @@ mod redis_cluster;
 mod redis_server;
 
 pub use mongo::{MongoKind, MongoServer, secantus_binary};
-pub use process::{ChildGuard, free_port, workspace_root};
+pub use process::{ChildGuard, free_port, program, workspace_root};
 pub use redis_cluster::{ClusterNode, RedisCluster, SlotMove};
 pub use redis_server::RedisServer;
 

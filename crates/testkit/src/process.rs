@@ -1,5 +1,6 @@
 //! Child-process plumbing shared by the fixtures.
 
+use std::ffi::OsStr;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,18 @@ pub fn free_port() -> u16 {
 /// The workspace root (two levels above this crate's manifest).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("workspace root").to_path_buf()
+}
+
+/// `program` run with nothing of the test's environment but `PATH`, and then `env`: a program
+/// under test reads only what the test gives it.
+pub fn program<K, V>(program: impl AsRef<OsStr>, env: impl IntoIterator<Item = (K, V)>) -> Command
+where
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
+    let mut command = Command::new(program);
+    command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).envs(env);
+    command
 }
 
 /// A child process that is killed and reaped on drop, and whose log is shown if the test failed.
@@ -31,6 +44,14 @@ impl ChildGuard {
         let err = out.try_clone()?;
         let child = command.stdin(Stdio::null()).stdout(out).stderr(err).spawn()?;
         Ok(Self { name: name.to_string(), child: Some(child), log: log.to_path_buf() })
+    }
+
+    /// Spawns `command` (logging to `log`) and waits up to 20 s until it listens on `port` of
+    /// 127.0.0.1; panics with the log's tail otherwise.
+    pub fn serving(name: &str, command: Command, log: &Path, port: u16) -> Self {
+        let mut child = Self::spawn(name, command, log).expect("spawn");
+        child.wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20)).expect("listening");
+        child
     }
 
     /// The process id, while it runs.

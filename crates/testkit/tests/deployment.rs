@@ -98,6 +98,18 @@ fn read(relative: &str) -> String {
     std::fs::read_to_string(workspace_root().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
 }
 
+/// A YAML mapping with its merge keys (`<<: *anchor`) applied, as Compose reads it.
+fn merged(mut yaml: serde_yaml_ng::Value) -> serde_yaml_ng::Mapping {
+    yaml.apply_merge().unwrap();
+    yaml.as_mapping().unwrap().clone()
+}
+
+/// The services of a Compose file.
+fn compose_services(relative: &str) -> serde_yaml_ng::Mapping {
+    let compose = merged(serde_yaml_ng::from_str(&read(relative)).unwrap());
+    compose[&serde_yaml_ng::Value::from("services")].as_mapping().unwrap().clone()
+}
+
 #[test]
 fn variables_are_found_in_the_source() {
     let ingest = program_variables("ingest");
@@ -125,12 +137,9 @@ fn variables_are_found_in_the_source() {
 
 #[test]
 fn compose_names_existing_dockerfiles_read_variables_and_served_health_paths() {
-    let mut compose: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&read("infrastructure/docker-compose.yml")).unwrap();
-    compose.apply_merge().unwrap();
-    let services = compose["services"].as_mapping().unwrap();
+    let services = compose_services("infrastructure/docker-compose.yml");
     let mut built = BTreeSet::new();
-    for (name, service) in services {
+    for (name, service) in &services {
         let name = name.as_str().unwrap();
         let Some(build) = service.get("build") else { continue };
         let context = workspace_root().join("infrastructure").join(build["context"].as_str().unwrap());
@@ -140,9 +149,7 @@ fn compose_names_existing_dockerfiles_read_variables_and_served_health_paths() {
         built.insert(program);
 
         let known = program_variables(program);
-        let mut env = service["environment"].clone();
-        env.apply_merge().unwrap();
-        for key in env.as_mapping().unwrap().keys() {
+        for key in merged(service["environment"].clone()).keys() {
             let key = key.as_str().unwrap();
             assert!(known.contains(key), "{name} sets {key}, which {program} does not read");
         }
@@ -173,14 +180,9 @@ fn compose_names_existing_dockerfiles_read_variables_and_served_health_paths() {
 
 #[test]
 fn the_cluster_override_sets_only_variables_the_programs_read() {
-    let mut compose: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&read("infrastructure/docker-compose.cluster.yml")).unwrap();
-    compose.apply_merge().unwrap();
-    let services = compose["services"].as_mapping().unwrap();
+    let services = compose_services("infrastructure/docker-compose.cluster.yml");
     for program in ["ingest", "worker"] {
-        let mut env = services[&serde_yaml_ng::Value::from(program)]["environment"].clone();
-        env.apply_merge().unwrap();
-        let env = env.as_mapping().unwrap();
+        let env = merged(services[&serde_yaml_ng::Value::from(program)]["environment"].clone());
         for key in env.keys() {
             let key = key.as_str().unwrap();
             assert!(program_variables(program).contains(key), "{program} sets {key}, which it does not read");

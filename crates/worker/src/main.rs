@@ -108,12 +108,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run_worker() -> ExitCode {
-    let config = match WorkerConfig::from_env(&Env::process()) {
+    let config = match evp_runtime::config::from_process("evp-worker", WorkerConfig::from_env) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("evp-worker: {e}");
-            return ExitCode::from(2);
-        }
+        Err(status) => return status,
     };
     evp_runtime::telemetry::init(config.common.log_format);
     let result = async {

@@ -69,13 +69,7 @@ pub async fn run(processor: Processor) {
                     processor.dead_letter(part, exhausted).await;
                 }
                 if !retry.is_empty() {
-                    metrics::counter!(m::EVENTS_READ).increment(retry.len() as u64);
-                    let processor = processor.clone();
-                    let part = part.clone();
-                    tasks.spawn(async move {
-                        processor.process(&part, retry).await;
-                        drop(permit);
-                    });
+                    processor.spawn(&mut tasks, part, retry, permit);
                 }
                 if !page_was_full {
                     break;

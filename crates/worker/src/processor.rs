@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{DateTime, RawDocumentBuf};
-use tokio::task::JoinHandle;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -87,6 +88,23 @@ impl Processor {
 
     pub fn store_is_up(&self) -> bool {
         self.store_up.load(Ordering::Relaxed)
+    }
+
+    /// Processes `entries` of partition `part` in a task of `tasks`, which keeps `slot` (a write
+    /// slot of [`InflightLimit`]) until the batch is done.
+    pub fn spawn(
+        &self,
+        tasks: &mut JoinSet<()>,
+        part: &StreamClient,
+        entries: Vec<Entry>,
+        slot: OwnedSemaphorePermit,
+    ) {
+        metrics::counter!(m::EVENTS_READ).increment(entries.len() as u64);
+        let (processor, part) = (self.clone(), part.clone());
+        tasks.spawn(async move {
+            processor.process(&part, entries).await;
+            drop(slot);
+        });
     }
 
     /// Processes one batch of partition `part` to the end. Entries that could not be stored

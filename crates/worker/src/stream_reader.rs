@@ -92,13 +92,7 @@ pub async fn run(processor: Processor) {
                     continue;
                 }
                 empty_reads = 0;
-                metrics::counter!(m::EVENTS_READ).increment(entries.len() as u64);
-                let processor = processor.clone();
-                let part = part.clone();
-                tasks.spawn(async move {
-                    processor.process(&part, entries).await;
-                    drop(permit);
-                });
+                processor.spawn(&mut tasks, part, entries, permit);
             }
             Err(e) if e.code() == Some("NOGROUP") => {
                 tracing::warn!(

@@ -5,19 +5,14 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use evp_testkit::{ChildGuard, RedisServer, free_port};
+use evp_testkit::{ChildGuard, RedisServer, free_port, program};
 
 use crate::helpers::json_post;
 
 const BIN: &str = env!("CARGO_BIN_EXE_evp-ingest");
 
 fn ingest(env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
+    program(BIN, env.iter().copied())
 }
 
 #[test]
@@ -36,7 +31,16 @@ fn a_bad_variable_stops_start_up_with_one_line_naming_it() {
     }
 }
 
-fn start(redis: &RedisServer, port: u16, dir: &tempfile::TempDir) -> ChildGuard {
+/// A running `evp-ingest` binary with its own Redis (MongoDB unreachable: not needed here).
+struct Ingest {
+    redis: RedisServer,
+    port: u16,
+    child: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+fn start() -> Ingest {
+    let (redis, port, dir) = (RedisServer::start(), free_port(), tempfile::tempdir().unwrap());
     let cmd = ingest(&[
         ("API_KEYS", "acme:k1"),
         ("REDIS_URL", &redis.url()),
@@ -44,17 +48,14 @@ fn start(redis: &RedisServer, port: u16, dir: &tempfile::TempDir) -> ChildGuard 
         ("PORT", &port.to_string()),
         ("LOG_FORMAT", "json"),
     ]);
-    let mut child = ChildGuard::spawn("evp-ingest", cmd, &dir.path().join("ingest.log")).unwrap();
-    child.wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(10)).unwrap();
-    child
+    let child = ChildGuard::serving("evp-ingest", cmd, &dir.path().join("ingest.log"), port);
+    Ingest { redis, port, child, _dir: dir }
 }
 
 #[tokio::test]
 async fn metrics_count_requests_and_events_and_responses_carry_a_request_id() {
-    let redis = RedisServer::start();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let _ingest = start(&redis, port, &dir);
+    let running = start();
+    let port = running.port;
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let post = |path: &'static str, body: &'static str| {
@@ -108,10 +109,8 @@ async fn metrics_count_requests_and_events_and_responses_carry_a_request_id() {
 
 #[tokio::test]
 async fn a_failed_request_is_logged_once_with_its_request_id_route_and_cause() {
-    let redis = RedisServer::start();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let ingest = start(&redis, port, &dir);
+    let running = start();
+    let (redis, port) = (&running.redis, running.port);
     // The stream's key holding a string makes Redis refuse every XADD (WRONGTYPE).
     let mut conn = redis.connection().await;
     let _: () = redis::cmd("SET").arg("events").arg("not a stream").query_async(&mut conn).await.unwrap();
@@ -127,7 +126,7 @@ async fn a_failed_request_is_logged_once_with_its_request_id_route_and_cause() {
     let ok = http.get(format!("http://127.0.0.1:{port}/health/live")).send().await.unwrap();
     assert_eq!(ok.status(), 200);
 
-    let log = ingest.log();
+    let log = running.child.log();
     let lines: Vec<serde_json::Value> = log
         .lines()
         .filter(|l| l.contains("failing-request-7"))
@@ -151,10 +150,8 @@ async fn a_failed_request_is_logged_once_with_its_request_id_route_and_cause() {
 
 #[tokio::test]
 async fn sigterm_drains_the_request_in_flight_then_exits_0() {
-    let redis = RedisServer::start();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut ingest = start(&redis, port, &dir);
+    let mut running = start();
+    let (redis, port) = (&running.redis, running.port);
 
     // A request whose body is still arriving when SIGTERM lands.
     let body = br#"{"type":"in_flight","id":"drained"}"#;
@@ -167,13 +164,17 @@ async fn sigterm_drains_the_request_in_flight_then_exits_0() {
     .unwrap();
     stream.write_all(&body[..10]).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let pid = ingest.pid().unwrap();
+    let pid = running.child.pid().unwrap();
     assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
     // The rest of the body goes only once the ingest has taken the signal (it logs it), so the
     // request is provably in flight during shutdown.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !ingest.log().contains("shutdown signal received") {
-        assert!(std::time::Instant::now() < deadline, "the ingest never took SIGTERM:\n{}", ingest.log());
+    while !running.child.log().contains("shutdown signal received") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ingest never took SIGTERM:\n{}",
+            running.child.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     stream.write_all(&body[10..]).unwrap();
@@ -182,9 +183,9 @@ async fn sigterm_drains_the_request_in_flight_then_exits_0() {
     let _ = stream.read_to_string(&mut response);
     assert!(response.starts_with("HTTP/1.1 202"), "in-flight request was not drained: {response:?}");
 
-    let code = ingest.signal_and_wait("TERM", Duration::from_secs(10));
-    assert_eq!(code, Some(0), "log:\n{}", ingest.log());
-    assert!(ingest.log().contains("evp-ingest stopped"));
+    let code = running.child.signal_and_wait("TERM", Duration::from_secs(10));
+    assert_eq!(code, Some(0), "log:\n{}", running.child.log());
+    assert!(running.child.log().contains("evp-ingest stopped"));
     let mut conn = redis.connection().await;
     let len: usize = redis::cmd("XLEN").arg("events").query_async(&mut conn).await.unwrap();
     assert_eq!(len, 1);

@@ -4,10 +4,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use evp_testkit::{ChildGuard, RedisServer, free_port};
+use evp_testkit::{ChildGuard, RedisServer, free_port, program};
 
 const BIN: &str = env!("CARGO_BIN_EXE_evp-ingest");
 
@@ -19,24 +18,17 @@ fn start(
     env: &[(&str, &str)],
 ) -> (ChildGuard, u16) {
     let port = free_port();
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c").arg(format!("ulimit -n {open_files} && exec {BIN}"));
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in [
+    let (url, port_text) = (redis.url(), port.to_string());
+    let base = [
         ("API_KEYS", "acme:k1"),
-        ("REDIS_URL", redis.url().as_str()),
+        ("REDIS_URL", url.as_str()),
         ("MONGODB_URI", "mongodb://127.0.0.1:9"),
-        ("PORT", &port.to_string()),
+        ("PORT", port_text.as_str()),
         ("LOG_FORMAT", "json"),
-    ]
-    .into_iter()
-    .chain(env.iter().copied())
-    {
-        cmd.env(k, v);
-    }
-    let mut child = ChildGuard::spawn("evp-ingest", cmd, &dir.path().join("ingest.log")).unwrap();
-    child.wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(10)).unwrap();
-    (child, port)
+    ];
+    let mut cmd = program("bash", base.into_iter().chain(env.iter().copied()));
+    cmd.arg("-c").arg(format!("ulimit -n {open_files} && exec {BIN}"));
+    (ChildGuard::serving("evp-ingest", cmd, &dir.path().join("ingest.log"), port), port)
 }
 
 /// A keyed single event on a new connection; `None` when the connection was closed unanswered.

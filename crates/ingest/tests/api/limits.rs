@@ -1,5 +1,8 @@
 //! Size limits (413), the gzip bomb, and the backlog high-water mark (503).
 
+use std::time::Duration;
+
+use evp_testkit::eventually;
 use serde_json::{Value, json};
 
 use crate::helpers::{NO_MONGO, TestApp, expect_error, gzip, json_post};
@@ -100,14 +103,10 @@ async fn backlog_past_the_high_water_mark_gets_503_with_retry_after() {
     let mut conn = app.redis.connection().await;
     let counts = format!("{}:unstored:evp-workers-group", app.stream);
     let _: () = redis::cmd("DEL").arg(&app.stream).arg(counts).query_async(&mut conn).await.unwrap();
-    let mut accepted = false;
-    for _ in 0..100 {
-        if app.post("/events", "key-acme", r#"{"type":"c"}"#).await.status() == 202 {
-            accepted = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let accepted = eventually(Duration::from_secs(3), || async {
+        app.post("/events", "key-acme", r#"{"type":"c"}"#).await.status() == 202
+    })
+    .await;
     assert!(accepted, "the ingest did not accept again after the backlog drained");
     assert_eq!(backlog, 5 + accepted_before_refusal, "a refused request must enqueue nothing");
 }
@@ -122,14 +121,10 @@ async fn bad_input_gets_its_4xx_even_past_the_high_water_mark() {
     .await;
     assert_eq!(app.post("/events", "key-acme", r#"{"type":"fills"}"#).await.status(), 202);
     // Wait until the ingest refuses valid input: the backlog monitor has seen the high water.
-    let mut refusing = false;
-    for _ in 0..200 {
-        if app.post("/events", "key-acme", r#"{"type":"probe"}"#).await.status() == 503 {
-            refusing = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let refusing = eventually(Duration::from_secs(4), || async {
+        app.post("/events", "key-acme", r#"{"type":"probe"}"#).await.status() == 503
+    })
+    .await;
     assert!(refusing, "the ingest never reached its high-water mark");
     let before = app.entry_count().await;
 

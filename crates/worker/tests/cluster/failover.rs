@@ -66,7 +66,7 @@ pub async fn assert_stored_once(sys: &System, accepted: &HashSet<String>, probe:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_under_load_loses_no_acknowledged_event() {
     let mut sys = System::start(&[("REDIS_WAIT_REPLICAS", "1")]).await;
-    let mut workers = [sys.worker("w1", &[]), sys.worker("w2", &[])];
+    let workers = sys.workers(&["w1", "w2"], &[]);
     let pids: Vec<Option<u32>> = workers.iter().map(|w| w.pid()).collect();
     let partitions = Partitions::new("events", PARTITIONS);
     let victim_slot = slot(&partitions.get(0).unwrap().stream);
@@ -120,11 +120,5 @@ async fn a_master_killed_under_load_loses_no_acknowledged_event() {
     // Every 202'd event is stored, exactly once.
     assert_stored_once(&sys, &accepted, &routed_to_0).await;
 
-    for (w, pid) in workers.iter_mut().zip(pids) {
-        assert!(w.is_running() && w.pid() == pid, "the workers carried on without a restart");
-    }
-    for mut w in workers {
-        assert_eq!(w.signal_and_wait("TERM", Duration::from_secs(20)), Some(0));
-    }
-    sys.stop().await;
+    sys.stop_with(workers, &pids).await;
 }

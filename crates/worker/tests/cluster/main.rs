@@ -77,7 +77,8 @@ async fn eight_partitions_on_a_cluster_store_every_event_exactly_once() {
     }
 
     let overrides = [("WORKER_CLAIM_IDLE_MS", "300"), ("WORKER_MAX_DELIVERIES", "5")];
-    let workers = [sys.worker("w1", &overrides), sys.worker("w2", &overrides)];
+    let workers = sys.workers(&["w1", "w2"], &overrides);
+    let pids: Vec<Option<u32>> = workers.iter().map(|w| w.pid()).collect();
 
     // 20,000 events, the two tenants interleaved, in batches of 500. Half belong to one of 40
     // aggregates (timestamps going backwards), half to none (routed by id).
@@ -208,11 +209,7 @@ async fn eight_partitions_on_a_cluster_store_every_event_exactly_once() {
     let counted = eventually(WAIT, || async { sys.rolled_up().await == 20_004 }).await;
     assert!(counted, "the rollups hold {} events, not 20,004", sys.rolled_up().await);
 
-    for mut w in workers {
-        assert!(w.is_running(), "workers ran throughout");
-        assert_eq!(w.signal_and_wait("TERM", Duration::from_secs(20)), Some(0));
-    }
-    sys.stop().await;
+    sys.stop_with(workers, &pids).await;
 }
 
 /// Documents of the stored events matching `filter`; the sum of the live rollup generation.

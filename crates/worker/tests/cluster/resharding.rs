@@ -13,7 +13,7 @@ use crate::system::{PARTITIONS, System, TENANTS};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_moved_to_another_master_under_load_keeps_every_event() {
     let mut sys = System::start(&[]).await;
-    let mut workers = [sys.worker("w1", &[]), sys.worker("w2", &[])];
+    let workers = sys.workers(&["w1", "w2"], &[]);
     let pids: Vec<Option<u32>> = workers.iter().map(|w| w.pid()).collect();
     let partitions = Partitions::new("events", PARTITIONS);
     let moved = slot(&partitions.get(0).unwrap().stream);
@@ -77,11 +77,5 @@ async fn a_partition_moved_to_another_master_under_load_keeps_every_event() {
     assert_eq!(status, 202);
     assert_stored_once(&sys, &accepted, &probe).await;
 
-    for (w, pid) in workers.iter_mut().zip(pids) {
-        assert!(w.is_running() && w.pid() == pid, "the workers carried on without a restart");
-    }
-    for mut w in workers {
-        assert_eq!(w.signal_and_wait("TERM", Duration::from_secs(20)), Some(0));
-    }
-    sys.stop().await;
+    sys.stop_with(workers, &pids).await;
 }

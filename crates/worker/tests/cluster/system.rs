@@ -1,11 +1,10 @@
 //! `System`: a Redis Cluster, a MongoDB server, an in-process ingest and worker processes.
 
-use std::process::Command;
 use std::time::Duration;
 
 use evp_ingest::IngestConfig;
 use evp_runtime::config::Env;
-use evp_testkit::{ChildGuard, MongoServer, RedisCluster, free_port};
+use evp_testkit::{ChildGuard, MongoServer, RedisCluster, free_port, program};
 use mongodb::bson::{Document, doc};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -82,17 +81,25 @@ impl System {
     /// Starts an `evp-worker` process.
     pub fn worker(&self, name: &str, overrides: &[(&str, &str)]) -> ChildGuard {
         let port = free_port();
-        let mut cmd = Command::new(BIN);
-        cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-        cmd.envs(self.env()).env("CONSUMER_NAME", name).env("WORKER_PORT", port.to_string());
-        cmd.env("WORKER_BLOCK_MS", "200").env("LEASE_TTL_MS", "2000");
-        for (k, v) in overrides {
-            cmd.env(k, v);
+        let mut cmd = program(BIN, self.env());
+        cmd.env("CONSUMER_NAME", name).env("WORKER_PORT", port.to_string());
+        cmd.env("WORKER_BLOCK_MS", "200").env("LEASE_TTL_MS", "2000").envs(overrides.iter().copied());
+        ChildGuard::serving(name, cmd, &self.logs.path().join(format!("{name}.log")), port)
+    }
+
+    /// Starts one worker process per name, all with `overrides`.
+    pub fn workers(&self, names: &[&str], overrides: &[(&str, &str)]) -> Vec<ChildGuard> {
+        names.iter().map(|name| self.worker(name, overrides)).collect()
+    }
+
+    /// Stops the ingest, after the workers: each must still be the process first started (it ran
+    /// throughout, without a restart) and must exit 0 on SIGTERM.
+    pub async fn stop_with(self, workers: Vec<ChildGuard>, pids: &[Option<u32>]) {
+        for (mut w, pid) in workers.into_iter().zip(pids) {
+            assert!(w.is_running() && w.pid() == *pid, "the workers carried on without a restart");
+            assert_eq!(w.signal_and_wait("TERM", Duration::from_secs(20)), Some(0));
         }
-        let mut process =
-            ChildGuard::spawn(name, cmd, &self.logs.path().join(format!("{name}.log"))).unwrap();
-        process.wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20)).unwrap();
-        process
+        self.stop().await;
     }
 
     pub async fn post(&self, path: &str, key: &str, body: &Value) -> (u16, Value) {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use evp_events::input::{Admission, Limits, admit_batch};
 use evp_runtime::partitions::Partitions;
 use evp_runtime::unstored;
-use evp_testkit::{ChildGuard, MongoServer, RedisServer, free_port};
+use evp_testkit::{ChildGuard, MongoServer, RedisServer, free_port, program};
 use mongodb::bson::{Document, doc};
 use serde_json::json;
 use tempfile::TempDir;
@@ -69,18 +69,10 @@ impl Pipeline {
     /// Starts a worker process; `overrides` replace or add variables.
     pub fn worker(&self, name: &str, overrides: &[(&str, &str)]) -> Worker {
         let port = free_port();
-        let mut cmd = Command::new(BIN);
-        cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-        for (k, v) in self.env(name, port) {
-            cmd.env(k, v);
-        }
-        for (k, v) in overrides {
-            cmd.env(k, v);
-        }
+        let mut cmd = program(BIN, self.env(name, port));
+        cmd.envs(overrides.iter().copied());
         let log = self.logs.path().join(format!("{name}.log"));
-        let mut process = ChildGuard::spawn(name, cmd, &log).unwrap();
-        process.wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20)).unwrap();
-        Worker { port, process }
+        Worker { port, process: ChildGuard::serving(name, cmd, &log, port) }
     }
 
     /// XADDs raw entry payloads, as something other than the ingest might; returns the entry ids.
