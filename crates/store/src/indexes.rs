@@ -13,6 +13,9 @@
 //!   order. Partial: only events with an `aggregate_id` pay for it.
 //! - `rollup_position` (partition, seq, tenant, type, timestamp): the rollup job's range counts and
 //!   the analytics tail, covered (no document is fetched to count it).
+//! - `tenant_position` (tenant, partition, seq, type): a subscription's reads, one tenant's events
+//!   of one partition in stream order. Tenant first, so a read walks only its own tenant's keys:
+//!   another tenant's flood in the same partition and range costs it nothing.
 //! - `newest_by_<filter>` (tenant, filter, timestamp ↓, event_id ↓), one per filter named in
 //!   `EVENT_INDEXES`. Partial on the field existing for the optional fields (an equality on it
 //!   implies that), so events without the field pay nothing. A filter without its index is refused with 400 by the ingest,
@@ -33,8 +36,11 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::IndexOptions;
 
 /// The index of stream positions: `partition, seq, tenant, type, timestamp` (the rollup job's
-/// ranges, the analytics tail, and subscriptions).
+/// ranges and the analytics tail).
 pub const POSITION_INDEX: &str = "rollup_position";
+
+/// The index of one tenant's stream positions: `tenant, partition, seq, type` (subscriptions).
+pub const TENANT_POSITION_INDEX: &str = "tenant_position";
 
 /// The unique index of deployments from before `_id` carried (tenant, event id).
 pub const LEGACY_UNIQUE_INDEX: &str = "tenant_event_id_unique";
@@ -125,6 +131,7 @@ impl EventIndexes {
                 POSITION_INDEX,
                 None,
             ),
+            model(doc! { "tenant": 1, "partition": 1, "seq": 1, "type": 1 }, TENANT_POSITION_INDEX, None),
         ];
         models.extend(self.0.iter().map(|&f| newest(Some(f))));
         models

@@ -5,18 +5,20 @@
 //!   there, the consumers seen, the last error. Every change is a compare-and-set on `version`
 //!   ([`SubscriptionStore::replace`]), so two ingest replicas never hand out one partition twice.
 //! - [`SubscriptionStore::deliverable`]: a partition's stored events of the tenant (and types) in
-//!   `[from, horizon)`, in stream order, served by the `rollup_position` index.
+//!   `[from, horizon)`, in stream order, served by the `tenant_position` index: an exact prefix
+//!   (tenant, partition) and a range (seq), in the index's order, so the planner needs no hint,
+//!   and a read examines only its own tenant's keys.
 //!
 //! The logic (who holds which partition, tokens, the horizon) is the ingest's; this module only
 //! knows the layout.
 
 use futures::TryStreamExt;
 use mongodb::bson::{DateTime, Document, doc};
-use mongodb::options::{FindOptions, Hint, IndexOptions, ReplaceOptions};
+use mongodb::options::{FindOptions, IndexOptions, ReplaceOptions};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use crate::indexes::{POSITION_INDEX, Query};
+use crate::indexes::Query;
 use crate::reader::StoredRow;
 
 /// A subscription's state, as stored.
@@ -198,7 +200,7 @@ impl SubscriptionStore {
         Ok(docs.first().and_then(|d| d.get_str("seq").ok()).map(str::to_owned))
     }
 
-    /// A find on the position index (named: the planner must not pick another and sort).
+    /// A find of stream positions, which `tenant_position` serves in order.
     async fn find_positions(
         &self,
         filter: Document,
@@ -208,7 +210,6 @@ impl SubscriptionStore {
     ) -> mongodb::error::Result<Vec<Document>> {
         let options = FindOptions::builder()
             .sort(sort)
-            .hint(Hint::Name(POSITION_INDEX.to_string()))
             .limit(limit as i64)
             .projection(projection)
             .max_time(crate::READ_MAX_TIME)
@@ -218,21 +219,22 @@ impl SubscriptionStore {
 }
 
 /// The query of a subscription's read: a partition's events of the tenant (and types) in
-/// `[from, before)`, in stream order, on the position index (named: the planner must not pick
-/// the tenant's newest-first index and sort).
+/// `[from, before)`, in stream order. Not hinted: `tenant_position` matches it exactly (two
+/// equalities, then the range, in its sort order), where any other index would have to sort or
+/// walk other tenants' keys; `crates/ingest/tests/api/indexes.rs` asserts the planner's choice.
 pub fn deliverable_query(tenant: &str, partition: i32, from: &str, before: &str, types: &[String]) -> Query {
     Query {
         filter: position_filter(tenant, partition, from, before, types),
         sort: doc! { "partition": 1, "seq": 1 },
-        hint: Some(POSITION_INDEX),
+        hint: None,
     }
 }
 
-/// `{partition, seq: [from, before), tenant, type}`: the position index's prefix, with tenant and
-/// type filtered from its keys before any document is fetched.
+/// `{tenant, partition, seq: [from, before), type}`: `tenant_position`'s prefix and range, with the
+/// types filtered from its keys before any document is fetched.
 fn position_filter(tenant: &str, partition: i32, from: &str, before: &str, types: &[String]) -> Document {
     let mut filter =
-        doc! { "partition": partition, "seq": { "$gte": from, "$lt": before }, "tenant": tenant };
+        doc! { "tenant": tenant, "partition": partition, "seq": { "$gte": from, "$lt": before } };
     if !types.is_empty() {
         filter.insert("type", doc! { "$in": types });
     }

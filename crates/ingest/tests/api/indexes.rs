@@ -155,6 +155,41 @@ async fn the_check_fails_when_an_index_is_missing() {
     );
 }
 
+/// Another tenant's flood in the same partition and range: a subscription's read is planned on
+/// `tenant_position`, which walks only its own tenant's keys, never on `rollup_position`, whose
+/// range holds every tenant's. (The read names no index; this holds the planner to it.)
+#[tokio::test]
+async fn a_subscription_read_walks_only_its_own_tenants_keys() {
+    let r = ReadApp::start().await;
+    let events = |tenant: &str, n: usize| -> Vec<_> {
+        (0..n).map(|i| json!({"id": format!("{tenant}-{i:04}"), "type": "a"})).collect()
+    };
+    r.send("key-acme", &events("acme", 5)).await;
+    for chunk in events("globex", 2_000).chunks(500) {
+        r.send("key-globex", chunk).await;
+    }
+    r.send("key-acme", &events("acme-late", 5)).await;
+    r.store_stream().await;
+    let db = r.mongo.client().await.database(&r.database);
+    let before = evp_events::EntryId::new(4_000_000_000_000, 0).sortable();
+    let winning = |types: Vec<String>| {
+        let (db, before) = (db.clone(), before.clone());
+        async move {
+            let query = evp_store::subscriptions::deliverable_query("acme", 0, "", &before, &types);
+            let plan = evp_store::indexes::explain(&db, "events", &query, Some(101)).await.unwrap();
+            let winning = plan.get_document("queryPlanner").and_then(|p| p.get_document("winningPlan"));
+            winning.map(|w| w.to_string()).unwrap_or_else(|_| format!("no winning plan: {plan}"))
+        }
+    };
+    for types in [vec![], vec!["a".to_string()]] {
+        let plan = winning(types.clone()).await;
+        assert!(plan.contains("\"tenant_position\""), "types {types:?}: planned on another index: {plan}");
+    }
+    // Without it, the plan is another index's: the check above can fail.
+    db.collection::<mongodb::bson::Document>("events").drop_index("tenant_position").await.unwrap();
+    assert!(!winning(vec![]).await.contains("\"tenant_position\""));
+}
+
 #[tokio::test]
 async fn a_filter_without_its_index_is_refused_naming_it_and_event_indexes() {
     // The default EVENT_INDEXES: `type` only.
@@ -257,9 +292,16 @@ async fn the_ingest_creates_the_indexes_of_the_filters_it_serves() {
     let events = mongo.client().await.database(&database).collection::<mongodb::bson::Document>("events");
     let created = evp_testkit::eventually(std::time::Duration::from_secs(20), || async {
         let names = events.list_index_names().await.unwrap_or_default();
-        ["newest", "newest_by_type", "newest_by_source", "rollup_position", "aggregate_order"]
-            .iter()
-            .all(|n| names.iter().any(|have| have == n))
+        [
+            "newest",
+            "newest_by_type",
+            "newest_by_source",
+            "rollup_position",
+            "tenant_position",
+            "aggregate_order",
+        ]
+        .iter()
+        .all(|n| names.iter().any(|have| have == n))
     })
     .await;
     assert!(created, "indexes: {:?}", events.list_index_names().await);

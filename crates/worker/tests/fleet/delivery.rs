@@ -129,6 +129,7 @@ async fn documents_have_the_contract_shape_and_indexes_exist() {
             keys(&[("partition", 1), ("seq", 1), ("tenant", 1), ("type", 1), ("timestamp", 1)]),
             false,
         ),
+        ("tenant_position".into(), keys(&[("tenant", 1), ("partition", 1), ("seq", 1), ("type", 1)]), false),
     ];
     expected.sort();
     assert_eq!(found, expected);
