@@ -595,20 +595,24 @@ loadtest --events "$SUB_EVENTS" --batch 100 --concurrency 16 --quiet --verify --
     --stall-timeout 300 --json "$WORK/subs-e2e.json" > /dev/null
 SUB_E2E=$(json "$WORK/subs-e2e.json" "int(d['verify']['processing_events_per_s'])")
 LIVE_LINES=""
-for live_at in "40 $SUB_E2E end-to-end" "80 $SUB_E2E end-to-end" "80 $SUB_DRAIN drain"; do
-    read -r pct base basis <<< "$live_at"
+# The subscriptions of the runs above name their run's type; the last one names none (it starts
+# now, so it delivers the same events), the read that tenant_position alone serves.
+for live_at in "40 $SUB_E2E end-to-end typed" "80 $SUB_E2E end-to-end typed" "80 $SUB_DRAIN drain typed" \
+    "80 $SUB_DRAIN drain untyped"; do
+    read -r pct base basis typed <<< "$live_at"
     drained   # each rate starts with the workers caught up
     LIVE_RATE=$(python3 -c "print(max(100, int($pct * $base / 100)))")
     live="live$pct$RANDOM"
     echo "== subscriptions: consuming while sending at $LIVE_RATE events/s ($pct% of the $basis rate) for 20 s"
-    subscribe --name "bench-live-$live" --type "loadtest.$live" --start-now --consumers 2 --duration 24 --json "$WORK/subs-live.json" &
+    type_args=(); [ "$typed" = typed ] && type_args=(--type "loadtest.$live")
+    subscribe --name "bench-live-$live" "${type_args[@]}" --start-now --consumers 2 --duration 24 --json "$WORK/subs-live.json" &
     SUB_PID=$!
     sleep 1
     loadtest --duration 20 --rate "$LIVE_RATE" --batch 100 --concurrency 16 --quiet --run-id "$live" --json "$WORK/subs-load.json" > /dev/null
     BACKLOG_END=$("${REDIS_CLI[@]}" xlen events)
     wait "$SUB_PID"
     LIVE_LINES+="
-  at $pct% of the $basis rate $(json "$WORK/subs-load.json" "f\"{d['accepted']} sent at {d['events_per_s']:.0f} events/s\""); $(json "$WORK/subs-live.json" "f\"{d['events']} delivered within 24 s; received to delivered p50 {d['delivery_p50_ms']:.0f} ms, p99 {d['delivery_p99_ms']:.0f} ms\""); not yet stored when the sending stopped: $BACKLOG_END"
+  at $pct% of the $basis rate, $([ "$typed" = typed ] && echo "its type" || echo "every type"): $(json "$WORK/subs-load.json" "f\"{d['accepted']} sent at {d['events_per_s']:.0f} events/s\""); $(json "$WORK/subs-live.json" "f\"{d['events']} delivered within 24 s; received to delivered p50 {d['delivery_p50_ms']:.0f} ms, p99 {d['delivery_p99_ms']:.0f} ms\""); not yet stored when the sending stopped: $BACKLOG_END"
 done
 stop_workers
 SUBS_REPORT="  drain (2 workers)         $SUB_DRAIN events/s

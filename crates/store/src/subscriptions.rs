@@ -6,19 +6,19 @@
 //!   ([`SubscriptionStore::replace`]), so two ingest replicas never hand out one partition twice.
 //! - [`SubscriptionStore::deliverable`]: a partition's stored events of the tenant (and types) in
 //!   `[from, horizon)`, in stream order, served by the `tenant_position` index: an exact prefix
-//!   (tenant, partition) and a range (seq), in the index's order, so the planner needs no hint,
-//!   and a read examines only its own tenant's keys.
+//!   (tenant, partition) and a range (seq), in the index's order, so a read examines only its own
+//!   tenant's keys ([`deliverable_query`] says when it names the index).
 //!
 //! The logic (who holds which partition, tokens, the horizon) is the ingest's; this module only
 //! knows the layout.
 
 use futures::TryStreamExt;
 use mongodb::bson::{DateTime, Document, doc};
-use mongodb::options::{FindOptions, IndexOptions, ReplaceOptions};
+use mongodb::options::{FindOptions, Hint, IndexOptions, ReplaceOptions};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use crate::indexes::Query;
+use crate::indexes::{Query, TENANT_POSITION_INDEX};
 use crate::reader::StoredRow;
 
 /// A subscription's state, as stored.
@@ -174,8 +174,8 @@ impl SubscriptionStore {
         types: &[String],
         limit: usize,
     ) -> mongodb::error::Result<Vec<StoredRow>> {
-        let Query { filter, sort, .. } = deliverable_query(tenant, partition, from, before, types);
-        let docs = self.find_positions(filter, sort, limit, None).await?;
+        let query = deliverable_query(tenant, partition, from, before, types);
+        let docs = self.find_positions(query, limit, None).await?;
         Ok(docs.into_iter().map(StoredRow::from_document).collect())
     }
 
@@ -194,39 +194,45 @@ impl SubscriptionStore {
             Edge::Oldest => 1,
             Edge::Newest => -1,
         };
-        let filter = position_filter(tenant, partition, from, before, types);
-        let sort = doc! { "partition": direction, "seq": direction };
-        let docs = self.find_positions(filter, sort, 1, Some(doc! { "seq": 1, "_id": 0 })).await?;
+        let mut query = deliverable_query(tenant, partition, from, before, types);
+        query.sort = doc! { "partition": direction, "seq": direction };
+        let docs = self.find_positions(query, 1, Some(doc! { "seq": 1, "_id": 0 })).await?;
         Ok(docs.first().and_then(|d| d.get_str("seq").ok()).map(str::to_owned))
     }
 
     /// A find of stream positions, which `tenant_position` serves in order.
     async fn find_positions(
         &self,
-        filter: Document,
-        sort: Document,
+        query: Query,
         limit: usize,
         projection: Option<Document>,
     ) -> mongodb::error::Result<Vec<Document>> {
         let options = FindOptions::builder()
-            .sort(sort)
+            .sort(query.sort)
+            .hint(query.hint.map(|name| Hint::Name(name.to_owned())))
             .limit(limit as i64)
             .projection(projection)
             .max_time(crate::READ_MAX_TIME)
             .build();
-        self.events.find(filter).with_options(options).await?.try_collect().await
+        self.events.find(query.filter).with_options(options).await?.try_collect().await
     }
 }
 
 /// The query of a subscription's read: a partition's events of the tenant (and types) in
-/// `[from, before)`, in stream order. Not hinted: `tenant_position` matches it exactly (two
-/// equalities, then the range, in its sort order), where any other index would have to sort or
-/// walk other tenants' keys; `crates/ingest/tests/api/indexes.rs` asserts the planner's choice.
+/// `[from, before)`, in stream order, on `tenant_position`.
+///
+/// Without types it names no index: `tenant_position` matches it exactly (two equalities, then
+/// the range, in its sort order), and every other index would have to sort or walk other
+/// tenants' keys. With types it names the index: `newest_by_type` then also bounds the tenant and
+/// the types, and when the types are rare the planner's trial can prefer it, sorting in memory,
+/// and cache that plan for the shape. A hint is kept to where it is needed, since a query naming an
+/// index fails outright once the index is gone (an unhinted one only slows down).
+/// `crates/ingest/tests/api/indexes.rs` asserts the plans of both.
 pub fn deliverable_query(tenant: &str, partition: i32, from: &str, before: &str, types: &[String]) -> Query {
     Query {
         filter: position_filter(tenant, partition, from, before, types),
         sort: doc! { "partition": 1, "seq": 1 },
-        hint: None,
+        hint: (!types.is_empty()).then_some(TENANT_POSITION_INDEX),
     }
 }
 

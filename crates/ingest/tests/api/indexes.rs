@@ -157,7 +157,8 @@ async fn the_check_fails_when_an_index_is_missing() {
 
 /// Another tenant's flood in the same partition and range: a subscription's read is planned on
 /// `tenant_position`, which walks only its own tenant's keys, never on `rollup_position`, whose
-/// range holds every tenant's. (The read names no index; this holds the planner to it.)
+/// range holds every tenant's. (Without types the read names no index; this holds the planner
+/// to it.)
 #[tokio::test]
 async fn a_subscription_read_walks_only_its_own_tenants_keys() {
     let r = ReadApp::start().await;
@@ -185,9 +186,12 @@ async fn a_subscription_read_walks_only_its_own_tenants_keys() {
         let plan = winning(types.clone()).await;
         assert!(plan.contains("\"tenant_position\""), "types {types:?}: planned on another index: {plan}");
     }
-    // Without it, the plan is another index's: the check above can fail.
+    // Without it, the unhinted read is planned on another index (the check above can fail), and
+    // the hinted one, with types, is refused.
     db.collection::<mongodb::bson::Document>("events").drop_index("tenant_position").await.unwrap();
     assert!(!winning(vec![]).await.contains("\"tenant_position\""));
+    let typed = evp_store::subscriptions::deliverable_query("acme", 0, "", &before, &["a".to_string()]);
+    assert!(evp_store::indexes::explain(&db, "events", &typed, Some(101)).await.is_err());
 }
 
 #[tokio::test]
