@@ -288,10 +288,11 @@ mod tests {
         let names = |set: &EventIndexes| -> Vec<String> {
             set.models().iter().filter_map(|m| m.options.as_ref()?.name.clone()).collect()
         };
-        assert_eq!(names(&EventIndexes::new([])), ["newest", "aggregate_order", "rollup_position"]);
+        let fixed = ["newest", "aggregate_order", "rollup_position", "tenant_position"];
+        assert_eq!(names(&EventIndexes::new([])), fixed);
         assert_eq!(
             names(&EventIndexes::new([ListingFilter::Source])),
-            ["newest", "aggregate_order", "rollup_position", "newest_by_source"]
+            [&fixed[..], &["newest_by_source"]].concat()
         );
     }
 
