@@ -46,7 +46,8 @@ impl Subscriptions {
     /// 2. read each claimed partition's events in `[from, horizon)`;
     /// 3. commit: each claim becomes its delivery (or is let go, moving the checkpoint up to the
     ///    horizon when nothing of the subscription lies below it), if it is still this poll's
-    ///    (a reset meanwhile drops it).
+    ///    (a reset meanwhile drops it). A read that fails lets every claim go instead, so a retry
+    ///    does not wait out the ack timeout.
     async fn poll_once(
         &self,
         tenant: &str,
@@ -63,7 +64,7 @@ impl Subscriptions {
                 None // No room in this poll: let the claim go untouched.
             } else {
                 let asked = budget;
-                let rows = bounded(self.store.deliverable(
+                let read = bounded(self.store.deliverable(
                     tenant,
                     claim.partition,
                     &claim.from,
@@ -71,7 +72,17 @@ impl Subscriptions {
                     &types,
                     asked,
                 ))
-                .await?;
+                .await;
+                let rows = match read {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        // Let every claim go, so the next poll can take them at once instead of
+                        // after the ack timeout (best effort: if this fails too, they expire).
+                        let none = claims.iter().map(|_| None).collect();
+                        let _ = self.commit(tenant, name, generation, &claims, none).await;
+                        return Err(e);
+                    }
+                };
                 budget -= rows.len();
                 Some((rows, asked))
             };

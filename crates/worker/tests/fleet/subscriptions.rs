@@ -378,3 +378,36 @@ async fn consume_one(s: &Subs, name: &str) -> (Vec<Value>, String) {
     }
     panic!("nothing delivered within {WAIT:?}");
 }
+
+/// A poll whose read fails (here: a typed read names `tenant_position`, which is gone) answers
+/// 503 and lets its partitions go, so the consumer's next poll, once reads work again, takes them
+/// at once instead of waiting out the ack timeout (60 s here); and then delivers every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_whose_read_fails_lets_its_partitions_go_at_once() {
+    let s = Subs::start(60_000).await;
+    let _w = s.worker("w");
+    assert_eq!(s.define("key-acme", "retried", json!({"types": ["kept"]})).await.0, 201);
+    let sent = events("rt", 40, 8, "kept");
+    s.send("key-acme", &sent).await;
+    s.settled().await;
+
+    let db = s.p.mongo.client().await.database(&s.p.database);
+    let events_collection = db.collection::<mongodb::bson::Document>("events");
+    events_collection.drop_index("tenant_position").await.unwrap();
+    let body = json!({"consumer": "c", "max": 100});
+    let (status, answer) = s.call("POST", "/subscriptions/retried/poll", "key-acme", Some(body)).await;
+    assert_eq!(status, 503, "{answer}");
+
+    let index = evp_store::indexes::EventIndexes::default()
+        .models()
+        .into_iter()
+        .find(|m| m.options.as_ref().and_then(|o| o.name.as_deref()) == Some("tenant_position"))
+        .expect("tenant_position is one of the models");
+    events_collection.create_index(index).await.unwrap();
+    let (first, ack) = s.poll("key-acme", "retried", "c", 100, 0).await;
+    assert!(!first.is_empty() && ack.is_some(), "the failed poll's partitions were still held");
+    assert_eq!(s.ack("key-acme", "retried", &ack.unwrap()).await, 204);
+    let mut got: HashSet<String> = first.iter().map(id).collect();
+    got.extend(consume(&s, "key-acme", "retried", "c", sent.len() - got.len()).await.iter().map(id));
+    assert_eq!(got, sent.iter().map(id).collect::<HashSet<_>>());
+}
