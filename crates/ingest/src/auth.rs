@@ -41,6 +41,17 @@ pub enum Viewer {
     Operator(Arc<str>),
 }
 
+impl Viewer {
+    /// Whose read slots its reads take (`READ_CONCURRENCY_PER_TENANT`): its tenant's, or, for any
+    /// operator key, the operators' one set.
+    pub fn reader(&self) -> Arc<str> {
+        match self {
+            Self::Tenant(tenant) => tenant.0.clone(),
+            Self::Operator(_) => Arc::from("(operators)"),
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for Viewer {
     type Rejection = ApiError;
 

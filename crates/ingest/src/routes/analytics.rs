@@ -3,8 +3,6 @@
 //! Parameters are checked before anything is asked (400 `invalid_query` naming the parameter);
 //! MongoDB or Redis not answering within [`READ_TIMEOUT`] is a 503 with `Retry-After`.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{RawQuery, State};
 
@@ -16,9 +14,6 @@ use crate::error::{ApiError, ErrorResponse};
 use crate::routes::now_ms;
 use crate::routes::read::{READ_TIMEOUT, bounded, bounded_from, read_slot};
 use crate::routes::responses::{ReadsBusy, Unauthorized};
-
-/// The name operator keys' reads are counted under.
-const OPERATORS: &str = "(operators)";
 use crate::state::AppState;
 
 /// The tenant's exact event counts, per type and per bucket, from the rollups.
@@ -46,10 +41,7 @@ pub async fn metrics(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Metrics>, ApiError> {
     let window = AnalyticsQuery::parse(raw.as_deref())?.window(now_ms())?;
-    let who: Arc<str> = match &viewer {
-        Viewer::Tenant(tenant) => tenant.0.clone(),
-        Viewer::Operator(_) => Arc::from(OPERATORS),
-    };
+    let who = viewer.reader();
     let _read = read_slot(&state, &who)?;
     // In the tenant's own line first (one of its answers at a time), then for one of the
     // replica's answer slots (first come, first served): each tenant waits behind at most one

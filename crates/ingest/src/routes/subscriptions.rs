@@ -15,8 +15,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{Tenant, Viewer};
 use crate::body::EventBody;
 use crate::error::{ApiError, ErrorResponse};
-use crate::routes::read::{bounded, bounded_from};
-use crate::routes::responses::{BodyRefused, MongoDown, NoSubscription, Unauthorized};
+use crate::routes::read::{bounded, bounded_from, read_slot};
+use crate::routes::responses::{BodyRefused, MongoDown, NoSubscription, ReadsBusy, Unauthorized};
 use crate::state::AppState;
 use crate::subscriptions::view::{Delivered, SubscriptionList, SubscriptionView};
 use crate::subscriptions::{MAX_TYPES, StartAt};
@@ -206,9 +206,11 @@ pub async fn define(
 
 /// The tenant's subscriptions (every tenant's, with `tenant`, for an operator key).
 #[utoipa::path(get, path = "/subscriptions", tag = "subscriptions",
-    responses((status = 200, description = "The subscriptions, by name", body = SubscriptionList), Unauthorized, MongoDown),
+    responses((status = 200, description = "The subscriptions, by name", body = SubscriptionList), Unauthorized, ReadsBusy,
+        MongoDown),
     security(("api_key" = [])))]
 pub async fn list(State(state): State<AppState>, viewer: Viewer) -> Result<Json<SubscriptionList>, ApiError> {
+    let _slot = read_slot(&state, &viewer.reader())?;
     let (tenant, with_tenant) = match &viewer {
         Viewer::Tenant(t) => (Some(&*t.0), false),
         Viewer::Operator(_) => (None, true),
@@ -230,7 +232,7 @@ pub async fn list(State(state): State<AppState>, viewer: Viewer) -> Result<Json<
     params(Named),
     responses(
         (status = 200, description = "The subscription", body = SubscriptionView),
-        Unauthorized, NoSubscription, MongoDown,
+        Unauthorized, NoSubscription, ReadsBusy, MongoDown,
     ),
     security(("api_key" = [])))]
 pub async fn show(
@@ -238,6 +240,7 @@ pub async fn show(
     tenant: Tenant,
     Path(Named { name }): Path<Named>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
+    let _slot = read_slot(&state, &tenant.0)?;
     Ok(Json(view(&state, &tenant.0, &name, false).await?))
 }
 

@@ -403,6 +403,48 @@ async fn a_tenants_read_flood_is_held_to_its_slots_while_another_reads_and_write
     assert_eq!(read("key-acme").await.unwrap().status(), 200);
 }
 
+/// `GET /subscriptions*` are reads too (each computes the lag, with reads of MongoDB): one
+/// tenant's flood of them is held to its slots, and another tenant's are answered meanwhile.
+#[tokio::test]
+async fn a_tenants_flood_of_subscription_reads_is_held_to_its_slots() {
+    let r = ReadApp::start_with(|c| c.read_concurrency_per_tenant = 2).await;
+    let app = &r.app;
+    for key in ["key-acme", "key-globex"] {
+        let url = app.url("/subscriptions/projection");
+        let resp = app.http.put(url).header("x-api-key", key).json(&json!({})).send().await.unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+    let get =
+        |key: &'static str, path: &'static str| app.http.get(app.url(path)).header("x-api-key", key).send();
+    let flood =
+        futures::future::join_all((0..60).map(|i| {
+            get("key-acme", if i % 2 == 0 { "/subscriptions" } else { "/subscriptions/projection" })
+        }));
+    let other = async {
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            statuses.push(get("key-globex", "/subscriptions").await.unwrap().status().as_u16());
+            statuses.push(get("key-globex", "/subscriptions/projection").await.unwrap().status().as_u16());
+        }
+        statuses
+    };
+    let (flooded, others) = tokio::join!(flood, other);
+    let mut refused = 0;
+    for resp in flooded {
+        let resp = resp.unwrap();
+        if resp.status() == 429 {
+            let body = expect_error(resp, 429, "rate_limited").await;
+            assert!(body["error"]["message"].as_str().unwrap().contains("READ_CONCURRENCY_PER_TENANT"));
+            refused += 1;
+        } else {
+            assert_eq!(resp.status(), 200);
+        }
+    }
+    assert!(refused > 0, "60 reads at once never met the bound of 2");
+    assert!(others.iter().all(|s| *s == 200), "globex: {others:?}");
+    assert_eq!(get("key-acme", "/subscriptions").await.unwrap().status(), 200);
+}
+
 #[tokio::test]
 async fn a_page_ends_early_before_max_page_bytes_and_paging_still_lists_every_event_once() {
     let r = ReadApp::start_with(|c| c.max_page_bytes = 8_000).await;
