@@ -18,7 +18,7 @@
 #   BENCH_PHASES="dashboard" load-tests/bench.sh   # single events with and without an open dashboard
 #   BENCH_PHASES="subscriptions" load-tests/bench.sh   # a subscription's delivery rate with 1 and 2
 #       consumers against the workers' drain rate, and received-to-delivered p50/p99 at 40% and 80% of
-#       the end-to-end rate and at 80% of the drain
+#       the end-to-end rate and at 80% and 60% of the drain, beside a control run with no subscription
 #   BENCH_PHASES="cluster" load-tests/bench.sh     # batched ingest: one Redis vs a 3-master Redis Cluster
 #       with 8 partitions, and the cost of REDIS_WAIT_REPLICAS=1 (not in the default run)
 #   WORKER_BIN=/path/to/evp-worker load-tests/bench.sh   # measure another build's worker
@@ -571,9 +571,10 @@ fi
 # (--verify: events stored over the time from the first send to the last store), the drain as it
 # is when the same two cores also run the load generator and the ingest. A subscription starting
 # now is then consumed while the load test sends for 20 s at 40% and 80% of that end-to-end rate,
-# and at 80% of the drain alone (each after the workers caught up): the time from the ingest's
-# receiving an event to its delivery, p50 and p99, and the workers' backlog when the sending
-# stopped (an event is delivered only once stored). Only with BENCH_PHASES=subscriptions.
+# and at 80% and 60% of the drain alone (each after the workers caught up): the time from the
+# ingest's receiving an event to its delivery, p50 and p99, and the workers' backlog when the
+# sending stopped (an event is delivered only once stored), beside a control run at 80% of the
+# drain with no subscription. Only with BENCH_PHASES=subscriptions.
 SUBS_REPORT=""
 if phase subscriptions; then
 SUB_EVENTS=$(n 30000)
@@ -595,24 +596,42 @@ loadtest --events "$SUB_EVENTS" --batch 100 --concurrency 16 --quiet --verify --
     --stall-timeout 300 --json "$WORK/subs-e2e.json" > /dev/null
 SUB_E2E=$(json "$WORK/subs-e2e.json" "int(d['verify']['processing_events_per_s'])")
 LIVE_LINES=""
-# The subscriptions of the runs above name their run's type; the last one names none (it starts
-# now, so it delivers the same events), the read that tenant_position alone serves.
+# The subscriptions of the runs above name their run's type; the untyped ones name none (they
+# start now, so they deliver the same events), the read that tenant_position alone serves. The
+# control ("none") sends at the same rate with no subscription: what the workers' backlog is when
+# nothing reads. CPU: each run's share of both cores' time for the MongoDB server (when the run
+# started one), the ingest, and what stayed idle.
 for live_at in "40 $SUB_E2E end-to-end typed" "80 $SUB_E2E end-to-end typed" "80 $SUB_DRAIN drain typed" \
-    "80 $SUB_DRAIN drain untyped"; do
+    "80 $SUB_DRAIN drain none" "80 $SUB_DRAIN drain untyped" "60 $SUB_DRAIN drain untyped"; do
     read -r pct base basis typed <<< "$live_at"
     drained   # each rate starts with the workers caught up
     LIVE_RATE=$(python3 -c "print(max(100, int($pct * $base / 100)))")
     live="live$pct$RANDOM"
-    echo "== subscriptions: consuming while sending at $LIVE_RATE events/s ($pct% of the $basis rate) for 20 s"
+    echo "== subscriptions: sending at $LIVE_RATE events/s ($pct% of the $basis rate) for 20 s; subscription: $typed"
     type_args=(); [ "$typed" = typed ] && type_args=(--type "loadtest.$live")
-    subscribe --name "bench-live-$live" "${type_args[@]}" --start-now --consumers 2 --duration 24 --json "$WORK/subs-live.json" &
-    SUB_PID=$!
-    sleep 1
+    if [ "$typed" != none ]; then
+        subscribe --name "bench-live-$live" "${type_args[@]}" --start-now --consumers 2 --duration 24 --json "$WORK/subs-live.json" &
+        SUB_PID=$!
+        sleep 1
+    fi
+    cpu_begin "${MONGO_PID:-$INGEST_PID}" "$INGEST_PID"
     loadtest --duration 20 --rate "$LIVE_RATE" --batch 100 --concurrency 16 --quiet --run-id "$live" --json "$WORK/subs-load.json" > /dev/null
+    cpu_end
     BACKLOG_END=$("${REDIS_CLI[@]}" xlen events)
-    wait "$SUB_PID"
+    cpu="CPU: MongoDB server ${CPU_SHARES[0]}, ingest ${CPU_SHARES[1]}, idle ${CPU_SHARES[4]}"
+    [ -z "${MONGO_PID:-}" ] && cpu="CPU: ingest ${CPU_SHARES[1]}, idle ${CPU_SHARES[4]}"
+    case "$typed" in
+        typed) what="its type" ;;
+        untyped) what="every type" ;;
+        *) what="no subscription (the control)" ;;
+    esac
+    delivered="nothing read"
+    if [ "$typed" != none ]; then
+        wait "$SUB_PID"
+        delivered=$(json "$WORK/subs-live.json" "f\"{d['events']} delivered within 24 s; received to delivered p50 {d['delivery_p50_ms']:.0f} ms, p99 {d['delivery_p99_ms']:.0f} ms\"")
+    fi
     LIVE_LINES+="
-  at $pct% of the $basis rate, $([ "$typed" = typed ] && echo "its type" || echo "every type"): $(json "$WORK/subs-load.json" "f\"{d['accepted']} sent at {d['events_per_s']:.0f} events/s\""); $(json "$WORK/subs-live.json" "f\"{d['events']} delivered within 24 s; received to delivered p50 {d['delivery_p50_ms']:.0f} ms, p99 {d['delivery_p99_ms']:.0f} ms\""); not yet stored when the sending stopped: $BACKLOG_END"
+  at $pct% of the $basis rate, $what: $(json "$WORK/subs-load.json" "f\"{d['accepted']} sent at {d['events_per_s']:.0f} events/s\""); $delivered; not yet stored when the sending stopped: $BACKLOG_END; $cpu"
 done
 stop_workers
 SUBS_REPORT="  drain (2 workers)         $SUB_DRAIN events/s

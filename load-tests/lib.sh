@@ -54,7 +54,8 @@ start_servers() {
             ensure_secantus
             start_secantus "$WORK/secantus" "$MONGO_PORT" "$WORK/mongo.log"
         fi
-        PIDS+=($!)
+        MONGO_PID=$!   # the server's pid, for CPU shares
+        PIDS+=($MONGO_PID)
         wait_port "$MONGO_PORT" "MongoDB server" "$WORK/mongo.log"
         export MONGODB_URI="mongodb://127.0.0.1:$MONGO_PORT"
     fi
