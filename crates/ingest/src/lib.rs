@@ -46,7 +46,7 @@ pub mod stream_publisher;
 pub mod subscriptions;
 
 use anyhow::Context;
-use metrics_exporter_prometheus::PrometheusHandle;
+use evp_runtime::metrics::Handle as MetricsHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +56,7 @@ pub use state::AppState;
 /// Builds the shared state: the lazy Redis publisher and the MongoDB client (neither connects yet).
 pub async fn build_state(
     config: IngestConfig,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<MetricsHandle>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<AppState> {
     let common = &config.common;
@@ -145,7 +145,7 @@ fn spawn_index_creation(state: &AppState, shutdown: CancellationToken) {
 pub async fn run(
     config: IngestConfig,
     listener: TcpListener,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<MetricsHandle>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (drain_timeout, threads) = (config.drain_timeout, config.threads);

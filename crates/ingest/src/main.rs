@@ -87,7 +87,11 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: IngestConfig) -> anyhow::Result<()> {
-    let metrics = evp_runtime::metrics::install().context("metrics recorder")?;
+    let forgetting = evp_runtime::metrics::Forgetting {
+        prefix: evp_ingest::metrics::SUBSCRIPTION_PREFIX,
+        after: evp_ingest::metrics::SUBSCRIPTION_FORGET_AFTER,
+    };
+    let metrics = evp_runtime::metrics::install(Some(forgetting)).context("metrics recorder")?;
     let shutdown = evp_runtime::shutdown::on_signal();
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))
         .await

@@ -58,6 +58,15 @@ pub const SUBSCRIPTION_NACKED: &str = "evp_ingest_subscription_nacked_total";
 /// Gauge, labels `tenant`, `subscription`: the subscription's lag in seconds, as last computed (by
 /// `GET /subscriptions*` and every 10 s by each replica).
 pub const SUBSCRIPTION_LAG: &str = "evp_ingest_subscription_lag_seconds";
+/// What the five metrics above start with. Their `subscription` label is a name tenants choose and
+/// delete, so they live in the registry that forgets ([`evp_runtime::metrics`]): each replica
+/// refreshes every existing subscription's series every 10 s
+/// ([`crate::subscriptions::Subscriptions::spawn_lag_gauges`]), and a deleted subscription's
+/// leave `/metrics` [`SUBSCRIPTION_FORGET_AFTER`] after its last refresh.
+pub const SUBSCRIPTION_PREFIX: &str = "evp_ingest_subscription_";
+/// How long a subscription's series stay without a refresh: six rounds of the 10 s refresh, so
+/// a round or two lost to a slow MongoDB does not reset a live subscription's counters.
+pub const SUBSCRIPTION_FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// Counter: connections closed at once because `MAX_CONNECTIONS` were open.
 pub const CONNECTIONS_REFUSED: &str = "evp_ingest_connections_refused_total";

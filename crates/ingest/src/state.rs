@@ -3,9 +3,9 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
+use evp_runtime::metrics::Handle as MetricsHandle;
 use evp_store::reader::EventReader;
 use evp_store::rollups::RollupStore;
 
@@ -57,7 +57,7 @@ pub struct Shared {
     /// The API keys created at runtime (`/admin/keys`), as this replica last read them.
     pub keys: crate::key_store::KeyStore,
     /// Renders `/metrics`; `None` when no recorder is installed (in-process tests).
-    pub prometheus: Option<PrometheusHandle>,
+    pub prometheus: Option<MetricsHandle>,
     /// Handles recorded into on every accepted request.
     pub metrics: IngestMetrics,
     /// Cancelled when shutdown begins; readiness turns 503 so load balancers stop sending.

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::Handle;
 
 /// Longest a dependency check may take before the dependency counts as down.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -119,7 +120,7 @@ where
 }
 
 /// `/metrics`: the Prometheus text format (empty when no recorder is installed, as in tests).
-pub fn metrics_response(handle: Option<&PrometheusHandle>) -> Response {
-    let body = handle.map(PrometheusHandle::render).unwrap_or_default();
+pub fn metrics_response(handle: Option<&Handle>) -> Response {
+    let body = handle.map(Handle::render).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use evp_runtime::connect::mongo_ping;
 use evp_runtime::health::{self, HealthReport, RollupHealth};
-use metrics_exporter_prometheus::PrometheusHandle;
+use evp_runtime::metrics::Handle as MetricsHandle;
 use serde_json::json;
 
 use crate::rollup_job::SharedStatus;
@@ -22,7 +22,7 @@ use evp_store::EventStore;
 pub struct HealthState {
     pub stream: StreamClient,
     pub store: EventStore,
-    pub metrics: Option<PrometheusHandle>,
+    pub metrics: Option<MetricsHandle>,
     /// Set once indexes exist and the group is there: the worker is consuming.
     pub started: Arc<AtomicBool>,
     /// The rollup job's state, and the lag past which it is degraded.

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use metrics_exporter_prometheus::PrometheusHandle;
+use evp_runtime::metrics::Handle as MetricsHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +59,7 @@ use tokio::sync::watch;
 pub async fn run(
     config: WorkerConfig,
     listener: Option<TcpListener>,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<MetricsHandle>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);

@@ -114,7 +114,7 @@ async fn run_worker() -> ExitCode {
     };
     evp_runtime::telemetry::init(config.common.log_format);
     let result = async {
-        let metrics = evp_runtime::metrics::install().context("metrics recorder")?;
+        let metrics = evp_runtime::metrics::install(None).context("metrics recorder")?;
         let shutdown = evp_runtime::shutdown::on_signal();
         let listener = match config.port {
             0 => None,

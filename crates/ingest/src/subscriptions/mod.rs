@@ -271,8 +271,9 @@ impl Subscriptions {
         Ok(lag)
     }
 
-    /// Every 10 s, each subscription's lag into its gauge (so it is current without a dashboard
-    /// open); errors are left for the next round.
+    /// Every 10 s: every subscription's series refreshed (so they stay in the registry that
+    /// forgets, [`m::SUBSCRIPTION_PREFIX`], and a deleted one's leave it), then each one's lag into
+    /// its gauge (so it is current without a dashboard open); errors are left for the next round.
     pub fn spawn_lag_gauges(
         &self,
         pipeline: crate::analytics::Pipeline,
@@ -285,11 +286,12 @@ impl Subscriptions {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_secs(10)) => {}
                 }
+                let Ok(subs) = bounded(this.store.list(None)).await else { continue };
+                subs.iter().for_each(keep_series);
                 let Ok(horizons) = crate::routes::read::bounded_from("Redis", pipeline.frontiers()).await
                 else {
                     continue;
                 };
-                let Ok(subs) = bounded(this.store.list(None)).await else { continue };
                 for sub in &subs {
                     let _ = this.lag_seconds(sub, &horizons).await;
                 }
@@ -330,4 +332,19 @@ fn stale(why: &str) -> ApiError {
 
 fn busy() -> ApiError {
     ApiError::ReadUnavailable { cause: "the subscription changed on every attempt; retry".into() }
+}
+
+/// Touches each of the subscription's series without changing it (counters from 0 on a replica
+/// that has not served it yet), so that the registry keeps them.
+fn keep_series(sub: &Subscription) {
+    let labels = [("tenant", sub.tenant.clone()), ("subscription", sub.name.clone())];
+    for counter in [
+        m::SUBSCRIPTION_DELIVERED,
+        m::SUBSCRIPTION_REDELIVERED,
+        m::SUBSCRIPTION_ACKNOWLEDGED,
+        m::SUBSCRIPTION_NACKED,
+    ] {
+        metrics::counter!(counter, &labels).increment(0);
+    }
+    metrics::gauge!(m::SUBSCRIPTION_LAG, &labels).increment(0.0);
 }

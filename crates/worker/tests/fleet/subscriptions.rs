@@ -14,13 +14,23 @@ const WAIT: Duration = Duration::from_secs(90);
 
 const PARTITIONS: &str = "4";
 
-/// One Prometheus recorder for the test binary (a process has one), so the ingest serves
-/// `/metrics`.
-fn recorder() -> metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-        std::sync::OnceLock::new();
+/// How long an idle subscription series stays in this test binary's registry: shorter than the
+/// ingest's, so that forgetting can be watched, and still well above its 10 s refresh.
+const FORGET_AFTER: Duration = Duration::from_secs(25);
+
+/// One recorder for the test binary (a process has one), installed as `evp-ingest` installs it,
+/// so the ingest serves `/metrics`. (Its upkeep task lives in the first test's runtime; the
+/// registry forgets at render time, which needs no task.)
+fn recorder() -> evp_runtime::metrics::Handle {
+    static HANDLE: std::sync::OnceLock<evp_runtime::metrics::Handle> = std::sync::OnceLock::new();
     HANDLE
-        .get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().unwrap())
+        .get_or_init(|| {
+            let forgetting = evp_runtime::metrics::Forgetting {
+                prefix: evp_ingest::metrics::SUBSCRIPTION_PREFIX,
+                after: FORGET_AFTER,
+            };
+            evp_runtime::metrics::install(Some(forgetting)).unwrap()
+        })
         .clone()
 }
 
@@ -410,4 +420,51 @@ async fn a_poll_whose_read_fails_lets_its_partitions_go_at_once() {
     let mut got: HashSet<String> = first.iter().map(id).collect();
     got.extend(consume(&s, "key-acme", "retried", "c", sent.len() - got.len()).await.iter().map(id));
     assert_eq!(got, sent.iter().map(id).collect::<HashSet<_>>());
+}
+
+/// Subscription names are the tenant's to choose and discard, so their series must not pile up:
+/// a deleted subscription's series leave `/metrics` once idle for the forget time, while a live
+/// one that nobody polls keeps its series, with their values, because each replica refreshes
+/// every existing subscription's every 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_subscriptions_series_leave_metrics_and_a_quiet_ones_stay() {
+    let s = Subs::start(30_000).await;
+    let _w = s.worker("w");
+    for name in ["churn-kept", "churn-deleted"] {
+        assert_eq!(s.define("key-acme", name, json!({})).await.0, 201);
+    }
+    let sent = events("ch", 10, 2, "churned");
+    s.send("key-acme", &sent).await;
+    s.settled().await;
+    for name in ["churn-kept", "churn-deleted"] {
+        let got = consume(&s, "key-acme", name, "c", sent.len()).await;
+        assert_eq!(got.len(), sent.len(), "{name}");
+    }
+    let delivered = "evp_ingest_subscription_delivered_total";
+    assert_eq!(s.metric(delivered, "churn-deleted").await, sent.len() as f64);
+    assert_eq!(s.metric(delivered, "churn-kept").await, sent.len() as f64);
+    let quiet_since = tokio::time::Instant::now();
+    assert_eq!(s.call("DELETE", "/subscriptions/churn-deleted", "key-acme", None).await.0, 204);
+
+    let gone = evp_testkit::eventually(FORGET_AFTER + Duration::from_secs(40), || async {
+        let text = s.http.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+        !text.contains(r#"subscription="churn-deleted""#)
+    })
+    .await;
+    assert!(gone, "the deleted subscription's series are still in /metrics");
+    tokio::time::sleep_until(quiet_since + FORGET_AFTER + Duration::from_secs(1)).await;
+    let text = s.http.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+    for series in [
+        delivered,
+        "evp_ingest_subscription_redelivered_total",
+        "evp_ingest_subscription_acknowledged_total",
+        "evp_ingest_subscription_nacked_total",
+        "evp_ingest_subscription_lag_seconds",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(series) && l.contains(r#"subscription="churn-kept""#)),
+            "{series} of the live, quiet subscription left /metrics"
+        );
+    }
+    assert_eq!(s.metric(delivered, "churn-kept").await, sent.len() as f64, "its counter was reset");
 }
