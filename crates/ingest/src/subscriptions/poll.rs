@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use evp_events::EntryId;
 use evp_store::reader::StoredRow;
-use evp_store::subscriptions::{InFlight, Subscription};
+use evp_store::subscriptions::{Edge, InFlight, Subscription};
 
 use super::token::Token;
 use super::view::{Delivered, SubscriptionEvent};
-use super::{ATTEMPTS, LOOK_AGAIN, Subscriptions, assignment, back_off, busy};
+use super::{ATTEMPTS, LOOK_AGAIN, LOOK_AGAIN_FULLY, Subscriptions, assignment, back_off, busy};
 use crate::error::ApiError;
 use crate::metrics as m;
 use crate::routes::read::bounded;
@@ -29,14 +29,59 @@ impl Subscriptions {
         pipeline: &crate::analytics::Pipeline,
     ) -> Result<Delivered, ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
+        // What the last attempt that delivered nothing left to watch, and when it was made.
+        let mut quiet: Option<(Quiet, tokio::time::Instant)> = None;
         loop {
             let horizons = crate::routes::read::bounded_from("Redis", pipeline.frontiers()).await?;
-            let delivered = self.poll_once(tenant, name, consumer, max, &horizons).await?;
-            if !delivered.events.is_empty() || tokio::time::Instant::now() + LOOK_AGAIN > deadline {
-                return Ok(delivered);
+            // (attempt, probe): attempt at once the first time and when a watched partition has
+            // something; otherwise only every LOOK_AGAIN_FULLY, claiming only what has something.
+            let (attempt, probe) = match &quiet {
+                None => (true, false),
+                Some((q, at)) => {
+                    if self.anything_below(tenant, q, &horizons).await? {
+                        (true, false)
+                    } else {
+                        (at.elapsed() >= LOOK_AGAIN_FULLY, true)
+                    }
+                }
+            };
+            if attempt {
+                let (delivered, watch) =
+                    self.poll_once(tenant, name, consumer, max, &horizons, probe).await?;
+                if !delivered.events.is_empty() {
+                    return Ok(delivered);
+                }
+                quiet = Some((watch, tokio::time::Instant::now()));
+            }
+            if tokio::time::Instant::now() + LOOK_AGAIN > deadline {
+                return Ok(Delivered { events: Vec::new(), ack: None });
             }
             tokio::time::sleep(LOOK_AGAIN).await;
         }
+    }
+
+    /// Whether any of the watched partitions has something deliverable between its checkpoint
+    /// and its horizon now: one indexed read of at most one key per partition that moved, and no
+    /// write. Nothing can appear below a horizon, so an empty answer stays true for that range.
+    async fn anything_below(
+        &self,
+        tenant: &str,
+        quiet: &Quiet,
+        horizons: &BTreeMap<i32, EntryId>,
+    ) -> Result<bool, ApiError> {
+        for (partition, from) in &quiet.held {
+            let Some(horizon) = horizons.get(partition) else { continue };
+            let before = horizon.sortable();
+            if *from >= before {
+                continue;
+            }
+            let first =
+                self.store.edge_position(Edge::Oldest, tenant, *partition, from, &before, &quiet.types);
+            if bounded(first).await?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// One poll, in three steps so that the slow part (reading events) holds no compare-and-set
@@ -55,8 +100,10 @@ impl Subscriptions {
         consumer: &str,
         max: usize,
         horizons: &BTreeMap<i32, EntryId>,
-    ) -> Result<Delivered, ApiError> {
-        let (generation, types, claims) = self.claim(tenant, name, consumer, horizons).await?;
+        probe: bool,
+    ) -> Result<(Delivered, Quiet), ApiError> {
+        let (generation, quiet, claims) = self.claim(tenant, name, consumer, horizons, probe).await?;
+        let types = &quiet.types;
         let mut reads = Vec::with_capacity(claims.len());
         let mut budget = max;
         for claim in &claims {
@@ -69,7 +116,7 @@ impl Subscriptions {
                     claim.partition,
                     &claim.from,
                     &claim.before,
-                    &types,
+                    types,
                     asked,
                 ))
                 .await;
@@ -88,18 +135,23 @@ impl Subscriptions {
             };
             reads.push(rows);
         }
-        self.commit(tenant, name, generation, &claims, reads).await
+        Ok((self.commit(tenant, name, generation, &claims, reads).await?, quiet))
     }
 
-    /// Step 1 of a poll: the consumer's partitions claimed; returns the generation, the types and
-    /// the claims.
+    /// Step 1 of a poll: the consumer's partitions claimed; returns the generation, what a long
+    /// poll may watch if nothing comes of it, and the claims. With `probe`, a partition is
+    /// claimed only when something of the subscription lies below its horizon (or its delivery
+    /// is due again): a long poll's periodic attempt on a quiet subscription then writes nothing.
+    /// (A first attempt does not probe: a consumer that is behind would pay for its range twice
+    /// on a server that reads a range whole before limiting it.)
     async fn claim(
         &self,
         tenant: &str,
         name: &str,
         consumer: &str,
         horizons: &BTreeMap<i32, EntryId>,
-    ) -> Result<(i64, Vec<String>, Vec<Claim>), ApiError> {
+        probe: bool,
+    ) -> Result<(i64, Quiet, Vec<Claim>), ApiError> {
         for attempt in 0..ATTEMPTS {
             back_off(attempt).await;
             let mut sub = self.load(tenant, name).await?;
@@ -108,16 +160,32 @@ impl Subscriptions {
             let timeout_ms = self.ack_timeout.as_millis() as i64;
             assignment::seen(&mut sub, consumer, now, timeout_ms)?;
             let mut claims = Vec::new();
+            let mut held = Vec::new();
             for p in assignment::assign(&mut sub, consumer, now, timeout_ms) {
-                let Some(horizon) = horizons.get(&(p as i32)) else { continue };
-                let part = &mut sub.partitions[p];
+                let part = &sub.partitions[p];
                 if part.delivery.as_ref().is_some_and(|d| d.deadline > now) {
                     continue; // Its delivery is still in flight: nothing more from it until then.
                 }
+                held.push((p as i32, part.from.clone()));
+                let Some(horizon) = horizons.get(&(p as i32)) else { continue };
                 let before = horizon.sortable();
                 if part.delivery.is_none() && part.from >= before {
                     continue; // Caught up: nothing can be read below the horizon.
                 }
+                if probe && part.delivery.is_none() {
+                    let first = self.store.edge_position(
+                        Edge::Oldest,
+                        tenant,
+                        p as i32,
+                        &part.from,
+                        &before,
+                        &sub.types,
+                    );
+                    if bounded(first).await?.is_none() {
+                        continue; // Nothing of the subscription below the horizon: no claim to write.
+                    }
+                }
+                let part = &mut sub.partitions[p];
                 let id = format!("{:016x}", rand::random::<u64>());
                 let missed = part.delivery.as_ref().map_or(0, |d| d.count.max(0) as usize);
                 part.delivery = Some(InFlight {
@@ -133,11 +201,11 @@ impl Subscriptions {
             if claims.is_empty() && !worth_writing(&read, &sub, consumer, now, timeout_ms) {
                 // An idle poll of a caught-up consumer: nothing to claim, and its holdings were
                 // refreshed recently enough. Writing would only contend with the others.
-                return Ok((sub.generation, sub.types, claims));
+                return Ok((sub.generation, Quiet { types: sub.types, held }, claims));
             }
             sub.version += 1;
             if bounded(self.store.replace(&sub)).await? {
-                return Ok((sub.generation, sub.types, claims));
+                return Ok((sub.generation, Quiet { types: sub.types, held }, claims));
             }
         }
         Err(busy())
@@ -212,6 +280,19 @@ impl Subscriptions {
         }
         Err(busy())
     }
+}
+
+/// What a long poll watches between attempts that delivered nothing: the partitions the consumer
+/// held (with no delivery in flight) and their checkpoints as the attempt found them, and the
+/// subscription's types. Between full attempts, every [`LOOK_AGAIN`], it only asks whether one of
+/// them has something below its new horizon ([`Subscriptions::anything_below`]); a full attempt
+/// (which reads the subscription and may write it) is made when one has, and at least every
+/// [`LOOK_AGAIN_FULLY`], for what the watch cannot see: partitions freed by another consumer, a
+/// delivery's deadline passing, a nack or a reset. So a consumer waiting on a quiet subscription
+/// writes nothing while other tenants' events move the horizons.
+struct Quiet {
+    types: Vec<String>,
+    held: Vec<(i32, String)>,
 }
 
 /// A partition claimed by a poll (step 1), to be read and then committed as its delivery.

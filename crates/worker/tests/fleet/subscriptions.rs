@@ -468,3 +468,50 @@ async fn a_deleted_subscriptions_series_leave_metrics_and_a_quiet_ones_stay() {
     }
     assert_eq!(s.metric(delivered, "churn-kept").await, sent.len() as f64, "its counter was reset");
 }
+
+/// A consumer long-polling a subscription of a quiet tenant costs the shared MongoDB no writes
+/// while another tenant's events move the horizons (before, each look every 100 ms claimed and
+/// released its partitions: two writes), and still gets its tenant's next event within the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_on_a_quiet_subscription_writes_nothing_while_another_tenant_sends() {
+    let s = Subs::start(30_000).await;
+    let _w = s.worker("w");
+    assert_eq!(s.define("key-acme", "quiet", json!({})).await.0, 201);
+    assert!(s.poll("key-acme", "quiet", "c", 100, 0).await.0.is_empty());
+    let db = s.p.mongo.client().await.database(&s.p.database);
+    let subscriptions = db.collection::<mongodb::bson::Document>("subscriptions");
+    let version = || async {
+        let sub = subscriptions.find_one(mongodb::bson::doc! {"_id": "acme:quiet"}).await.unwrap().unwrap();
+        sub.get_i64("version").unwrap()
+    };
+    let stored = db.collection::<mongodb::bson::Document>("events");
+    let globex_stored =
+        || async { stored.count_documents(mongodb::bson::doc! {"tenant": "globex"}).await.unwrap() };
+
+    // globex sends for the whole wait, and its events are stored meanwhile (the horizons move).
+    let sending = async {
+        for round in 0..30 {
+            s.send("key-globex", &events(&format!("busy{round}"), 20, 4, "busy")).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let before = version().await;
+    let started = tokio::time::Instant::now();
+    let (waited, ()) = tokio::join!(s.poll("key-acme", "quiet", "c", 100, 2_500), sending);
+    let elapsed = started.elapsed();
+    assert!(waited.0.is_empty(), "acme has no events");
+    assert!(elapsed >= Duration::from_secs(2), "the poll did not wait ({elapsed:?})");
+    assert!(globex_stored().await > 0, "nothing of globex's was stored: the horizons did not move");
+    let writes = version().await - before;
+    // The poll's first look may claim and release once; a liveness write is due only every
+    // quarter of the ack timeout (7.5 s here).
+    assert!(writes <= 3, "{writes} writes of the subscription during one quiet long poll");
+
+    // The quiet tenant's next event is delivered by a waiting poll.
+    let waiting = s.poll("key-acme", "quiet", "c", 100, 20_000);
+    let (got, ()) = tokio::join!(waiting, async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.send("key-acme", &events("wake", 1, 1, "woken")).await;
+    });
+    assert_eq!(got.0.iter().map(id).collect::<Vec<_>>(), vec!["wake-0".to_owned()]);
+}
