@@ -102,11 +102,12 @@ impl Subscriptions {
         horizons: &BTreeMap<i32, EntryId>,
         probe: bool,
     ) -> Result<(Delivered, Quiet), ApiError> {
-        let (generation, quiet, claims) = self.claim(tenant, name, consumer, horizons, probe).await?;
+        let (generation, quiet, mut claimed) = self.claim(tenant, name, consumer, horizons, probe).await?;
+        let claims = &claimed.claims;
         let types = &quiet.types;
         let mut reads = Vec::with_capacity(claims.len());
         let mut budget = max;
-        for claim in &claims {
+        for claim in claims {
             let rows = if budget == 0 {
                 None // No room in this poll: let the claim go untouched.
             } else {
@@ -126,7 +127,8 @@ impl Subscriptions {
                         // Let every claim go, so the next poll can take them at once instead of
                         // after the ack timeout (best effort: if this fails too, they expire).
                         let none = claims.iter().map(|_| None).collect();
-                        let _ = self.commit(tenant, name, generation, &claims, none).await;
+                        let _ = self.commit(tenant, name, generation, claims, none).await;
+                        claimed.settled = true;
                         return Err(e);
                     }
                 };
@@ -135,7 +137,9 @@ impl Subscriptions {
             };
             reads.push(rows);
         }
-        Ok((self.commit(tenant, name, generation, &claims, reads).await?, quiet))
+        let delivered = self.commit(tenant, name, generation, claims, reads).await?;
+        claimed.settled = true;
+        Ok((delivered, quiet))
     }
 
     /// Step 1 of a poll: the consumer's partitions claimed; returns the generation, what a long
@@ -151,7 +155,7 @@ impl Subscriptions {
         consumer: &str,
         horizons: &BTreeMap<i32, EntryId>,
         probe: bool,
-    ) -> Result<(i64, Quiet, Vec<Claim>), ApiError> {
+    ) -> Result<(i64, Quiet, Claimed), ApiError> {
         for attempt in 0..ATTEMPTS {
             back_off(attempt).await;
             let mut sub = self.load(tenant, name).await?;
@@ -201,14 +205,29 @@ impl Subscriptions {
             if claims.is_empty() && !worth_writing(&read, &sub, consumer, now, timeout_ms) {
                 // An idle poll of a caught-up consumer: nothing to claim, and its holdings were
                 // refreshed recently enough. Writing would only contend with the others.
-                return Ok((sub.generation, Quiet { types: sub.types, held }, claims));
+                let claimed = self.claimed(tenant, name, sub.generation, claims);
+                return Ok((sub.generation, Quiet { types: sub.types, held }, claimed));
             }
             sub.version += 1;
+            // Armed before the write: a poll dropped while it is in flight lets go what may have landed.
+            let mut claimed = self.claimed(tenant, name, sub.generation, claims);
             if bounded(self.store.replace(&sub)).await? {
-                return Ok((sub.generation, Quiet { types: sub.types, held }, claims));
+                return Ok((sub.generation, Quiet { types: sub.types, held }, claimed));
             }
+            claimed.settled = true; // Lost the compare-and-set: nothing was claimed.
         }
         Err(busy())
+    }
+
+    fn claimed(&self, tenant: &str, name: &str, generation: i64, claims: Vec<Claim>) -> Claimed {
+        Claimed {
+            subs: self.clone(),
+            tenant: tenant.to_owned(),
+            name: name.to_owned(),
+            generation,
+            claims,
+            settled: false,
+        }
     }
 
     /// Step 3 of a poll: each claim that is still this poll's becomes its delivery.
@@ -293,6 +312,41 @@ impl Subscriptions {
 struct Quiet {
     types: Vec<String>,
     held: Vec<(i32, String)>,
+}
+
+/// A poll's claims, let go if the poll ends before it settles them: a poll whose request is
+/// dropped (the client went away or timed out) between its claim and its commit would otherwise
+/// leave its partitions in flight to nobody until the ack timeout, and the consumer's next poll
+/// would get nothing meanwhile. Letting go is a commit with nothing read: it clears only the
+/// deliveries that are still these claims (whatever the commit that was cut off managed to
+/// write, including a delivery whose token never reached the consumer) and moves no checkpoint,
+/// so the events are delivered again, none skipped.
+struct Claimed {
+    subs: Subscriptions,
+    tenant: String,
+    name: String,
+    generation: i64,
+    claims: Vec<Claim>,
+    /// Committed, let go already, or never written.
+    settled: bool,
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if self.settled || self.claims.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let subs = self.subs.clone();
+        let (tenant, name, generation) =
+            (std::mem::take(&mut self.tenant), std::mem::take(&mut self.name), self.generation);
+        let claims = std::mem::take(&mut self.claims);
+        tracing::debug!(tenant, subscription = name, "a poll ended before its commit; letting its claims go");
+        runtime.spawn(async move {
+            let none = claims.iter().map(|_| None).collect();
+            let _ = subs.commit(&tenant, &name, generation, &claims, none).await;
+        });
+    }
 }
 
 /// A partition claimed by a poll (step 1), to be read and then committed as its delivery.
