@@ -146,7 +146,7 @@ async fn documents_have_the_contract_shape_and_indexes_exist() {
 #[tokio::test]
 async fn a_bad_variable_stops_start_up_with_one_line_naming_it() {
     for (k, v) in [("WORKER_BATCH_SIZE", "0"), ("WORKER_MAX_INFLIGHT", "x"), ("REDIS_URL", "nope")] {
-        let out = std::process::Command::new(crate::helpers::BIN).env_clear().env(k, v).output().unwrap();
+        let out = evp_testkit::program(crate::helpers::BIN, [(k, v)]).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{k}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");

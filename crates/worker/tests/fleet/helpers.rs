@@ -1,7 +1,6 @@
 //! `Pipeline`: a redis-server, a MongoDB server, and worker processes on top.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use evp_events::input::{Admission, Limits, admit_batch};
@@ -232,13 +231,11 @@ impl Pipeline {
 
     /// Runs `evp-worker` with arguments (the dlq subcommands) and returns (exit code, stdout).
     pub fn cli(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(BIN)
-            .args(args)
-            .env_clear()
-            .env("REDIS_URL", self.redis.url())
-            .env("EVENTS_STREAM", STREAM)
-            .output()
-            .unwrap();
+        let out =
+            evp_testkit::program(BIN, [("REDIS_URL", self.redis.url()), ("EVENTS_STREAM", STREAM.into())])
+                .args(args)
+                .output()
+                .unwrap();
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }

@@ -422,11 +422,8 @@ async fn rebuild_under_load_keeps_analytics_exact() {
     };
     let (uri, database) = (p.mongo.uri().to_owned(), p.database.clone());
     let rebuild = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
+        evp_testkit::program(BIN, [("MONGODB_URI", uri), ("MONGODB_DATABASE", database)])
             .args(["rollups", "rebuild", "--timeout-s", "120"])
-            .env_clear()
-            .env("MONGODB_URI", uri)
-            .env("MONGODB_DATABASE", database)
             .output()
             .unwrap()
     });
