@@ -93,12 +93,12 @@ impl ListQuery {
     }
 }
 
-/// Query parameters of an aggregate's stream: only paging.
+/// Query parameters of a listing that only pages: an aggregate's stream, the dead letters.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    /// Events per page, 1 to 1000 (default 100).
+    /// Items per page (events, dead letters), 1 to 1000 (default 100).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.

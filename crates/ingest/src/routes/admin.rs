@@ -5,30 +5,18 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use evp_runtime::dead_letters::{DeadLetter, Selection};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use crate::auth::Operator;
 use crate::body::EventBody;
 use crate::error::{ApiError, ErrorResponse};
-use crate::read::{invalid, parse_limit, parse_query};
+use crate::read::{PageQuery, invalid};
 use crate::routes::read::bounded_from;
 use crate::routes::responses::{BodyRefused, OperatorOnly, RedisDown};
 use crate::state::AppState;
 
 /// Most ids one replay or purge may name.
 pub const MAX_IDS: usize = 10_000;
-
-/// Query parameters of `GET /admin/dlq`.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct DlqQuery {
-    /// Dead letters per page, 1 to 1000 (default 100).
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
-    pub limit: Option<String>,
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-}
 
 /// A page of dead letters, oldest first.
 #[derive(Debug, Serialize, ToSchema)]
@@ -144,7 +132,7 @@ fn selection(body: &[u8]) -> Result<Selection, ApiError> {
 /// Dead letters, oldest first.
 ///
 /// Each with its reason, deliveries, where it came from, and the event as it was in the stream.
-#[utoipa::path(get, path = "/admin/dlq", tag = "admin", params(DlqQuery),
+#[utoipa::path(get, path = "/admin/dlq", tag = "admin", params(PageQuery),
     responses(
         (status = 200, description = "One page", body = DlqPage),
         (status = 400, description = "`invalid_query`", body = ErrorResponse),
@@ -156,8 +144,8 @@ pub async fn list(
     _operator: Operator,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<DlqPage>, ApiError> {
-    let query: DlqQuery = parse_query(raw.as_deref())?;
-    let limit = parse_limit(query.limit.as_deref())?;
+    let query = PageQuery::parse(raw.as_deref())?;
+    let limit = query.limit()?;
     let letters = state.pipeline.dead_letters();
     if let Some(cursor) = &query.cursor
         && !(is_entry_id(cursor) && letters.is_valid_id(cursor))
