@@ -31,6 +31,7 @@ pub mod token;
 pub mod view;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use evp_events::EntryId;
@@ -91,11 +92,41 @@ pub struct Subscriptions {
     store: SubscriptionStore,
     partitions: u32,
     ack_timeout: Duration,
+    /// The horizons as last read from Redis, and when: shared by every poll of this replica.
+    horizons: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, Horizons)>>>,
 }
+
+/// Each partition's horizon (partitions without a consumer group yet are absent).
+pub type Horizons = Arc<BTreeMap<i32, EntryId>>;
+
+/// How old a horizon a poll may use: one read of Redis serves every poll of a replica that looks
+/// within this time.
+const HORIZONS_MAX_AGE: Duration = Duration::from_millis(50);
 
 impl Subscriptions {
     pub fn new(store: SubscriptionStore, partitions: u32, ack_timeout: Duration) -> Self {
-        Self { store, partitions, ack_timeout }
+        Self { store, partitions, ack_timeout, horizons: Arc::default() }
+    }
+
+    /// Each partition's horizon as read at most [`HORIZONS_MAX_AGE`] ago, read once for all the
+    /// polls of this replica that ask meanwhile (the first reads, the others wait for its read).
+    /// Polls waiting on quiet subscriptions look every 100 ms; without this each one would read
+    /// every partition's state from Redis each time, so Redis's load would grow with the number
+    /// of waiting consumers. Why it stays exact: an older horizon is still a horizon (nothing can
+    /// be appended below it), so using one only delays a delivery, by at most that age.
+    pub async fn horizons(&self, pipeline: &crate::analytics::Pipeline) -> Result<Horizons, ApiError> {
+        crate::routes::read::bounded_from("Redis", async {
+            let mut cached = self.horizons.lock().await;
+            if let Some((at, horizons)) = cached.as_ref()
+                && at.elapsed() < HORIZONS_MAX_AGE
+            {
+                return Ok(horizons.clone());
+            }
+            let fresh = Arc::new(pipeline.frontiers().await?);
+            *cached = Some((tokio::time::Instant::now(), fresh.clone()));
+            Ok::<_, redis::RedisError>(fresh)
+        })
+        .await
     }
 
     pub fn store(&self) -> &SubscriptionStore {

@@ -32,7 +32,7 @@ impl Subscriptions {
         // What the last attempt that delivered nothing left to watch, and when it was made.
         let mut quiet: Option<(Quiet, tokio::time::Instant)> = None;
         loop {
-            let horizons = crate::routes::read::bounded_from("Redis", pipeline.frontiers()).await?;
+            let horizons = self.horizons(pipeline).await?;
             // (attempt, probe): attempt at once the first time and when a watched partition has
             // something; otherwise only every LOOK_AGAIN_FULLY, claiming only what has something.
             let (attempt, probe) = match &quiet {

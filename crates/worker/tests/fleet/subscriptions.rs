@@ -568,3 +568,49 @@ async fn a_poll_cut_off_after_its_claim_lets_its_partitions_go() {
     }
     assert_eq!(got.len(), sent.len(), "the cut poll's partitions were still held 10 s later");
 }
+
+/// `XINFO GROUPS` calls so far (each horizon read makes one per partition).
+async fn horizon_reads(s: &Subs) -> u64 {
+    let info: String =
+        redis::cmd("INFO").arg("commandstats").query_async(&mut s.p.redis.connection().await).await.unwrap();
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_xinfo|groups:"))
+        .and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waiting polls share the replica's horizon reads: eight consumers long-polling quiet
+/// subscriptions cost Redis about what one does (before, each read every partition's state every
+/// 100 ms), and they still wait and deliver as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_polls_share_one_reading_of_the_horizons() {
+    let s = Subs::start(30_000).await;
+    let _w = s.worker("w");
+    let waiters: Vec<(&str, String)> = ["key-acme", "key-globex"]
+        .into_iter()
+        .flat_map(|key| (0..4).map(move |i| (key, format!("waiting-{i}"))))
+        .collect();
+    for (key, name) in &waiters {
+        assert_eq!(s.define(key, name, json!({})).await.0, 201);
+        assert!(s.poll(key, name, "c", 100, 0).await.0.is_empty());
+    }
+    let idle = horizon_reads(&s).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let baseline = horizon_reads(&s).await - idle; // the ingest's and the worker's own upkeep
+
+    let before = horizon_reads(&s).await;
+    let started = tokio::time::Instant::now();
+    let polls = waiters.iter().map(|(key, name)| s.poll(key, name, "c", 100, 2_000));
+    let answers = futures::future::join_all(polls).await;
+    let elapsed = started.elapsed();
+    let reads = horizon_reads(&s).await - before;
+    assert!(answers.iter().all(|(events, _)| events.is_empty()));
+    assert!(elapsed >= Duration::from_millis(1_900), "the polls did not wait ({elapsed:?})");
+    // Unshared: 8 polls x 20 looks x 4 partitions = 640 reads. Shared: at most one per 50 ms
+    // per partition, 160, besides the baseline.
+    let unshared = 8 * 20 * 4;
+    assert!(
+        reads < baseline + unshared / 2,
+        "{reads} horizon reads by 8 waiting polls (baseline {baseline})"
+    );
+}
