@@ -2,24 +2,22 @@
 //! (poll, ack, nack, reset). The state changes are [`crate::subscriptions`]'s; here the requests
 //! are checked (400 naming the field) and scoped to the key's tenant (another tenant's name is 404).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use evp_events::EntryId;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Tenant, Viewer};
 use crate::body::EventBody;
 use crate::error::{ApiError, ErrorResponse};
-use crate::routes::read::{bounded, bounded_from, read_slot};
+use crate::routes::read::{bounded, read_slot};
 use crate::routes::responses::{BodyRefused, MongoDown, NoSubscription, ReadsBusy, Unauthorized};
 use crate::state::AppState;
 use crate::subscriptions::view::{Delivered, SubscriptionList, SubscriptionView};
-use crate::subscriptions::{MAX_TYPES, StartAt};
+use crate::subscriptions::{Horizons, MAX_TYPES, StartAt};
 
 /// Longest a poll may wait, in ms.
 const MAX_WAIT_MS: u64 = 30_000;
@@ -140,9 +138,10 @@ fn json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Ap
     serde_json::from_value(value).map_err(|e| ApiError::InvalidJson(format!("not {what}: {e}")))
 }
 
-/// Each partition's horizon: the consumer group's acknowledged frontier in Redis.
-async fn horizons(state: &AppState) -> Result<BTreeMap<i32, EntryId>, ApiError> {
-    bounded_from("Redis", state.pipeline.frontiers()).await
+/// Each partition's horizon: the consumer group's acknowledged frontier in Redis (as the polls of
+/// this replica last read it, at most 50 ms ago).
+async fn horizons(state: &AppState) -> Result<Horizons, ApiError> {
+    state.subscriptions.horizons(&state.pipeline).await
 }
 
 async fn view(
@@ -153,7 +152,8 @@ async fn view(
 ) -> Result<SubscriptionView, ApiError> {
     let subs = &state.subscriptions;
     let sub = subs.load(tenant, name).await?;
-    let lag = subs.lag_seconds(&sub, &horizons(state).await?).await?;
+    let horizons = horizons(state).await?;
+    let lag = subs.lag_seconds(&sub, &horizons).await?;
     let timeout_ms = subs.ack_timeout().as_millis() as i64;
     Ok(SubscriptionView::new(&sub, lag, evp_runtime::now_ms(), timeout_ms, with_tenant))
 }

@@ -322,10 +322,7 @@ impl Subscriptions {
                 }
                 let Ok(subs) = bounded(this.store.list(None)).await else { continue };
                 subs.iter().for_each(keep_series);
-                let Ok(horizons) = crate::routes::read::bounded_from("Redis", pipeline.frontiers()).await
-                else {
-                    continue;
-                };
+                let Ok(horizons) = this.horizons(&pipeline).await else { continue };
                 for sub in &subs {
                     let _ = this.lag_seconds(sub, &horizons).await;
                 }
