@@ -35,7 +35,7 @@ impl Subscriptions {
             let horizons = self.horizons(pipeline).await?;
             // (attempt, probe): attempt at once the first time and when a watched partition has
             // something; otherwise only every LOOK_AGAIN_FULLY, claiming only what has something.
-            let (attempt, probe) = match &quiet {
+            let (attempt, probe) = match &mut quiet {
                 None => (true, false),
                 Some((q, at)) => {
                     if self.anything_below(tenant, q, &horizons).await? {
@@ -46,8 +46,9 @@ impl Subscriptions {
                 }
             };
             if attempt {
+                let known = if probe { quiet.as_ref().map(|(q, _)| q) } else { None };
                 let (delivered, watch) =
-                    self.poll_once(tenant, name, consumer, max, &horizons, probe).await?;
+                    self.poll_once(tenant, name, consumer, max, &horizons, known).await?;
                 if !delivered.events.is_empty() {
                     return Ok(delivered);
                 }
@@ -60,26 +61,36 @@ impl Subscriptions {
         }
     }
 
-    /// Whether any of the watched partitions has something deliverable between its checkpoint
-    /// and its horizon now: one indexed read of at most one key per partition that moved, and no
-    /// write. Nothing can appear below a horizon, so an empty answer stays true for that range.
+    /// Whether any of the watched partitions has something deliverable below its horizon now,
+    /// past what earlier looks found empty: one indexed read of at most one key per partition
+    /// whose horizon moved, and no write. Nothing can appear below a horizon, so a range found
+    /// empty stays empty, and the next look starts where this one ended: a wait reads each key
+    /// of the tenant once, however long it lasts.
     async fn anything_below(
         &self,
         tenant: &str,
-        quiet: &Quiet,
+        quiet: &mut Quiet,
         horizons: &BTreeMap<i32, EntryId>,
     ) -> Result<bool, ApiError> {
-        for (partition, from) in &quiet.held {
-            let Some(horizon) = horizons.get(partition) else { continue };
+        let Quiet { types, held } = quiet;
+        for watched in held {
+            let Some(horizon) = horizons.get(&watched.partition) else { continue };
             let before = horizon.sortable();
-            if *from >= before {
+            if watched.empty_until >= before {
                 continue;
             }
-            let first =
-                self.store.edge_position(Edge::Oldest, tenant, *partition, from, &before, &quiet.types);
+            let first = self.store.edge_position(
+                Edge::Oldest,
+                tenant,
+                watched.partition,
+                &watched.empty_until,
+                &before,
+                types,
+            );
             if bounded(first).await?.is_some() {
                 return Ok(true);
             }
+            watched.empty_until = before;
         }
         Ok(false)
     }
@@ -100,9 +111,9 @@ impl Subscriptions {
         consumer: &str,
         max: usize,
         horizons: &BTreeMap<i32, EntryId>,
-        probe: bool,
+        known: Option<&Quiet>,
     ) -> Result<(Delivered, Quiet), ApiError> {
-        let (generation, quiet, mut claimed) = self.claim(tenant, name, consumer, horizons, probe).await?;
+        let (generation, quiet, mut claimed) = self.claim(tenant, name, consumer, horizons, known).await?;
         let claims = &claimed.claims;
         let types = &quiet.types;
         let mut reads = Vec::with_capacity(claims.len());
@@ -143,18 +154,19 @@ impl Subscriptions {
     }
 
     /// Step 1 of a poll: the consumer's partitions claimed; returns the generation, what a long
-    /// poll may watch if nothing comes of it, and the claims. With `probe`, a partition is
-    /// claimed only when something of the subscription lies below its horizon (or its delivery
-    /// is due again): a long poll's periodic attempt on a quiet subscription then writes nothing.
-    /// (A first attempt does not probe: a consumer that is behind would pay for its range twice
-    /// on a server that reads a range whole before limiting it.)
+    /// poll may watch if nothing comes of it, and the claims. With `known` (what a long poll's
+    /// looks found so far), a partition is claimed only when something of the subscription lies
+    /// below its horizon past what they found empty (or its delivery is due again): a long poll's
+    /// periodic attempt on a quiet subscription then writes nothing. (A first attempt does not
+    /// probe: a consumer that is behind would pay for its range twice on a server that reads a
+    /// range whole before limiting it.)
     async fn claim(
         &self,
         tenant: &str,
         name: &str,
         consumer: &str,
         horizons: &BTreeMap<i32, EntryId>,
-        probe: bool,
+        known: Option<&Quiet>,
     ) -> Result<(i64, Quiet, Claimed), ApiError> {
         for attempt in 0..ATTEMPTS {
             back_off(attempt).await;
@@ -170,22 +182,27 @@ impl Subscriptions {
                 if part.delivery.as_ref().is_some_and(|d| d.deadline > now) {
                     continue; // Its delivery is still in flight: nothing more from it until then.
                 }
-                held.push((p as i32, part.from.clone()));
+                // What the looks found empty is known only for the checkpoint they started from.
+                let empty_until = known
+                    .filter(|q| q.types == sub.types)
+                    .and_then(|q| q.held.iter().find(|w| w.partition == p as i32 && w.from == part.from))
+                    .map_or_else(|| part.from.clone(), |w| w.empty_until.clone());
+                let watched = held.len();
+                held.push(Watched { partition: p as i32, from: part.from.clone(), empty_until });
                 let Some(horizon) = horizons.get(&(p as i32)) else { continue };
                 let before = horizon.sortable();
                 if part.delivery.is_none() && part.from >= before {
                     continue; // Caught up: nothing can be read below the horizon.
                 }
-                if probe && part.delivery.is_none() {
-                    let first = self.store.edge_position(
-                        Edge::Oldest,
-                        tenant,
-                        p as i32,
-                        &part.from,
-                        &before,
-                        &sub.types,
-                    );
+                if known.is_some() && part.delivery.is_none() {
+                    let start = &held[watched].empty_until;
+                    if *start >= before {
+                        continue; // Nothing new below the horizon since the looks.
+                    }
+                    let first =
+                        self.store.edge_position(Edge::Oldest, tenant, p as i32, start, &before, &sub.types);
                     if bounded(first).await?.is_none() {
+                        held[watched].empty_until = before;
                         continue; // Nothing of the subscription below the horizon: no claim to write.
                     }
                 }
@@ -302,8 +319,8 @@ impl Subscriptions {
 }
 
 /// What a long poll watches between attempts that delivered nothing: the partitions the consumer
-/// held (with no delivery in flight) and their checkpoints as the attempt found them, and the
-/// subscription's types. Between full attempts, every [`LOOK_AGAIN`], it only asks whether one of
+/// held (with no delivery in flight), their checkpoints as the attempt found them and how far
+/// past them the looks found nothing of the subscription, and the subscription's types. Between full attempts, every [`LOOK_AGAIN`], it only asks whether one of
 /// them has something below its new horizon ([`Subscriptions::anything_below`]); a full attempt
 /// (which reads the subscription and may write it) is made when one has, and at least every
 /// [`LOOK_AGAIN_FULLY`], for what the watch cannot see: partitions freed by another consumer, a
@@ -311,7 +328,14 @@ impl Subscriptions {
 /// writes nothing while other tenants' events move the horizons.
 struct Quiet {
     types: Vec<String>,
-    held: Vec<(i32, String)>,
+    held: Vec<Watched>,
+}
+
+/// A partition a long poll watches: `[from, empty_until)` holds nothing of the subscription.
+struct Watched {
+    partition: i32,
+    from: String,
+    empty_until: String,
 }
 
 /// A poll's claims, let go if the poll ends before it settles them: a poll whose request is
