@@ -5,7 +5,9 @@
 //!   [`evp_store::subscriptions`], each a read followed by a compare-and-set, retried when another
 //!   request (on this replica or another) changed the subscription in between;
 //! - [`assignment`]: which partitions a consumer holds (its share of them), and the consumers seen;
-//! - [`poll`]: a poll in three steps (claim, read, commit), so reading holds no compare-and-set open;
+//! - [`poll`]: a poll's attempt in three steps (claim, read, commit), so reading holds no
+//!   compare-and-set open;
+//! - [`wait`]: a long poll, whose looks between attempts write nothing;
 //! - [`token`]: the ack token, naming the deliveries it acknowledges;
 //! - [`view`]: the answers (a subscription as listed, a delivery's events).
 //!
@@ -29,6 +31,7 @@ mod assignment;
 mod poll;
 pub mod token;
 pub mod view;
+mod wait;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,9 +1,8 @@
-//! A poll: claim the consumer's partitions, read their events below the horizon, commit each
-//! claim as its delivery. Reading, the slow part, happens between two short compare-and-sets, so
+//! One attempt of a poll: claim the consumer's partitions, read their events below the horizon,
+//! commit each claim as its delivery (the waiting between attempts is [`super::wait`]). Reading, the slow part, happens between two short compare-and-sets, so
 //! consumers of one subscription do not keep invalidating each other's changes.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use evp_events::EntryId;
 use evp_store::reader::StoredRow;
@@ -11,90 +10,13 @@ use evp_store::subscriptions::{Edge, InFlight, Subscription};
 
 use super::token::Token;
 use super::view::{Delivered, SubscriptionEvent};
-use super::{ATTEMPTS, LOOK_AGAIN, LOOK_AGAIN_FULLY, Subscriptions, assignment, back_off, busy};
+use super::wait::{Quiet, Watched};
+use super::{ATTEMPTS, Subscriptions, assignment, back_off, busy};
 use crate::error::ApiError;
 use crate::metrics as m;
 use crate::routes::read::bounded;
 
 impl Subscriptions {
-    /// One poll: up to `max` events of the partitions this consumer holds (or can take), below
-    /// their horizons. Waits up to `wait` for something to be deliverable.
-    pub async fn poll(
-        &self,
-        tenant: &str,
-        name: &str,
-        consumer: &str,
-        max: usize,
-        wait: Duration,
-        pipeline: &crate::analytics::Pipeline,
-    ) -> Result<Delivered, ApiError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        // What the last attempt that delivered nothing left to watch, and when it was made.
-        let mut quiet: Option<(Quiet, tokio::time::Instant)> = None;
-        loop {
-            let horizons = self.horizons(pipeline).await?;
-            // (attempt, probe): attempt at once the first time and when a watched partition has
-            // something; otherwise only every LOOK_AGAIN_FULLY, claiming only what has something.
-            let (attempt, probe) = match &mut quiet {
-                None => (true, false),
-                Some((q, at)) => {
-                    if self.anything_below(tenant, q, &horizons).await? {
-                        (true, false)
-                    } else {
-                        (at.elapsed() >= LOOK_AGAIN_FULLY, true)
-                    }
-                }
-            };
-            if attempt {
-                let known = if probe { quiet.as_ref().map(|(q, _)| q) } else { None };
-                let (delivered, watch) =
-                    self.poll_once(tenant, name, consumer, max, &horizons, known).await?;
-                if !delivered.events.is_empty() {
-                    return Ok(delivered);
-                }
-                quiet = Some((watch, tokio::time::Instant::now()));
-            }
-            if tokio::time::Instant::now() + LOOK_AGAIN > deadline {
-                return Ok(Delivered { events: Vec::new(), ack: None });
-            }
-            tokio::time::sleep(LOOK_AGAIN).await;
-        }
-    }
-
-    /// Whether any of the watched partitions has something deliverable below its horizon now,
-    /// past what earlier looks found empty: one indexed read of at most one key per partition
-    /// whose horizon moved, and no write. Nothing can appear below a horizon, so a range found
-    /// empty stays empty, and the next look starts where this one ended: a wait reads each key
-    /// of the tenant once, however long it lasts.
-    async fn anything_below(
-        &self,
-        tenant: &str,
-        quiet: &mut Quiet,
-        horizons: &BTreeMap<i32, EntryId>,
-    ) -> Result<bool, ApiError> {
-        let Quiet { types, held } = quiet;
-        for watched in held {
-            let Some(horizon) = horizons.get(&watched.partition) else { continue };
-            let before = horizon.sortable();
-            if watched.empty_until >= before {
-                continue;
-            }
-            let first = self.store.edge_position(
-                Edge::Oldest,
-                tenant,
-                watched.partition,
-                &watched.empty_until,
-                &before,
-                types,
-            );
-            if bounded(first).await?.is_some() {
-                return Ok(true);
-            }
-            watched.empty_until = before;
-        }
-        Ok(false)
-    }
-
     /// One poll, in three steps so that the slow part (reading events) holds no compare-and-set
     /// open, and consumers of one subscription do not keep invalidating each other's:
     /// 1. claim: take the consumer's partitions and mark each free one in flight to it (a
@@ -104,7 +26,7 @@ impl Subscriptions {
     ///    horizon when nothing of the subscription lies below it), if it is still this poll's
     ///    (a reset meanwhile drops it). A read that fails lets every claim go instead, so a retry
     ///    does not wait out the ack timeout.
-    async fn poll_once(
+    pub(super) async fn poll_once(
         &self,
         tenant: &str,
         name: &str,
@@ -316,26 +238,6 @@ impl Subscriptions {
         }
         Err(busy())
     }
-}
-
-/// What a long poll watches between attempts that delivered nothing: the partitions the consumer
-/// held (with no delivery in flight), their checkpoints as the attempt found them and how far
-/// past them the looks found nothing of the subscription, and the subscription's types. Between full attempts, every [`LOOK_AGAIN`], it only asks whether one of
-/// them has something below its new horizon ([`Subscriptions::anything_below`]); a full attempt
-/// (which reads the subscription and may write it) is made when one has, and at least every
-/// [`LOOK_AGAIN_FULLY`], for what the watch cannot see: partitions freed by another consumer, a
-/// delivery's deadline passing, a nack or a reset. So a consumer waiting on a quiet subscription
-/// writes nothing while other tenants' events move the horizons.
-struct Quiet {
-    types: Vec<String>,
-    held: Vec<Watched>,
-}
-
-/// A partition a long poll watches: `[from, empty_until)` holds nothing of the subscription.
-struct Watched {
-    partition: i32,
-    from: String,
-    empty_until: String,
 }
 
 /// A poll's claims, let go if the poll ends before it settles them: a poll whose request is
