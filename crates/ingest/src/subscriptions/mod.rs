@@ -33,7 +33,7 @@ pub mod token;
 pub mod view;
 mod wait;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,7 +97,17 @@ pub struct Subscriptions {
     ack_timeout: Duration,
     /// The horizons as last read from Redis, and when: shared by every poll of this replica.
     horizons: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, Horizons)>>>,
+    /// Per tenant, what each consumer's last poll found quiet ([`wait`]), so that its next poll
+    /// starts from it; at most [`QUIET_PER_TENANT`] consumers a tenant.
+    quiet: Arc<std::sync::Mutex<HashMap<String, QuietByConsumer>>>,
 }
+
+/// A tenant's remembered quiet, by (subscription, consumer).
+type QuietByConsumer = HashMap<(String, String), wait::Remembered>;
+
+/// Most consumers per tenant whose quiet a replica remembers; past it the tenant's are forgotten
+/// (its consumers' next polls then make a full first attempt), so no tenant can grow it further.
+const QUIET_PER_TENANT: usize = 1_000;
 
 /// Each partition's horizon (partitions without a consumer group yet are absent).
 pub type Horizons = Arc<BTreeMap<i32, EntryId>>;
@@ -108,7 +118,7 @@ const HORIZONS_MAX_AGE: Duration = Duration::from_millis(50);
 
 impl Subscriptions {
     pub fn new(store: SubscriptionStore, partitions: u32, ack_timeout: Duration) -> Self {
-        Self { store, partitions, ack_timeout, horizons: Arc::default() }
+        Self { store, partitions, ack_timeout, horizons: Arc::default(), quiet: Arc::default() }
     }
 
     /// Each partition's horizon as read at most [`HORIZONS_MAX_AGE`] ago, read once for all the

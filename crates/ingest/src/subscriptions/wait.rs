@@ -2,7 +2,9 @@
 //! write. A consumer waiting on a quiet subscription watches the partitions it holds and makes a
 //! full attempt only when one has something below its horizon, and once a second for what the
 //! looks cannot see; the horizons come from the replica's shared reading
-//! ([`Subscriptions::horizons`]).
+//! ([`Subscriptions::horizons`]). A poll that found nothing leaves its watch for the consumer's
+//! next poll on this replica, so a consumer polling again and again (as `Subscriber` does) writes
+//! nothing either.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,8 +30,9 @@ impl Subscriptions {
         pipeline: &crate::analytics::Pipeline,
     ) -> Result<Delivered, ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
-        // What the last attempt that delivered nothing left to watch, and when it was made.
-        let mut quiet: Option<(Quiet, tokio::time::Instant)> = None;
+        // What the last attempt that delivered nothing left to watch, and when it was made (by
+        // this poll, or by the consumer's last poll).
+        let mut quiet = self.recall(tenant, name, consumer);
         loop {
             let horizons = self.horizons(pipeline).await?;
             // (attempt, probe): attempt at once the first time and when a watched partition has
@@ -54,10 +57,29 @@ impl Subscriptions {
                 quiet = Some((watch, tokio::time::Instant::now()));
             }
             if tokio::time::Instant::now() + LOOK_AGAIN > deadline {
+                if let Some(quiet) = quiet {
+                    self.remember(tenant, name, consumer, quiet);
+                }
                 return Ok(Delivered { events: Vec::new(), ack: None });
             }
             tokio::time::sleep(LOOK_AGAIN).await;
         }
+    }
+
+    /// What the consumer's last poll found quiet, taken (a poll that delivers, or fails, leaves
+    /// nothing behind).
+    fn recall(&self, tenant: &str, name: &str, consumer: &str) -> Option<Remembered> {
+        let mut quiet = self.quiet.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        quiet.get_mut(tenant)?.remove(&(name.to_owned(), consumer.to_owned()))
+    }
+
+    fn remember(&self, tenant: &str, name: &str, consumer: &str, remembered: Remembered) {
+        let mut quiet = self.quiet.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tenants = quiet.entry(tenant.to_owned()).or_default();
+        if tenants.len() >= super::QUIET_PER_TENANT {
+            tenants.clear();
+        }
+        tenants.insert((name.to_owned(), consumer.to_owned()), remembered);
     }
 
     /// Whether any of the watched partitions has something deliverable below its horizon now,
@@ -104,12 +126,18 @@ impl Subscriptions {
 /// watch cannot see: partitions freed by another consumer, a delivery's deadline passing, a nack
 /// or a reset. So a consumer waiting on a quiet subscription writes nothing while other tenants'
 /// events move the horizons.
+#[derive(Debug)]
 pub(super) struct Quiet {
     pub(super) types: Vec<String>,
     pub(super) held: Vec<Watched>,
 }
 
+/// What a poll that delivered nothing leaves for the consumer's next one: its watch, and when its
+/// last full attempt was made.
+pub(super) type Remembered = (Quiet, tokio::time::Instant);
+
 /// A partition a long poll watches: `[from, empty_until)` holds nothing of the subscription.
+#[derive(Debug)]
 pub(super) struct Watched {
     pub(super) partition: i32,
     pub(super) from: String,

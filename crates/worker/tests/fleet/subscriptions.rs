@@ -73,17 +73,32 @@ impl Subs {
             .sum()
     }
 
-    /// Waits until the workers have stored and acknowledged everything acme sent (its `unstored`
-    /// figure is 0): the horizon then no longer moves, so a poll's batch no longer grows.
+    /// Waits until the workers have stored and acknowledged everything acme sent (its unstored
+    /// count is 0 in every partition): the horizon is then past all of it and no longer moves, so
+    /// a poll's batch no longer grows. The counts are read from Redis, where they change with the
+    /// append and the acknowledgement themselves (`GET /analytics/metrics` shows a sample up to
+    /// 250 ms old, which right after a send can still be the 0 from before it).
     async fn settled(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
+        let partitions =
+            evp_runtime::partitions::Partitions::new(crate::helpers::STREAM, PARTITIONS.parse().unwrap());
+        let mut redis = self.p.redis.connection().await;
         loop {
-            let (_, answer) = self.call("GET", "/analytics/metrics", "key-acme", None).await;
-            if answer["pipeline"]["unstored"] == 0 {
+            let mut unstored = 0;
+            for partition in partitions.iter() {
+                let keys = evp_runtime::unstored::Keys::new(partition, crate::helpers::GROUP);
+                let n: Option<i64> =
+                    redis::cmd("HGET").arg(&keys.unstored).arg("acme").query_async(&mut redis).await.unwrap();
+                unstored += n.unwrap_or(0);
+            }
+            if unstored == 0 {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "not settled within {WAIT:?}: {answer}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not settled within {WAIT:?}: {unstored} unstored"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -415,7 +430,12 @@ async fn a_poll_whose_read_fails_lets_its_partitions_go_at_once() {
         .expect("tenant_position is one of the models");
     events_collection.create_index(index).await.unwrap();
     let (first, ack) = s.poll("key-acme", "retried", "c", 100, 0).await;
-    assert!(!first.is_empty() && ack.is_some(), "the failed poll's partitions were still held");
+    if first.is_empty() || ack.is_none() {
+        // (Seen once in a full run and not reproduced since: say what the subscription held.)
+        let sub = db.collection::<mongodb::bson::Document>("subscriptions");
+        let state = sub.find_one(mongodb::bson::doc! {"_id": "acme:retried"}).await.unwrap();
+        panic!("the failed poll's partitions were still held, or nothing was read: {state:?}");
+    }
     assert_eq!(s.ack("key-acme", "retried", &ack.unwrap()).await, 204);
     let mut got: HashSet<String> = first.iter().map(id).collect();
     got.extend(consume(&s, "key-acme", "retried", "c", sent.len() - got.len()).await.iter().map(id));
@@ -469,10 +489,11 @@ async fn a_deleted_subscriptions_series_leave_metrics_and_a_quiet_ones_stay() {
     assert_eq!(s.metric(delivered, "churn-kept").await, sent.len() as f64, "its counter was reset");
 }
 
-/// A consumer long-polling a quiet subscription costs the shared MongoDB no writes while events
-/// of another tenant, and of its own tenant but other types, move the horizons (before, each
-/// look every 100 ms claimed and released its partitions: two writes), and still gets the next
-/// event of its type within the wait.
+/// A consumer long-polling a quiet subscription, poll after poll as `Subscriber` does, costs the
+/// shared MongoDB no writes while events of another tenant, and of its own tenant but other
+/// types, move the horizons (before, each look every 100 ms claimed and released its partitions:
+/// two writes, and so did each poll's first look), and still gets the next event of its type
+/// within the wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_on_a_quiet_subscription_writes_nothing_while_another_tenant_sends() {
     let s = Subs::start(30_000).await;
@@ -500,15 +521,21 @@ async fn a_long_poll_on_a_quiet_subscription_writes_nothing_while_another_tenant
     };
     let before = version().await;
     let started = tokio::time::Instant::now();
-    let (waited, ()) = tokio::join!(s.poll("key-acme", "quiet", "c", 100, 2_500), sending);
+    let polls = async {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.extend(s.poll("key-acme", "quiet", "c", 100, 900).await.0);
+        }
+        got
+    };
+    let (waited, ()) = tokio::join!(polls, sending);
     let elapsed = started.elapsed();
-    assert!(waited.0.is_empty(), "acme has no events of that type");
-    assert!(elapsed >= Duration::from_secs(2), "the poll did not wait ({elapsed:?})");
+    assert!(waited.is_empty(), "acme has no events of that type");
+    assert!(elapsed >= Duration::from_millis(2_400), "the polls did not wait ({elapsed:?})");
     assert!(globex_stored().await > 0, "nothing of globex's was stored: the horizons did not move");
     let writes = version().await - before;
-    // The poll's first look may claim and release once; a liveness write is due only every
-    // quarter of the ack timeout (7.5 s here).
-    assert!(writes <= 3, "{writes} writes of the subscription during one quiet long poll");
+    // A liveness write is due only every quarter of the ack timeout (7.5 s here).
+    assert!(writes <= 1, "{writes} writes of the subscription during three quiet long polls");
 
     // The quiet tenant's next event is delivered by a waiting poll.
     let waiting = s.poll("key-acme", "quiet", "c", 100, 20_000);
