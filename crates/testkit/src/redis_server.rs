@@ -65,6 +65,19 @@ impl RedisServer {
             .expect("connect to test redis")
     }
 
+    /// The sum of `field` over the hashes `keys` (a missing hash or field counts 0): a tenant's
+    /// unstored count over every partition, say, read exactly rather than from a sampled figure.
+    pub async fn hash_field_sum(&self, keys: impl IntoIterator<Item = String>, field: &str) -> i64 {
+        let mut connection = self.connection().await;
+        let mut sum = 0;
+        for key in keys {
+            let n: Option<i64> =
+                redis::cmd("HGET").arg(&key).arg(field).query_async(&mut connection).await.expect("HGET");
+            sum += n.unwrap_or(0);
+        }
+        sum
+    }
+
     /// Kills the server (simulates an outage). Data is lost: persistence is off.
     pub fn stop(&mut self) {
         self.process.kill();

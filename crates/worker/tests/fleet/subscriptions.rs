@@ -82,15 +82,10 @@ impl Subs {
         let deadline = tokio::time::Instant::now() + WAIT;
         let partitions =
             evp_runtime::partitions::Partitions::new(crate::helpers::STREAM, PARTITIONS.parse().unwrap());
-        let mut redis = self.p.redis.connection().await;
+        let keys =
+            || partitions.iter().map(|p| evp_runtime::unstored::Keys::new(p, crate::helpers::GROUP).unstored);
         loop {
-            let mut unstored = 0;
-            for partition in partitions.iter() {
-                let keys = evp_runtime::unstored::Keys::new(partition, crate::helpers::GROUP);
-                let n: Option<i64> =
-                    redis::cmd("HGET").arg(&keys.unstored).arg("acme").query_async(&mut redis).await.unwrap();
-                unstored += n.unwrap_or(0);
-            }
+            let unstored = self.p.redis.hash_field_sum(keys(), "acme").await;
             if unstored == 0 {
                 return;
             }
