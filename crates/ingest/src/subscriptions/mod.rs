@@ -55,7 +55,7 @@ pub const MAX_TYPES: usize = 100;
 /// How often a long poll looks again while nothing is deliverable.
 const LOOK_AGAIN: Duration = Duration::from_millis(100);
 /// How often a long poll makes a full attempt while nothing is deliverable (in between it only
-/// watches its partitions' horizons, `poll::Quiet`).
+/// watches its partitions' horizons, `wait::Quiet`).
 const LOOK_AGAIN_FULLY: Duration = Duration::from_secs(1);
 /// Compare-and-set attempts before a change gives up (503: the subscription is that busy).
 const ATTEMPTS: usize = 50;
