@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use evp_events::EntryId;
 use evp_store::reader::StoredRow;
-use evp_store::subscriptions::{Edge, InFlight, Subscription};
+use evp_store::subscriptions::{InFlight, Subscription};
 
 use super::token::Token;
 use super::view::{Delivered, SubscriptionEvent};
@@ -59,8 +59,7 @@ impl Subscriptions {
                     Err(e) => {
                         // Let every claim go, so the next poll can take them at once instead of
                         // after the ack timeout (best effort: if this fails too, they expire).
-                        let none = claims.iter().map(|_| None).collect();
-                        let _ = self.commit(tenant, name, generation, claims, none).await;
+                        let _ = self.let_go(tenant, name, generation, claims).await;
                         claimed.settled = true;
                         return Err(e);
                     }
@@ -116,17 +115,11 @@ impl Subscriptions {
                 if part.delivery.is_none() && part.from >= before {
                     continue; // Caught up: nothing can be read below the horizon.
                 }
-                if known.is_some() && part.delivery.is_none() {
-                    let start = &held[watched].empty_until;
-                    if *start >= before {
-                        continue; // Nothing new below the horizon since the looks.
-                    }
-                    let first =
-                        self.store.edge_position(Edge::Oldest, tenant, p as i32, start, &before, &sub.types);
-                    if bounded(first).await?.is_none() {
-                        held[watched].empty_until = before;
-                        continue; // Nothing of the subscription below the horizon: no claim to write.
-                    }
+                if known.is_some()
+                    && part.delivery.is_none()
+                    && !held[watched].look(self, tenant, &sub.types, before.clone()).await?
+                {
+                    continue; // Nothing of the subscription below the horizon: no claim to write.
                 }
                 let part = &mut sub.partitions[p];
                 let id = format!("{:016x}", rand::random::<u64>());
@@ -167,6 +160,18 @@ impl Subscriptions {
             claims,
             settled: false,
         }
+    }
+
+    /// Lets `claims` go: a commit with nothing read, which clears only the deliveries that are
+    /// still these claims and moves no checkpoint.
+    async fn let_go(
+        &self,
+        tenant: &str,
+        name: &str,
+        generation: i64,
+        claims: &[Claim],
+    ) -> Result<Delivered, ApiError> {
+        self.commit(tenant, name, generation, claims, claims.iter().map(|_| None).collect()).await
     }
 
     /// Step 3 of a poll: each claim that is still this poll's becomes its delivery.
@@ -269,8 +274,7 @@ impl Drop for Claimed {
         let claims = std::mem::take(&mut self.claims);
         tracing::debug!(tenant, subscription = name, "a poll ended before its commit; letting its claims go");
         runtime.spawn(async move {
-            let none = claims.iter().map(|_| None).collect();
-            let _ = subs.commit(&tenant, &name, generation, &claims, none).await;
+            let _ = subs.let_go(&tenant, &name, generation, &claims).await;
         });
     }
 }

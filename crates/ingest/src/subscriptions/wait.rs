@@ -96,22 +96,9 @@ impl Subscriptions {
         let Quiet { types, held } = quiet;
         for watched in held {
             let Some(horizon) = horizons.get(&watched.partition) else { continue };
-            let before = horizon.sortable();
-            if watched.empty_until >= before {
-                continue;
-            }
-            let first = self.store.edge_position(
-                Edge::Oldest,
-                tenant,
-                watched.partition,
-                &watched.empty_until,
-                &before,
-                types,
-            );
-            if bounded(first).await?.is_some() {
+            if watched.look(self, tenant, types, horizon.sortable()).await? {
                 return Ok(true);
             }
-            watched.empty_until = before;
         }
         Ok(false)
     }
@@ -142,4 +129,29 @@ pub(super) struct Watched {
     pub(super) partition: i32,
     pub(super) from: String,
     pub(super) empty_until: String,
+}
+
+impl Watched {
+    /// Whether the subscription (of `types`) has an event in `[empty_until, before)`, where
+    /// `before` is the partition's horizon: one indexed read of at most one key, none when the
+    /// range is empty. When it has none, the range is known empty from then on (nothing can
+    /// appear below a horizon), so `empty_until` moves up to `before`.
+    pub(super) async fn look(
+        &mut self,
+        subs: &Subscriptions,
+        tenant: &str,
+        types: &[String],
+        before: String,
+    ) -> Result<bool, ApiError> {
+        if self.empty_until >= before {
+            return Ok(false);
+        }
+        let first =
+            subs.store.edge_position(Edge::Oldest, tenant, self.partition, &self.empty_until, &before, types);
+        if bounded(first).await?.is_some() {
+            return Ok(true);
+        }
+        self.empty_until = before;
+        Ok(false)
+    }
 }
