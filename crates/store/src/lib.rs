@@ -16,6 +16,8 @@
 //!   why they are exact is written at its top.
 //! - [`subscriptions`]: the `subscriptions` collection (a subscription's whole state, changed by
 //!   compare-and-set) and the stream-order query that feeds one.
+//! - [`windows`]: a range of stream positions cut into windows of append time, so that a
+//!   subscription's read costs what it returns on a server that does not stop a scan at the limit.
 //!
 //! No Redis here, and nothing about retrying: the worker's processor decides what to do with each
 //! verdict.
@@ -27,6 +29,7 @@ pub mod indexes;
 pub mod reader;
 pub mod rollups;
 pub mod subscriptions;
+pub mod windows;
 
 /// Longest a read for a client (a page, an analytics answer) may run on the server (`maxTimeMS`):
 /// a client that gave up must not leave its query running, nor a pile of them queue up.

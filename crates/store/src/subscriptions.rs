@@ -7,7 +7,9 @@
 //! - [`SubscriptionStore::deliverable`]: a partition's stored events of the tenant (and types) in
 //!   `[from, horizon)`, in stream order, served by the `tenant_position` index: an exact prefix
 //!   (tenant, partition) and a range (seq), in the index's order, so a read examines only its own
-//!   tenant's keys ([`deliverable_query`] says when it names the index).
+//!   tenant's keys ([`deliverable_query`] says when it names the index), window by window
+//!   ([`crate::windows`]) so that a read costs what it delivers even on a server that does not stop a
+//!   range scan at the limit.
 //!
 //! The logic (who holds which partition, tokens, the horizon) is the ingest's; this module only
 //! knows the layout.
@@ -20,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::indexes::{Query, TENANT_POSITION_INDEX};
 use crate::reader::StoredRow;
+pub use crate::windows::Edge;
+use crate::windows::Windows;
 
 /// A subscription's state, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,13 +96,6 @@ impl Subscription {
     }
 }
 
-/// Which end of a partition's deliverable range [`SubscriptionStore::edge_position`] finds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Edge {
-    Oldest,
-    Newest,
-}
-
 /// Reads and writes subscriptions, and the events they deliver.
 #[derive(Debug, Clone)]
 pub struct SubscriptionStore {
@@ -164,7 +161,10 @@ impl SubscriptionStore {
     }
 
     /// The stored events of `tenant` in `partition` at stream positions `[from, before)` (sortable
-    /// forms), of `types` (all when empty), oldest first, at most `limit`.
+    /// forms), of `types` (all when empty), oldest first, at most `limit`. Without types the range
+    /// is read window by window from `from` ([`Windows`], which says why and why it is exact);
+    /// with types it names its index, and a hinted find is a whole-collection scan on a server
+    /// that needs the windows, so they would only repeat it.
     pub async fn deliverable(
         &self,
         tenant: &str,
@@ -174,13 +174,25 @@ impl SubscriptionStore {
         types: &[String],
         limit: usize,
     ) -> mongodb::error::Result<Vec<StoredRow>> {
-        let query = deliverable_query(tenant, partition, from, before, types);
-        let docs = self.find_positions(query, limit, None).await?;
-        Ok(docs.into_iter().map(StoredRow::from_document).collect())
+        let mut rows = Vec::new();
+        let mut windows = Windows::new(from, before, Edge::Oldest, types.is_empty());
+        while let Some((lo, hi)) = windows.next() {
+            let wanted = limit - rows.len();
+            let docs = self
+                .find_positions(deliverable_query(tenant, partition, &lo, &hi, types), wanted, None)
+                .await?;
+            windows.found(docs.len(), wanted);
+            rows.extend(docs.into_iter().map(StoredRow::from_document));
+            if rows.len() >= limit {
+                break;
+            }
+        }
+        Ok(rows)
     }
 
     /// The position (sortable form) of the newest or oldest deliverable event in `[from, before)`,
-    /// for the lag.
+    /// for the lag: window by window from that edge ([`Windows`]) as [`deliverable`](Self::deliverable)
+    /// reads, until one holds an event.
     pub async fn edge_position(
         &self,
         edge: Edge,
@@ -194,10 +206,15 @@ impl SubscriptionStore {
             Edge::Oldest => 1,
             Edge::Newest => -1,
         };
-        let mut query = deliverable_query(tenant, partition, from, before, types);
-        query.sort = doc! { "partition": direction, "seq": direction };
-        let docs = self.find_positions(query, 1, Some(doc! { "seq": 1, "_id": 0 })).await?;
-        Ok(docs.first().and_then(|d| d.get_str("seq").ok()).map(str::to_owned))
+        for (lo, hi) in Windows::new(from, before, edge, types.is_empty()) {
+            let mut query = deliverable_query(tenant, partition, &lo, &hi, types);
+            query.sort = doc! { "partition": direction, "seq": direction };
+            let docs = self.find_positions(query, 1, Some(doc! { "seq": 1, "_id": 0 })).await?;
+            if let Some(seq) = docs.first().and_then(|d| d.get_str("seq").ok()) {
+                return Ok(Some(seq.to_owned()));
+            }
+        }
+        Ok(None)
     }
 
     /// A find of stream positions, which `tenant_position` serves in order.

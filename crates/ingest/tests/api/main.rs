@@ -15,3 +15,4 @@ mod keys;
 mod limits;
 mod partitions;
 mod read;
+mod subscription_reads;

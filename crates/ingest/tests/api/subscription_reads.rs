@@ -1,0 +1,87 @@
+//! A subscription's reads walk their range window by window (`evp_store::windows`):
+//! against the real server, with documents at chosen stream positions, a read returns exactly the
+//! first events of its range in stream order whatever windows they fall in, and the lag's edges
+//! are the range's first and last events.
+
+use evp_events::EntryId;
+use evp_store::subscriptions::SubscriptionStore;
+use evp_store::windows::{Edge, Windows};
+use evp_store::{EventIndexes, EventStore};
+use evp_testkit::MongoServer;
+use mongodb::bson::{Document, doc};
+
+const BASE: u64 = 1_800_000_000_000;
+
+/// Milliseconds after `BASE` of tenant acme's events in partition 0: some within the first window
+/// of 100 ms, some on its edges, some seconds and an hour later.
+const OFFSETS: [u64; 15] = [0, 1, 1, 50, 99, 100, 101, 450, 499, 500, 2_000, 2_000, 9_000, 60_000, 3_600_000];
+
+fn position(i: usize) -> String {
+    EntryId::new(BASE + OFFSETS[i], i as u64).sortable()
+}
+
+#[tokio::test]
+async fn a_windowed_read_returns_exactly_the_first_events_of_its_range_in_stream_order() {
+    let mongo = MongoServer::start().await;
+    let database = mongo.unique_database("windows");
+    let client = mongo.client().await;
+    EventStore::new(client.clone(), &database).ensure_indexes(&EventIndexes::all()).await.unwrap();
+    let store = SubscriptionStore::new(&client, &database);
+
+    // acme's events in partition 0, and at the same positions another tenant's and another
+    // partition's, which no read of acme's partition 0 may return. Inserted newest first, so that
+    // the server's record order is not the stream's.
+    let mut docs: Vec<Document> = Vec::new();
+    for i in (0..OFFSETS.len()).rev() {
+        let kind = if i % 3 == 0 { "a" } else { "b" };
+        for (tenant, partition) in [("acme", 0), ("globex", 0), ("acme", 1)] {
+            docs.push(doc! {
+                "tenant": tenant, "partition": partition, "seq": position(i), "type": kind,
+                "event_id": format!("{tenant}-{partition}-{i:02}"),
+            });
+        }
+    }
+    client.database(&database).collection::<Document>("events").insert_many(docs).await.unwrap();
+
+    let expected = |from: usize, before: usize, types: &[String]| -> Vec<String> {
+        (from..before)
+            .filter(|i| types.is_empty() || types.iter().any(|t| t == if i % 3 == 0 { "a" } else { "b" }))
+            .map(|i| format!("acme-0-{i:02}"))
+            .collect()
+    };
+    let before_all = EntryId::new(BASE + 7_200_000, 0).sortable();
+    let beginning = EntryId::new(0, 0).sortable();
+    // The walk from the beginning crosses many windows before the first event; from the first
+    // event, the events fall in several windows: the read under test is windowed.
+    assert!(Windows::new(&beginning, &before_all, Edge::Oldest, true).count() > 10);
+    assert!(Windows::new(&position(0), &before_all, Edge::Oldest, true).count() > 5);
+
+    let n = OFFSETS.len();
+    let mut reads = 0;
+    for types in [vec![], vec!["a".to_string()]] {
+        for from in 0..n {
+            for before in from..=n {
+                let (lo, hi) =
+                    (position(from), if before == n { before_all.clone() } else { position(before) });
+                let all = expected(from, before, &types);
+                for limit in [1, 2, 5, n + 1] {
+                    let rows = store.deliverable("acme", 0, &lo, &hi, &types, limit).await.unwrap();
+                    let got: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+                    let want: Vec<String> = all.iter().take(limit).cloned().collect();
+                    assert_eq!(got, want, "[{from}, {before}), types {types:?}, limit {limit}");
+                    reads += 1;
+                }
+                for (edge, want) in [(Edge::Oldest, all.first()), (Edge::Newest, all.last())] {
+                    let got = store.edge_position(edge, "acme", 0, &lo, &hi, &types).await.unwrap();
+                    let want = want.map(|id| position(id[7..].parse().unwrap()));
+                    assert_eq!(got, want, "{edge:?} of [{from}, {before}), types {types:?}");
+                }
+            }
+        }
+        // From the beginning, past many empty windows.
+        let rows = store.deliverable("acme", 0, &beginning, &before_all, &types, n).await.unwrap();
+        let got: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+        assert_eq!(got, expected(0, n, &types), "from the beginning, types {types:?}");
+    }
+    assert!(reads > 500, "{reads}");
+}

@@ -1,0 +1,195 @@
+//! A range of stream positions read window by window, so that a read costs about what it returns.
+//!
+//! - [`Windows`]: `[from, before)` (sortable forms) cut into consecutive windows of append time,
+//!   starting at one [`Edge`]: the first [`FIRST_WINDOW_MS`] wide, each next one 4 times wider,
+//!   or sized from what the last one held when the reader says ([`Windows::found`]).
+//!
+//! **Why.** A subscription's read should cost what it delivers, not how far behind its consumer
+//! is. MongoDB stops an index scan at the limit; a server that fetches every match of a range
+//! before it limits them (secantusd-rs does, `docs/PERFORMANCE.md`) makes each poll of a consumer
+//! far behind cost its whole backlog: a catch-up is then quadratic, and once one poll's backlog
+//! takes longer than the read timeout, no poll delivers at all. Windows that start small find the
+//! next events in a few cheap reads and fetch little more than the poll takes. The one read that
+//! can still be large is the first after a long empty stretch (a subscription from the
+//! beginning): the window that crosses it is as wide as the stretch.
+//!
+//! **Exact.** The windows are in order, contiguous and together the whole range, and a reader
+//! takes each window's events in stream order until it has enough: what it has is the first
+//! events of the range, as one read of the range with the same limit would have returned.
+
+use evp_events::EntryId;
+
+/// Which end of a range a walk starts from: the oldest (reading forward) or the newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    Oldest,
+    Newest,
+}
+
+/// The first window's width, in milliseconds of append time.
+pub const FIRST_WINDOW_MS: u64 = 10;
+/// The most a window grows (or shrinks) from one to the next.
+const MAX_FACTOR: f64 = 4.0;
+
+/// The windows of one range, yielded in order from the edge as `(from, before)` sortable forms.
+/// Tell it what each window held ([`found`](Self::found)) to size the next.
+#[derive(Debug, Clone)]
+pub struct Windows {
+    /// What is left to walk, `[lo, hi)`; `None` when the bounds are not entry ids (then the
+    /// range is one window).
+    left: Option<(EntryId, EntryId)>,
+    whole: Option<(String, String)>,
+    edge: Edge,
+    /// The next window's width, in milliseconds.
+    span: u64,
+    /// The width of the window last yielded.
+    last: u64,
+}
+
+impl Windows {
+    /// `[from, before)` from `edge`. With `windowed` false (or bounds that are not entry ids, or
+    /// an empty range), the whole range is the one window.
+    pub fn new(from: &str, before: &str, edge: Edge, windowed: bool) -> Self {
+        let left = match (EntryId::parse(from), EntryId::parse(before)) {
+            (Some(lo), Some(hi)) if windowed && lo < hi => Some((lo, hi)),
+            _ => None,
+        };
+        let whole = left.is_none().then(|| (from.to_owned(), before.to_owned()));
+        Self { left, whole, edge, span: FIRST_WINDOW_MS, last: FIRST_WINDOW_MS }
+    }
+
+    /// The last window held `found` of the `wanted` events the reader still needed: the next is
+    /// as wide as their density says the rest needs, within a factor of 4 of the last (without
+    /// this, 4 times as wide).
+    pub fn found(&mut self, found: usize, wanted: usize) {
+        if found > 0 {
+            let factor =
+                (wanted.saturating_sub(found) as f64 / found as f64).clamp(1.0 / MAX_FACTOR, MAX_FACTOR);
+            self.span = ((self.last as f64 * factor).ceil() as u64).max(1);
+        }
+    }
+}
+
+impl Iterator for Windows {
+    type Item = (String, String);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(whole) = self.whole.take() {
+            return Some(whole);
+        }
+        let (lo, hi) = self.left.as_mut()?;
+        if *lo >= *hi {
+            return None;
+        }
+        self.last = self.span;
+        self.span = ((self.span as f64 * MAX_FACTOR) as u64).max(1);
+        let (start, end) = match self.edge {
+            Edge::Oldest => {
+                let end = EntryId::new(lo.ms.saturating_add(self.last), 0);
+                let end = if end > *lo && end < *hi { end } else { *hi };
+                (std::mem::replace(lo, end), end)
+            }
+            Edge::Newest => {
+                let start = EntryId::new(hi.ms.saturating_sub(self.last), 0);
+                let start = if start > *lo && start < *hi { start } else { *lo };
+                (start, std::mem::replace(hi, start))
+            }
+        };
+        Some((start.sortable(), end.sortable()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use evp_events::EntryId;
+
+    use super::{Edge, Windows};
+
+    fn id(ms: u64, seq: u64) -> String {
+        EntryId::new(ms, seq).sortable()
+    }
+
+    /// The windows, as `(ms, seq)` pairs, each told it held `found(i)` of `wanted`.
+    fn walk(
+        from: (u64, u64),
+        before: (u64, u64),
+        edge: Edge,
+        found: impl Fn(usize) -> (usize, usize),
+    ) -> Vec<((u64, u64), (u64, u64))> {
+        let pair = |s: &str| EntryId::parse(s).map(|e| (e.ms, e.seq)).unwrap();
+        let mut windows = Windows::new(&id(from.0, from.1), &id(before.0, before.1), edge, true);
+        let mut out = Vec::new();
+        while let Some((lo, hi)) = windows.next() {
+            let (found, wanted) = found(out.len());
+            windows.found(found, wanted);
+            out.push((pair(&lo), pair(&hi)));
+        }
+        out
+    }
+
+    #[test]
+    fn empty_windows_grow_fourfold_from_the_edge_and_cover_the_range() {
+        // Not told, a walk grows as if every window were empty: it ends.
+        let untold = Windows::new(&id(0, 0), &id(1_800_000_000_000, 0), Edge::Oldest, true).count();
+        assert!((15..25).contains(&untold), "{untold}");
+        let empty = |_| (0, 1000);
+        assert_eq!(
+            walk((1_000, 7), (1_300, 2), Edge::Oldest, empty),
+            [
+                ((1_000, 7), (1_010, 0)),
+                ((1_010, 0), (1_050, 0)),
+                ((1_050, 0), (1_210, 0)),
+                ((1_210, 0), (1_300, 2))
+            ]
+        );
+        assert_eq!(
+            walk((1_000, 7), (1_300, 2), Edge::Newest, empty),
+            [
+                ((1_290, 0), (1_300, 2)),
+                ((1_250, 0), (1_290, 0)),
+                ((1_090, 0), (1_250, 0)),
+                ((1_000, 7), (1_090, 0))
+            ]
+        );
+        // From the beginning to now: a few dozen windows, contiguous.
+        let now = 1_800_000_000_000;
+        for edge in [Edge::Oldest, Edge::Newest] {
+            let mut all = walk((0, 0), (now, 5), edge, empty);
+            assert!(all.len() < 25, "{}", all.len());
+            all.sort();
+            assert_eq!((all.first().unwrap().0, all.last().unwrap().1), ((0, 0), (now, 5)));
+            assert!(all.windows(2).all(|w| w[0].1 == w[1].0 && w[0].0 < w[0].1), "{all:?}");
+        }
+    }
+
+    #[test]
+    fn a_window_that_held_some_sizes_the_next_by_their_density() {
+        // 250 of 1,000 in 10 ms: the other 750 need about 30 ms.
+        let widths: Vec<u64> = walk((0, 0), (1_000, 0), Edge::Oldest, |_| (250, 1000))
+            .iter()
+            .map(|(lo, hi)| hi.0 - lo.0)
+            .take(3)
+            .collect();
+        assert_eq!(widths, [10, 30, 90]);
+        // 900 of 1,000: the next only a quarter as wide (never less than 1 ms).
+        let widths: Vec<u64> = walk((0, 0), (1_000, 0), Edge::Oldest, |_| (900, 1000))
+            .iter()
+            .map(|(lo, hi)| hi.0 - lo.0)
+            .take(4)
+            .collect();
+        assert_eq!(widths, [10, 3, 1, 1]);
+    }
+
+    #[test]
+    fn unwindowed_empty_or_unparsable_ranges_are_one_window() {
+        let one = |from: &str, before: &str, windowed| {
+            Windows::new(from, before, Edge::Oldest, windowed).collect::<Vec<_>>()
+        };
+        assert_eq!(one(&id(0, 0), &id(9_000, 0), false), [(id(0, 0), id(9_000, 0))]);
+        assert_eq!(one(&id(5, 1), &id(5, 1), true), [(id(5, 1), id(5, 1))]);
+        assert_eq!(one("", "x", true), [(String::new(), "x".to_string())]);
+        // Near the end of the id space the windows still end.
+        let top = walk((u64::MAX - 5, 0), (u64::MAX, u64::MAX), Edge::Oldest, |_| (0, 1));
+        assert_eq!(top, [((u64::MAX - 5, 0), (u64::MAX, 0)), ((u64::MAX, 0), (u64::MAX, u64::MAX))]);
+    }
+}
