@@ -7,9 +7,9 @@
 //! - [`SubscriptionStore::deliverable`]: a partition's stored events of the tenant (and types) in
 //!   `[from, horizon)`, in stream order, served by the `tenant_position` index: an exact prefix
 //!   (tenant, partition) and a range (seq), in the index's order, so a read examines only its own
-//!   tenant's keys ([`deliverable_query`] says when it names the index), window by window
-//!   ([`crate::windows`]) so that a read costs what it delivers even on a server that does not stop a
-//!   range scan at the limit.
+//!   tenant's keys (with types: the keys first, then the matching events; [`keys_query`] says why),
+//!   window by window ([`crate::windows`]) so that a read costs what it delivers even on a server
+//!   that does not stop a range scan at the limit.
 //!
 //! The logic (who holds which partition, tokens, the horizon) is the ingest's; this module only
 //! knows the layout.
@@ -20,7 +20,7 @@ use mongodb::options::{FindOptions, Hint, IndexOptions, ReplaceOptions};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use crate::indexes::{Query, TENANT_POSITION_INDEX};
+use crate::indexes::Query;
 use crate::reader::StoredRow;
 pub use crate::windows::Edge;
 use crate::windows::Windows;
@@ -161,10 +161,10 @@ impl SubscriptionStore {
     }
 
     /// The stored events of `tenant` in `partition` at stream positions `[from, before)` (sortable
-    /// forms), of `types` (all when empty), oldest first, at most `limit`. Without types the range
-    /// is read window by window from `from` ([`Windows`], which says why and why it is exact);
-    /// with types it names its index, and a hinted find is a whole-collection scan on a server
-    /// that needs the windows, so they would only repeat it.
+    /// forms), of `types` (all when empty), oldest first, at most `limit`. The range is read window
+    /// by window from `from` ([`Windows`], which says why, and why the result is exact). With
+    /// types, each window's keys are read first ([`keys_query`]) and only the matching events are
+    /// fetched ([`events_at_query`]).
     pub async fn deliverable(
         &self,
         tenant: &str,
@@ -175,13 +175,23 @@ impl SubscriptionStore {
         limit: usize,
     ) -> mongodb::error::Result<Vec<StoredRow>> {
         let mut rows = Vec::new();
-        let mut windows = Windows::new(from, before, Edge::Oldest, types.is_empty());
+        let mut windows = Windows::new(from, before, Edge::Oldest, true);
         while let Some((lo, hi)) = windows.next() {
             let wanted = limit - rows.len();
-            let docs = self
-                .find_positions(deliverable_query(tenant, partition, &lo, &hi, types), wanted, None)
-                .await?;
-            windows.found(docs.len(), wanted);
+            let docs = if types.is_empty() {
+                let docs =
+                    self.find(deliverable_query(tenant, partition, &lo, &hi), Some(wanted), None).await?;
+                windows.found(docs.len(), wanted - docs.len());
+                docs
+            } else {
+                let keys = self.keys(tenant, partition, &lo, &hi, Edge::Oldest).await?;
+                windows.found(keys.len(), limit);
+                let seqs: Vec<&str> = matching(&keys, types).take(wanted).collect();
+                if seqs.is_empty() {
+                    continue;
+                }
+                self.find(events_at_query(tenant, partition, &seqs), None, None).await?
+            };
             rows.extend(docs.into_iter().map(StoredRow::from_document));
             if rows.len() >= limit {
                 break;
@@ -191,8 +201,8 @@ impl SubscriptionStore {
     }
 
     /// The position (sortable form) of the newest or oldest deliverable event in `[from, before)`,
-    /// for the lag: window by window from that edge ([`Windows`]) as [`deliverable`](Self::deliverable)
-    /// reads, until one holds an event.
+    /// for the lag: window by window from that edge, as [`deliverable`](Self::deliverable) reads,
+    /// until one holds an event of `types` (any, when empty).
     pub async fn edge_position(
         &self,
         edge: Edge,
@@ -202,32 +212,50 @@ impl SubscriptionStore {
         before: &str,
         types: &[String],
     ) -> mongodb::error::Result<Option<String>> {
-        let direction = match edge {
-            Edge::Oldest => 1,
-            Edge::Newest => -1,
-        };
-        for (lo, hi) in Windows::new(from, before, edge, types.is_empty()) {
-            let mut query = deliverable_query(tenant, partition, &lo, &hi, types);
-            query.sort = doc! { "partition": direction, "seq": direction };
-            let docs = self.find_positions(query, 1, Some(doc! { "seq": 1, "_id": 0 })).await?;
-            if let Some(seq) = docs.first().and_then(|d| d.get_str("seq").ok()) {
-                return Ok(Some(seq.to_owned()));
+        let mut windows = Windows::new(from, before, edge, true);
+        while let Some((lo, hi)) = windows.next() {
+            let found = if types.is_empty() {
+                let mut query = deliverable_query(tenant, partition, &lo, &hi);
+                query.sort = order(edge);
+                let docs = self.find(query, Some(1), Some(doc! { "seq": 1, "_id": 0 })).await?;
+                docs.first().and_then(|d| d.get_str("seq").ok()).map(str::to_owned)
+            } else {
+                let keys = self.keys(tenant, partition, &lo, &hi, edge).await?;
+                windows.found(keys.len(), KEYS_PER_WINDOW);
+                matching(&keys, types).next().map(str::to_owned)
+            };
+            if found.is_some() {
+                return Ok(found);
             }
         }
         Ok(None)
     }
 
+    /// The keys (`seq`, `type`) of `[from, before)`, from `edge`: read from the index alone.
+    async fn keys(
+        &self,
+        tenant: &str,
+        partition: i32,
+        from: &str,
+        before: &str,
+        edge: Edge,
+    ) -> mongodb::error::Result<Vec<Document>> {
+        let mut query = keys_query(tenant, partition, from, before);
+        query.sort = order(edge);
+        self.find(query, None, Some(doc! { "seq": 1, "type": 1, "_id": 0 })).await
+    }
+
     /// A find of stream positions, which `tenant_position` serves in order.
-    async fn find_positions(
+    async fn find(
         &self,
         query: Query,
-        limit: usize,
+        limit: Option<usize>,
         projection: Option<Document>,
     ) -> mongodb::error::Result<Vec<Document>> {
         let options = FindOptions::builder()
             .sort(query.sort)
             .hint(query.hint.map(|name| Hint::Name(name.to_owned())))
-            .limit(limit as i64)
+            .limit(limit.map(|l| l as i64))
             .projection(projection)
             .max_time(crate::READ_MAX_TIME)
             .build();
@@ -235,31 +263,52 @@ impl SubscriptionStore {
     }
 }
 
-/// The query of a subscription's read: a partition's events of the tenant (and types) in
-/// `[from, before)`, in stream order, on `tenant_position`.
-///
-/// Without types it names no index: `tenant_position` matches it exactly (two equalities, then
-/// the range, in its sort order), and every other index would have to sort or walk other
-/// tenants' keys. With types it names the index: `newest_by_type` then also bounds the tenant and
-/// the types, and when the types are rare the planner's trial can prefer it, sorting in memory,
-/// and cache that plan for the shape. A hint is kept to where it is needed, since a query naming an
-/// index fails outright once the index is gone (an unhinted one only slows down).
-/// `crates/ingest/tests/api/indexes.rs` asserts the plans of both.
-pub fn deliverable_query(tenant: &str, partition: i32, from: &str, before: &str, types: &[String]) -> Query {
+/// Keys a window of a read with types should hold, when no poll's `max` says (the lag's edges).
+const KEYS_PER_WINDOW: usize = 1000;
+
+/// Stream order from `edge`.
+fn order(edge: Edge) -> Document {
+    let direction = if edge == Edge::Oldest { 1 } else { -1 };
+    doc! { "partition": direction, "seq": direction }
+}
+
+/// The positions among `keys` of an event of `types`, in the keys' order.
+fn matching<'k>(keys: &'k [Document], types: &'k [String]) -> impl Iterator<Item = &'k str> {
+    keys.iter()
+        .filter(|k| k.get_str("type").is_ok_and(|t| types.iter().any(|w| w == t)))
+        .filter_map(|k| k.get_str("seq").ok())
+}
+
+/// The query of a subscription's read without types: a partition's events of the tenant in
+/// `[from, before)`, in stream order. It names no index, and needs none: `tenant_position`
+/// matches it exactly (two equalities, then the range, in its sort order), and every other index
+/// would have to sort or walk the tenant's other partitions' keys. No query of a subscription
+/// names an index, since one that does fails outright once the index is gone (an unhinted one
+/// only slows down), and the stand-in never routes a hinted find through an index.
+/// `crates/ingest/tests/api/indexes.rs` asserts the plans of all three.
+pub fn deliverable_query(tenant: &str, partition: i32, from: &str, before: &str) -> Query {
     Query {
-        filter: position_filter(tenant, partition, from, before, types),
+        filter: doc! { "tenant": tenant, "partition": partition, "seq": { "$gte": from, "$lt": before } },
         sort: doc! { "partition": 1, "seq": 1 },
-        hint: (!types.is_empty()).then_some(TENANT_POSITION_INDEX),
+        hint: None,
     }
 }
 
-/// `{tenant, partition, seq: [from, before), type}`: `tenant_position`'s prefix and range, with the
-/// types filtered from its keys before any document is fetched.
-fn position_filter(tenant: &str, partition: i32, from: &str, before: &str, types: &[String]) -> Document {
-    let mut filter =
-        doc! { "tenant": tenant, "partition": partition, "seq": { "$gte": from, "$lt": before } };
-    if !types.is_empty() {
-        filter.insert("type", doc! { "$in": types });
+/// The first read of a window with types: the same range, projected to `seq` and `type`, which
+/// `tenant_position` holds, so MongoDB answers from the index alone. The types are matched by the
+/// reader, not in the filter: a filter on `type` would let the planner weigh `newest_by_type`
+/// (which bounds tenant and type too), and, when the types are rare, prefer it, sort in memory,
+/// and cache that plan for the shape.
+pub fn keys_query(tenant: &str, partition: i32, from: &str, before: &str) -> Query {
+    deliverable_query(tenant, partition, from, before)
+}
+
+/// The second read of a window with types: the events at the matching positions, in stream order
+/// (each position is one entry of the partition's stream, so one event).
+pub fn events_at_query(tenant: &str, partition: i32, seqs: &[&str]) -> Query {
+    Query {
+        filter: doc! { "tenant": tenant, "partition": partition, "seq": { "$in": seqs } },
+        sort: doc! { "partition": 1, "seq": 1 },
+        hint: None,
     }
-    filter
 }

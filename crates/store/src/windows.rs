@@ -2,7 +2,7 @@
 //!
 //! - [`Windows`]: `[from, before)` (sortable forms) cut into consecutive windows of append time,
 //!   starting at one [`Edge`]: the first [`FIRST_WINDOW_MS`] wide, each next one 4 times wider,
-//!   or sized from what the last one held when the reader says ([`Windows::found`]).
+//!   or sized by the last one's density when the reader says what it held ([`Windows::found`]).
 //!
 //! **Why.** A subscription's read should cost what it delivers, not how far behind its consumer
 //! is. MongoDB stops an index scan at the limit; a server that fetches every match of a range
@@ -58,13 +58,12 @@ impl Windows {
         Self { left, whole, edge, span: FIRST_WINDOW_MS, last: FIRST_WINDOW_MS }
     }
 
-    /// The last window held `found` of the `wanted` events the reader still needed: the next is
-    /// as wide as their density says the rest needs, within a factor of 4 of the last (without
-    /// this, 4 times as wide).
-    pub fn found(&mut self, found: usize, wanted: usize) {
-        if found > 0 {
-            let factor =
-                (wanted.saturating_sub(found) as f64 / found as f64).clamp(1.0 / MAX_FACTOR, MAX_FACTOR);
+    /// The last window held `held` (events or keys); the next should hold about `next`: it is
+    /// as wide as the last one's density says, within a factor of 4 of the last (without this,
+    /// or when the last held nothing, 4 times as wide).
+    pub fn found(&mut self, held: usize, next: usize) {
+        if held > 0 {
+            let factor = (next as f64 / held as f64).clamp(1.0 / MAX_FACTOR, MAX_FACTOR);
             self.span = ((self.last as f64 * factor).ceil() as u64).max(1);
         }
     }
@@ -109,7 +108,8 @@ mod tests {
         EntryId::new(ms, seq).sortable()
     }
 
-    /// The windows, as `(ms, seq)` pairs, each told it held `found(i)` of `wanted`.
+    /// The windows, as `(ms, seq)` pairs, the `i`-th told it held `found(i).0` and the next should
+    /// hold `found(i).1`.
     fn walk(
         from: (u64, u64),
         before: (u64, u64),
@@ -164,15 +164,15 @@ mod tests {
 
     #[test]
     fn a_window_that_held_some_sizes_the_next_by_their_density() {
-        // 250 of 1,000 in 10 ms: the other 750 need about 30 ms.
-        let widths: Vec<u64> = walk((0, 0), (1_000, 0), Edge::Oldest, |_| (250, 1000))
+        // 250 in 10 ms, and 750 wanted next: about 30 ms.
+        let widths: Vec<u64> = walk((0, 0), (1_000, 0), Edge::Oldest, |_| (250, 750))
             .iter()
             .map(|(lo, hi)| hi.0 - lo.0)
             .take(3)
             .collect();
         assert_eq!(widths, [10, 30, 90]);
-        // 900 of 1,000: the next only a quarter as wide (never less than 1 ms).
-        let widths: Vec<u64> = walk((0, 0), (1_000, 0), Edge::Oldest, |_| (900, 1000))
+        // 900, and 100 wanted next: a quarter as wide at the most (never less than 1 ms).
+        let widths: Vec<u64> = walk((0, 0), (1_000, 0), Edge::Oldest, |_| (900, 100))
             .iter()
             .map(|(lo, hi)| hi.0 - lo.0)
             .take(4)
