@@ -8,6 +8,8 @@
 #
 #   load-tests/catchup-ab.sh A_BINARY B_BINARY     # e.g. a copy of target/release/evp-ingest per build
 #   EVENTS=500000 ROUNDS=3 load-tests/catchup-ab.sh A B
+#   TYPED=1 load-tests/catchup-ab.sh A B          # a subscription of the events' type instead of every type
+#                                                 # (10% more events, of another type, sent at the same time)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [ $# -eq 2 ] || { echo "usage: $0 A_BINARY B_BINARY" >&2; exit 2; }
@@ -20,7 +22,15 @@ start_servers "$EVP_ROOT/target/release"
 start_ingest
 run="catchup$RANDOM"
 echo "== storing $EVENTS events with 2 workers"
+type_args=()
+if [ "${TYPED:-0}" = 1 ]; then
+    # Sent at the same time, so the other type's events lie among the subscription's.
+    loadtest --events "$((EVENTS / 10))" --batch 100 --concurrency 4 --quiet --run-id "other$RANDOM" > /dev/null &
+    OTHER_PID=$!
+    type_args=(--type "loadtest.$run")
+fi
 loadtest --events "$EVENTS" --batch 100 --concurrency 16 --quiet --run-id "$run" > /dev/null
+[ -z "${OTHER_PID:-}" ] || wait "$OTHER_PID"
 start_workers 2
 "$BIN/evp-loadtest" drain --run-id "$run" --events "$EVENTS" --tenant "$TENANT" --json "$WORK/drain.json" > /dev/null
 stop_workers
@@ -35,7 +45,7 @@ for round in $(seq 1 "$ROUNDS"); do
         INGEST_PID=$!; PIDS+=($INGEST_PID)
         wait_port "$INGEST_PORT" "evp-ingest ($build)" "$WORK/ingest-$build.log"
         "$BIN/evp-loadtest" subscribe --url "http://127.0.0.1:$INGEST_PORT" --key "$KEY" --name "catchup-$build-$round" \
-            --consumers 1 --events "$EVENTS" --json "$WORK/sub.json" > /dev/null
+            "${type_args[@]}" --consumers 1 --events "$EVENTS" --json "$WORK/sub.json" > /dev/null
         echo "round $round, $build: $(python3 -c "import json; print(int(json.load(open('$WORK/sub.json'))['events_per_s']))") events/s delivered"
     done
 done
