@@ -184,7 +184,7 @@ impl SubscriptionStore {
                 windows.found(docs.len(), wanted - docs.len());
                 docs
             } else {
-                let keys = self.keys(tenant, partition, &lo, &hi, Edge::Oldest).await?;
+                let keys = self.keys(tenant, partition, &lo, &hi, Edge::Oldest, &mut windows).await?;
                 windows.found(keys.len(), limit);
                 let seqs: Vec<&str> = matching(&keys, types).take(wanted).collect();
                 if seqs.is_empty() {
@@ -220,7 +220,7 @@ impl SubscriptionStore {
                 let docs = self.find(query, Some(1), Some(doc! { "seq": 1, "_id": 0 })).await?;
                 docs.first().and_then(|d| d.get_str("seq").ok()).map(str::to_owned)
             } else {
-                let keys = self.keys(tenant, partition, &lo, &hi, edge).await?;
+                let keys = self.keys(tenant, partition, &lo, &hi, edge, &mut windows).await?;
                 windows.found(keys.len(), KEYS_PER_WINDOW);
                 matching(&keys, types).next().map(str::to_owned)
             };
@@ -231,7 +231,8 @@ impl SubscriptionStore {
         Ok(None)
     }
 
-    /// The keys (`seq`, `type`) of `[from, before)`, from `edge`: read from the index alone.
+    /// The keys (`seq`, `type`) of the window `[from, before)` of `windows`, from `edge`, read from
+    /// the index alone; at most [`KEYS_PER_READ`], and then `windows` goes on past the last one.
     async fn keys(
         &self,
         tenant: &str,
@@ -239,10 +240,18 @@ impl SubscriptionStore {
         from: &str,
         before: &str,
         edge: Edge,
+        windows: &mut Windows,
     ) -> mongodb::error::Result<Vec<Document>> {
         let mut query = keys_query(tenant, partition, from, before);
         query.sort = order(edge);
-        self.find(query, None, Some(doc! { "seq": 1, "type": 1, "_id": 0 })).await
+        let projection = doc! { "seq": 1, "type": 1, "_id": 0 };
+        let keys = self.find(query, Some(KEYS_PER_READ), Some(projection)).await?;
+        if keys.len() == KEYS_PER_READ
+            && let Some(last) = keys.last().and_then(|k| k.get_str("seq").ok())
+        {
+            windows.resume_after(last);
+        }
+        Ok(keys)
     }
 
     /// A find of stream positions, which `tenant_position` serves in order.
@@ -265,6 +274,9 @@ impl SubscriptionStore {
 
 /// Keys a window of a read with types should hold, when no poll's `max` says (the lag's edges).
 const KEYS_PER_WINDOW: usize = 1000;
+/// The most keys one read of a window returns (about 1 MB): a window that holds more (the first
+/// one after a long empty stretch, or a burst) is read on from its last key.
+pub const KEYS_PER_READ: usize = 10_000;
 
 /// Stream order from `edge`.
 fn order(edge: Edge) -> Document {

@@ -2,7 +2,8 @@
 //!
 //! - [`Windows`]: `[from, before)` (sortable forms) cut into consecutive windows of append time,
 //!   starting at one [`Edge`]: the first [`FIRST_WINDOW_MS`] wide, each next one 4 times wider,
-//!   or sized by the last one's density when the reader says what it held ([`Windows::found`]).
+//!   or sized by the last one's density when the reader says what it held ([`Windows::found`]);
+//!   a reader whose read of a window stopped at a cap says where ([`Windows::resume_after`]).
 //!
 //! **Why.** A subscription's read should cost what it delivers, not how far behind its consumer
 //! is. MongoDB stops an index scan at the limit; a server that fetches every match of a range
@@ -65,6 +66,18 @@ impl Windows {
         if held > 0 {
             let factor = (next as f64 / held as f64).clamp(1.0 / MAX_FACTOR, MAX_FACTOR);
             self.span = ((self.last as f64 * factor).ceil() as u64).max(1);
+        }
+    }
+}
+
+impl Windows {
+    /// The last window was read only as far as `at` (the last key a capped read returned, in the
+    /// walk's direction): the walk goes on from just past it, so nothing of the window is skipped.
+    pub fn resume_after(&mut self, at: &str) {
+        let (Some((lo, hi)), Some(at)) = (self.left.as_mut(), EntryId::parse(at)) else { return };
+        match self.edge {
+            Edge::Oldest => *lo = at.next(),
+            Edge::Newest => *hi = at,
         }
     }
 }
@@ -178,6 +191,18 @@ mod tests {
             .take(4)
             .collect();
         assert_eq!(widths, [10, 3, 1, 1]);
+    }
+
+    #[test]
+    fn a_walk_resumes_just_past_the_last_key_a_capped_read_returned() {
+        let mut oldest = Windows::new(&id(1_000, 0), &id(2_000, 0), Edge::Oldest, true);
+        assert_eq!(oldest.next(), Some((id(1_000, 0), id(1_010, 0))));
+        oldest.resume_after(&id(1_003, 7));
+        assert_eq!(oldest.next().unwrap().0, id(1_003, 8), "from just past the last key read");
+        let mut newest = Windows::new(&id(1_000, 0), &id(2_000, 0), Edge::Newest, true);
+        assert_eq!(newest.next(), Some((id(1_990, 0), id(2_000, 0))));
+        newest.resume_after(&id(1_995, 3));
+        assert_eq!(newest.next().unwrap().1, id(1_995, 3), "up to the last key read, exclusive");
     }
 
     #[test]

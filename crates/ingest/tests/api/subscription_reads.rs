@@ -85,3 +85,48 @@ async fn a_windowed_read_returns_exactly_the_first_events_of_its_range_in_stream
     }
     assert!(reads > 500, "{reads}");
 }
+
+/// A window holding more keys than one read returns (`KEYS_PER_READ`: here the first window from
+/// the beginning, which crosses the empty stretch and holds all 25,000) is read on from its last
+/// key: a read with types, and its edges, still find exactly what the range holds.
+#[tokio::test]
+async fn a_read_with_types_goes_on_past_a_window_too_full_for_one_read() {
+    use evp_store::subscriptions::KEYS_PER_READ;
+
+    let mongo = MongoServer::start().await;
+    let database = mongo.unique_database("windows_full");
+    let client = mongo.client().await;
+    EventStore::new(client.clone(), &database).ensure_indexes(&EventIndexes::all()).await.unwrap();
+    let store = SubscriptionStore::new(&client, &database);
+    const N: u64 = 25_000;
+    assert!(N as usize > 2 * KEYS_PER_READ);
+    // 50 events a millisecond; every 7th of type a, one of type c near each end.
+    let kind = |i: u64| match i {
+        3 | 24_990 => "c",
+        _ if i.is_multiple_of(7) => "a",
+        _ => "b",
+    };
+    let at = |i: u64| EntryId::new(BASE + i / 50, i % 50).sortable();
+    let docs: Vec<Document> = (0..N)
+        .map(|i| doc! { "tenant": "acme", "partition": 0, "seq": at(i), "type": kind(i), "event_id": format!("{i:05}") })
+        .collect();
+    client.database(&database).collection::<Document>("events").insert_many(docs).await.unwrap();
+
+    let (beginning, before) = (EntryId::new(0, 0).sortable(), EntryId::new(BASE + 3_600_000, 0).sortable());
+    let a = vec!["a".to_string()];
+    let all_a: Vec<String> = (0..N).filter(|&i| kind(i) == "a").map(|i| format!("{i:05}")).collect();
+    for limit in [1_000, all_a.len() + 1] {
+        let rows = store.deliverable("acme", 0, &beginning, &before, &a, limit).await.unwrap();
+        let got: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+        assert_eq!(got.len(), all_a.len().min(limit), "limit {limit}");
+        assert!(got == all_a[..got.len()], "limit {limit}: not the first events of type a in order");
+    }
+    let c = vec!["c".to_string()];
+    for (edge, want) in [(Edge::Oldest, at(3)), (Edge::Newest, at(24_990))] {
+        let got = store.edge_position(edge, "acme", 0, &beginning, &before, &c).await.unwrap();
+        assert_eq!(got, Some(want), "{edge:?}");
+    }
+    // The oldest c from past the first one: past 20,000 keys of other types.
+    let got = store.edge_position(Edge::Oldest, "acme", 0, &at(4), &before, &c).await.unwrap();
+    assert_eq!(got, Some(at(24_990)));
+}
