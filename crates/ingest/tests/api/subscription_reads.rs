@@ -8,6 +8,7 @@ use evp_store::subscriptions::SubscriptionStore;
 use evp_store::windows::{Edge, Windows};
 use evp_store::{EventIndexes, EventStore};
 use evp_testkit::MongoServer;
+use mongodb::Collection;
 use mongodb::bson::{Document, doc};
 
 const BASE: u64 = 1_800_000_000_000;
@@ -20,13 +21,20 @@ fn position(i: usize) -> String {
     EntryId::new(BASE + OFFSETS[i], i as u64).sortable()
 }
 
-#[tokio::test]
-async fn a_windowed_read_returns_exactly_the_first_events_of_its_range_in_stream_order() {
+/// A database of the test's own with evp's indexes: its `events` collection, to place events in,
+/// and the store that reads them.
+async fn placed(prefix: &str) -> (MongoServer, Collection<Document>, SubscriptionStore) {
     let mongo = MongoServer::start().await;
-    let database = mongo.unique_database("windows");
+    let database = mongo.unique_database(prefix);
     let client = mongo.client().await;
     EventStore::new(client.clone(), &database).ensure_indexes(&EventIndexes::all()).await.unwrap();
     let store = SubscriptionStore::new(&client, &database);
+    (mongo, client.database(&database).collection("events"), store)
+}
+
+#[tokio::test]
+async fn a_windowed_read_returns_exactly_the_first_events_of_its_range_in_stream_order() {
+    let (_mongo, events, store) = placed("windows").await;
 
     // acme's events in partition 0, and at the same positions another tenant's and another
     // partition's, which no read of acme's partition 0 may return. Inserted newest first, so that
@@ -41,7 +49,7 @@ async fn a_windowed_read_returns_exactly_the_first_events_of_its_range_in_stream
             });
         }
     }
-    client.database(&database).collection::<Document>("events").insert_many(docs).await.unwrap();
+    events.insert_many(docs).await.unwrap();
 
     let expected = |from: usize, before: usize, types: &[String]| -> Vec<String> {
         (from..before)
@@ -93,11 +101,7 @@ async fn a_windowed_read_returns_exactly_the_first_events_of_its_range_in_stream
 async fn a_read_with_types_goes_on_past_a_window_too_full_for_one_read() {
     use evp_store::subscriptions::KEYS_PER_READ;
 
-    let mongo = MongoServer::start().await;
-    let database = mongo.unique_database("windows_full");
-    let client = mongo.client().await;
-    EventStore::new(client.clone(), &database).ensure_indexes(&EventIndexes::all()).await.unwrap();
-    let store = SubscriptionStore::new(&client, &database);
+    let (_mongo, events, store) = placed("windows_full").await;
     const N: u64 = 25_000;
     assert!(N as usize > 2 * KEYS_PER_READ);
     // 50 events a millisecond; every 7th of type a, one of type c near each end.
@@ -110,7 +114,7 @@ async fn a_read_with_types_goes_on_past_a_window_too_full_for_one_read() {
     let docs: Vec<Document> = (0..N)
         .map(|i| doc! { "tenant": "acme", "partition": 0, "seq": at(i), "type": kind(i), "event_id": format!("{i:05}") })
         .collect();
-    client.database(&database).collection::<Document>("events").insert_many(docs).await.unwrap();
+    events.insert_many(docs).await.unwrap();
 
     let (beginning, before) = (EntryId::new(0, 0).sortable(), EntryId::new(BASE + 3_600_000, 0).sortable());
     let a = vec!["a".to_string()];
