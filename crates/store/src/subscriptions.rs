@@ -7,7 +7,7 @@
 //! - [`SubscriptionStore::deliverable`]: a partition's stored events of the tenant (and types) in
 //!   `[from, horizon)`, in stream order, served by the `tenant_position` index: an exact prefix
 //!   (tenant, partition) and a range (seq), in the index's order, so a read examines only its own
-//!   tenant's keys (with types: the keys first, then the matching events; [`keys_query`] says why),
+//!   tenant's keys (with types: the keys first, then the matching events; `keys` says why),
 //!   window by window ([`crate::windows`]) so that a read costs what it delivers even on a server
 //!   that does not stop a range scan at the limit.
 //!
@@ -163,7 +163,7 @@ impl SubscriptionStore {
     /// The stored events of `tenant` in `partition` at stream positions `[from, before)` (sortable
     /// forms), of `types` (all when empty), oldest first, at most `limit`. The range is read window
     /// by window from `from` ([`Windows`], which says why, and why the result is exact). With
-    /// types, each window's keys are read first ([`keys_query`]) and only the matching events are
+    /// types, each window's keys are read first (from the index alone) and only the matching events are
     /// fetched ([`events_at_query`]).
     pub async fn deliverable(
         &self,
@@ -231,8 +231,13 @@ impl SubscriptionStore {
         Ok(None)
     }
 
-    /// The keys (`seq`, `type`) of the window `[from, before)` of `windows`, from `edge`, read from
-    /// the index alone; at most [`KEYS_PER_READ`], and then `windows` goes on past the last one.
+    /// The keys (`seq`, `type`) of the window `[from, before)` of `windows`, from `edge`: the first
+    /// read of a window with types, [`deliverable_query`] projected to what `tenant_position`
+    /// holds, so MongoDB answers from the index alone. At most [`KEYS_PER_READ`], and then
+    /// `windows` goes on past the last one. The types are matched by the reader, not in the
+    /// filter: a filter on `type` would let the planner weigh `newest_by_type` (which bounds tenant
+    /// and type too), and, when the types are rare, prefer it, sort in memory, and cache that plan
+    /// for the shape.
     async fn keys(
         &self,
         tenant: &str,
@@ -242,7 +247,7 @@ impl SubscriptionStore {
         edge: Edge,
         windows: &mut Windows,
     ) -> mongodb::error::Result<Vec<Document>> {
-        let mut query = keys_query(tenant, partition, from, before);
+        let mut query = deliverable_query(tenant, partition, from, before);
         query.sort = order(edge);
         let projection = doc! { "seq": 1, "type": 1, "_id": 0 };
         let keys = self.find(query, Some(KEYS_PER_READ), Some(projection)).await?;
@@ -291,28 +296,20 @@ fn matching<'k>(keys: &'k [Document], types: &'k [String]) -> impl Iterator<Item
         .filter_map(|k| k.get_str("seq").ok())
 }
 
-/// The query of a subscription's read without types: a partition's events of the tenant in
+/// The query of a subscription's read without types (and, projected, of a read's keys with types):
+/// a partition's events of the tenant in
 /// `[from, before)`, in stream order. It names no index, and needs none: `tenant_position`
 /// matches it exactly (two equalities, then the range, in its sort order), and every other index
 /// would have to sort or walk the tenant's other partitions' keys. No query of a subscription
 /// names an index, since one that does fails outright once the index is gone (an unhinted one
 /// only slows down), and the stand-in never routes a hinted find through an index.
-/// `crates/ingest/tests/api/indexes.rs` asserts the plans of all three.
+/// `crates/ingest/tests/api/indexes.rs` asserts the plans of both shapes.
 pub fn deliverable_query(tenant: &str, partition: i32, from: &str, before: &str) -> Query {
     Query {
         filter: doc! { "tenant": tenant, "partition": partition, "seq": { "$gte": from, "$lt": before } },
         sort: doc! { "partition": 1, "seq": 1 },
         hint: None,
     }
-}
-
-/// The first read of a window with types: the same range, projected to `seq` and `type`, which
-/// `tenant_position` holds, so MongoDB answers from the index alone. The types are matched by the
-/// reader, not in the filter: a filter on `type` would let the planner weigh `newest_by_type`
-/// (which bounds tenant and type too), and, when the types are rare, prefer it, sort in memory,
-/// and cache that plan for the shape.
-pub fn keys_query(tenant: &str, partition: i32, from: &str, before: &str) -> Query {
-    deliverable_query(tenant, partition, from, before)
 }
 
 /// The second read of a window with types: the events at the matching positions, in stream order

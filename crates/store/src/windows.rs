@@ -177,20 +177,15 @@ mod tests {
 
     #[test]
     fn a_window_that_held_some_sizes_the_next_by_their_density() {
+        // The first `n` widths of a walk whose every window held `held` and wants `next` after it.
+        let widths = |held, next, n| -> Vec<u64> {
+            let walked = walk((0, 0), (1_000, 0), Edge::Oldest, |_| (held, next));
+            walked.iter().map(|(lo, hi)| hi.0 - lo.0).take(n).collect()
+        };
         // 250 in 10 ms, and 750 wanted next: about 30 ms.
-        let widths: Vec<u64> = walk((0, 0), (1_000, 0), Edge::Oldest, |_| (250, 750))
-            .iter()
-            .map(|(lo, hi)| hi.0 - lo.0)
-            .take(3)
-            .collect();
-        assert_eq!(widths, [10, 30, 90]);
+        assert_eq!(widths(250, 750, 3), [10, 30, 90]);
         // 900, and 100 wanted next: a quarter as wide at the most (never less than 1 ms).
-        let widths: Vec<u64> = walk((0, 0), (1_000, 0), Edge::Oldest, |_| (900, 100))
-            .iter()
-            .map(|(lo, hi)| hi.0 - lo.0)
-            .take(4)
-            .collect();
-        assert_eq!(widths, [10, 3, 1, 1]);
+        assert_eq!(widths(900, 100, 4), [10, 3, 1, 1]);
     }
 
     #[test]

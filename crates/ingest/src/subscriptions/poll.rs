@@ -79,8 +79,7 @@ impl Subscriptions {
     /// looks found so far), a partition is claimed only when something of the subscription lies
     /// below its horizon past what they found empty (or its delivery is due again): a long poll's
     /// periodic attempt on a quiet subscription then writes nothing. (A first attempt does not
-    /// probe: a consumer that is behind would pay for its range twice on a server that reads a
-    /// range whole before limiting it.)
+    /// probe: a consumer that is busy would pay one more read per partition for every poll.)
     async fn claim(
         &self,
         tenant: &str,

@@ -83,7 +83,7 @@ impl Subscriptions {
     }
 
     /// Whether any of the watched partitions has something deliverable below its horizon now,
-    /// past what earlier looks found empty: one indexed read of at most one key per partition
+    /// past what earlier looks found empty: limit-1 indexed reads (window by window) per partition
     /// whose horizon moved, and no write. Nothing can appear below a horizon, so a range found
     /// empty stays empty, and the next look starts where this one ended: a wait reads each key
     /// of the tenant once, however long it lasts.
@@ -133,8 +133,8 @@ pub(super) struct Watched {
 
 impl Watched {
     /// Whether the subscription (of `types`) has an event in `[empty_until, before)`, where
-    /// `before` is the partition's horizon: one indexed read of at most one key, none when the
-    /// range is empty. When it has none, the range is known empty from then on (nothing can
+    /// `before` is the partition's horizon: limit-1 indexed reads window by window from
+    /// `empty_until` (`edge_position`), none when the range is empty. When it has none, the range is known empty from then on (nothing can
     /// appear below a horizon), so `empty_until` moves up to `before`.
     pub(super) async fn look(
         &mut self,

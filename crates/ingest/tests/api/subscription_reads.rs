@@ -13,8 +13,8 @@ use mongodb::bson::{Document, doc};
 
 const BASE: u64 = 1_800_000_000_000;
 
-/// Milliseconds after `BASE` of tenant acme's events in partition 0: some within the first window
-/// of 100 ms, some on its edges, some seconds and an hour later.
+/// Milliseconds after `BASE` of tenant acme's events in partition 0: some within a first window of
+/// 10 ms, some on the edges of the windows after it, some seconds and an hour later.
 const OFFSETS: [u64; 15] = [0, 1, 1, 50, 99, 100, 101, 450, 499, 500, 2_000, 2_000, 9_000, 60_000, 3_600_000];
 
 fn position(i: usize) -> String {
