@@ -3,8 +3,9 @@
 # EVENTS events (of one tenant, every type) are stored once by two workers; then a new
 # subscription from the beginning is consumed to the end by one consumer (evp-client's
 # Subscriber, through `evp-loadtest subscribe`) with A's ingest, then with B's, ROUNDS times in
-# turn, on the same servers and the same stored events. Prints each round's events/s and the
-# workers' drain rate beside them.
+# turn, on the same servers and the same stored events. Prints each round's events/s (with the
+# CPU time per delivered event of the ingest and of the MongoDB server) and the workers' drain
+# rate beside them.
 #
 #   load-tests/catchup-ab.sh A_BINARY B_BINARY     # e.g. a copy of target/release/evp-ingest per build
 #   EVENTS=500000 ROUNDS=3 load-tests/catchup-ab.sh A B
@@ -44,8 +45,12 @@ for round in $(seq 1 "$ROUNDS"); do
         API_KEYS="$TENANT:$KEY" PORT="$INGEST_PORT" "$binary" > "$WORK/ingest-$build.log" 2>&1 &
         INGEST_PID=$!; PIDS+=($INGEST_PID)
         wait_port "$INGEST_PORT" "evp-ingest ($build)" "$WORK/ingest-$build.log"
+        cpu_begin "$INGEST_PID" "$MONGO_PID"
         "$BIN/evp-loadtest" subscribe --url "http://127.0.0.1:$INGEST_PORT" --key "$KEY" --name "catchup-$build-$round" \
             "${type_args[@]}" --consumers 1 --events "$EVENTS" --json "$WORK/sub.json" > /dev/null
-        echo "round $round, $build: $(python3 -c "import json; print(int(json.load(open('$WORK/sub.json'))['events_per_s']))") events/s delivered"
+        cpu_end
+        echo "round $round, $build: $(python3 -c "import json; print(int(json.load(open('$WORK/sub.json'))['events_per_s']))") events/s delivered;" \
+            "CPU per event: ingest $((CPU_US[0] / EVENTS)) µs, MongoDB server $((CPU_US[1] / EVENTS)) µs;" \
+            "of both cores: ingest ${CPU_SHARES[0]}, server ${CPU_SHARES[1]}, the rest ${CPU_SHARES[2]}, idle ${CPU_SHARES[4]}"
     done
 done

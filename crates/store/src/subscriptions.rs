@@ -7,9 +7,10 @@
 //! - [`SubscriptionStore::deliverable`]: a partition's stored events of the tenant (and types) in
 //!   `[from, horizon)`, in stream order, served by the `tenant_position` index: an exact prefix
 //!   (tenant, partition) and a range (seq), in the index's order, so a read examines only its own
-//!   tenant's keys (with types: the keys first, then the matching events; `keys` says why),
-//!   window by window ([`crate::windows`]) so that a read costs what it delivers even on a server
-//!   that does not stop a range scan at the limit.
+//!   tenant's keys (with types: the keys first, then the matching events, or, for types that are
+//!   most of the events, the events themselves: [`TypedRead`]), window by window
+//!   ([`crate::windows`]) so that a read costs what it delivers even on a server that does not
+//!   stop a range scan at the limit.
 //!
 //! The logic (who holds which partition, tokens, the horizon) is the ingest's; this module only
 //! knows the layout.
@@ -163,8 +164,9 @@ impl SubscriptionStore {
     /// The stored events of `tenant` in `partition` at stream positions `[from, before)` (sortable
     /// forms), of `types` (all when empty), oldest first, at most `limit`. The range is read window
     /// by window from `from` ([`Windows`], which says why, and why the result is exact). With
-    /// types, each window's keys are read first (from the index alone) and only the matching events are
-    /// fetched ([`events_at_query`]).
+    /// types, each window is read as `how` says ([`TypedRead`]), and `how` is left as the windows
+    /// read found best for the next read of the subscription: the result is the same either way.
+    #[allow(clippy::too_many_arguments)]
     pub async fn deliverable(
         &self,
         tenant: &str,
@@ -173,24 +175,41 @@ impl SubscriptionStore {
         before: &str,
         types: &[String],
         limit: usize,
+        how: &mut TypedRead,
     ) -> mongodb::error::Result<Vec<StoredRow>> {
         let mut rows = Vec::new();
         let mut windows = Windows::new(from, before, Edge::Oldest, true);
         while let Some((lo, hi)) = windows.next() {
             let wanted = limit - rows.len();
+            let query = deliverable_query(tenant, partition, &lo, &hi);
             let docs = if types.is_empty() {
-                let docs =
-                    self.find(deliverable_query(tenant, partition, &lo, &hi), Some(wanted), None).await?;
+                let docs = self.find(query, Some(wanted), None).await?;
                 windows.found(docs.len(), wanted - docs.len());
+                docs
+            } else if *how == TypedRead::Whole {
+                // At most `wanted` events (so no more than a read without types holds); when
+                // capped, the walk goes on just past the last one read.
+                let docs = self.find(query, Some(wanted), None).await?;
+                if docs.len() == wanted {
+                    resume(&mut windows, &docs);
+                }
+                let held = docs.len();
+                let docs: Vec<Document> = docs.into_iter().filter(|d| is_of(d, types)).collect();
+                how.learn(docs.len(), held);
+                // The next window should hold the events still wanted, at this one's density.
+                let next = (wanted - docs.len()).max(1) * held / docs.len().max(1);
+                windows.found(held, next.clamp(1, limit));
                 docs
             } else {
                 let keys = self.keys(tenant, partition, &lo, &hi, Edge::Oldest, &mut windows).await?;
                 windows.found(keys.len(), limit);
-                let seqs: Vec<&str> = matching(&keys, types).take(wanted).collect();
+                let matches: Vec<&str> = matching(&keys, types).collect();
+                how.learn(matches.len(), keys.len());
+                let seqs = &matches[..matches.len().min(wanted)];
                 if seqs.is_empty() {
                     continue;
                 }
-                self.find(events_at_query(tenant, partition, &seqs), None, None).await?
+                self.find(events_at_query(tenant, partition, seqs), None, None).await?
             };
             rows.extend(docs.into_iter().map(StoredRow::from_document));
             if rows.len() >= limit {
@@ -251,10 +270,8 @@ impl SubscriptionStore {
         query.sort = order(edge);
         let projection = doc! { "seq": 1, "type": 1, "_id": 0 };
         let keys = self.find(query, Some(KEYS_PER_READ), Some(projection)).await?;
-        if keys.len() == KEYS_PER_READ
-            && let Some(last) = keys.last().and_then(|k| k.get_str("seq").ok())
-        {
-            windows.resume_after(last);
+        if keys.len() == KEYS_PER_READ {
+            resume(windows, &keys);
         }
         Ok(keys)
     }
@@ -283,6 +300,54 @@ const KEYS_PER_WINDOW: usize = 1000;
 /// one after a long empty stretch, or a burst) is read on from its last key.
 pub const KEYS_PER_READ: usize = 10_000;
 
+/// How a read with types takes a window's events. Both return exactly the window's events of the
+/// types in stream order; they differ in what they cost, which depends on how much of the
+/// tenant's events the types are.
+///
+/// On secantusd-rs a read of keys costs nearly as much as a read of whole events (it fetches the
+/// documents of a covered query too), and a fetch by position (`$in`) more than twice as much per
+/// event as a range: with 220,000 events stored, 1,500 keys 8.1 ms, the same 1,500 events
+/// 12.8 ms, 1,000 of them by position 21.1 ms (docs/PERFORMANCE.md). So for types that are most
+/// of the events, reading the window's events and dropping the others costs a third to a half of
+/// reading its keys and then fetching; for rare types, fetching only the matches is what keeps a
+/// read from costing the other types' events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TypedRead {
+    /// The window's keys first (`seq`, `type`: from the index alone on MongoDB), then the events
+    /// of the types by position ([`events_at_query`]).
+    #[default]
+    ByKeys,
+    /// The window's events ([`deliverable_query`]), at most as many as the read still wants
+    /// (read on past the last when capped), those of other types dropped by the reader.
+    Whole,
+}
+
+impl TypedRead {
+    /// After a window of `held` keys or events of which `matched` were of the types: the next
+    /// window is read whole while the types are at least half of what windows hold.
+    fn learn(&mut self, matched: usize, held: usize) {
+        if held > 0 {
+            *self = if 2 * matched >= held { Self::Whole } else { Self::ByKeys };
+        }
+    }
+}
+
+/// A read of a window was capped at `read` (keys or events, in the walk's order): the walk goes on
+/// just past the last, sizing the next window by the width they span.
+fn resume(windows: &mut Windows, read: &[Document]) {
+    fn seq(d: Option<&Document>) -> Option<&str> {
+        d?.get_str("seq").ok()
+    }
+    if let (Some(first), Some(last)) = (seq(read.first()), seq(read.last())) {
+        windows.resume_after(first, last);
+    }
+}
+
+/// Whether a stored event (or its keys) is of one of `types`.
+fn is_of(doc: &Document, types: &[String]) -> bool {
+    doc.get_str("type").is_ok_and(|t| types.iter().any(|w| w == t))
+}
+
 /// Stream order from `edge`.
 fn order(edge: Edge) -> Document {
     let direction = if edge == Edge::Oldest { 1 } else { -1 };
@@ -291,9 +356,7 @@ fn order(edge: Edge) -> Document {
 
 /// The positions among `keys` of an event of `types`, in the keys' order.
 fn matching<'k>(keys: &'k [Document], types: &'k [String]) -> impl Iterator<Item = &'k str> {
-    keys.iter()
-        .filter(|k| k.get_str("type").is_ok_and(|t| types.iter().any(|w| w == t)))
-        .filter_map(|k| k.get_str("seq").ok())
+    keys.iter().filter(|k| is_of(k, types)).filter_map(|k| k.get_str("seq").ok())
 }
 
 /// The query of a subscription's read without types (and, projected, of a read's keys with types):

@@ -3,7 +3,9 @@
 //! - [`Windows`]: `[from, before)` (sortable forms) cut into consecutive windows of append time,
 //!   starting at one [`Edge`]: the first [`FIRST_WINDOW_MS`] wide, each next one 4 times wider,
 //!   or sized by the last one's density when the reader says what it held ([`Windows::found`]);
-//!   a reader whose read of a window stopped at a cap says where ([`Windows::resume_after`]).
+//!   a reader whose read of a window stopped at a cap says what it read ([`Windows::resume_after`]):
+//!   the walk goes on from just past it, and the next window is sized by how densely what it read
+//!   lay (not by the whole window's width, most of which it did not read).
 //!
 //! **Why.** A subscription's read should cost what it delivers, not how far behind its consumer
 //! is. MongoDB stops an index scan at the limit; a server that fetches every match of a range
@@ -71,14 +73,21 @@ impl Windows {
 }
 
 impl Windows {
-    /// The last window was read only as far as `at` (the last key a capped read returned, in the
-    /// walk's direction): the walk goes on from just past it, so nothing of the window is skipped.
-    pub fn resume_after(&mut self, at: &str) {
-        let (Some((lo, hi)), Some(at)) = (self.left.as_mut(), EntryId::parse(at)) else { return };
+    /// The last window was read only from `first` as far as `at` (the first and last keys a
+    /// capped read returned, in the walk's direction): the walk goes on from just past `at`, so
+    /// nothing of the window is skipped, and [`found`](Self::found) then sizes the next window by
+    /// the width those keys span, the density of what was read.
+    pub fn resume_after(&mut self, first: &str, at: &str) {
+        let (Some((lo, hi)), Some(first), Some(at)) =
+            (self.left.as_mut(), EntryId::parse(first), EntryId::parse(at))
+        else {
+            return;
+        };
         match self.edge {
             Edge::Oldest => *lo = at.next(),
             Edge::Newest => *hi = at,
         }
+        self.last = first.ms.abs_diff(at.ms) + 1;
     }
 }
 
@@ -192,12 +201,34 @@ mod tests {
     fn a_walk_resumes_just_past_the_last_key_a_capped_read_returned() {
         let mut oldest = Windows::new(&id(1_000, 0), &id(2_000, 0), Edge::Oldest, true);
         assert_eq!(oldest.next(), Some((id(1_000, 0), id(1_010, 0))));
-        oldest.resume_after(&id(1_003, 7));
+        oldest.resume_after(&id(1_000, 2), &id(1_003, 7));
         assert_eq!(oldest.next().unwrap().0, id(1_003, 8), "from just past the last key read");
         let mut newest = Windows::new(&id(1_000, 0), &id(2_000, 0), Edge::Newest, true);
         assert_eq!(newest.next(), Some((id(1_990, 0), id(2_000, 0))));
-        newest.resume_after(&id(1_995, 3));
+        newest.resume_after(&id(1_999, 0), &id(1_995, 3));
         assert_eq!(newest.next().unwrap().1, id(1_995, 3), "up to the last key read, exclusive");
+    }
+
+    #[test]
+    fn after_a_capped_read_the_next_window_is_sized_by_what_it_read() {
+        // The window crossing a long empty stretch, capped at 1,000 keys that lie within 5 ms
+        // (from 1,000,000 ms): the next window, for 1,000 more, is 5 ms wide, not hundreds of
+        // thousands.
+        let mut walk = Windows::new(&id(0, 0), &id(9_000_000, 0), Edge::Oldest, true);
+        let (mut lo, mut hi) = walk.next().unwrap();
+        while hi <= id(1_000_000, 0) {
+            walk.found(0, 1_000);
+            (lo, hi) = walk.next().unwrap();
+        }
+        let width = |lo: &str, hi: &str| EntryId::parse(hi).unwrap().ms - EntryId::parse(lo).unwrap().ms;
+        assert!(width(&lo, &hi) > 100_000, "the crossing window [{lo}, {hi}) is wide");
+        walk.resume_after(&id(1_000_000, 0), &id(1_000_004, 9));
+        walk.found(1_000, 1_000);
+        assert_eq!(walk.next(), Some((id(1_000_004, 10), id(1_000_009, 0))));
+        // Wanting a tenth as many next: a quarter of that width (the most it narrows at once).
+        walk.resume_after(&id(1_000_004, 10), &id(1_000_008, 3));
+        walk.found(1_000, 100);
+        assert_eq!(walk.next(), Some((id(1_000_008, 4), id(1_000_010, 0))));
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub struct Subscriptions {
     /// Per tenant, what each consumer's last poll found quiet ([`wait`]), so that its next poll
     /// starts from it; at most [`QUIET_PER_TENANT`] consumers a tenant.
     quiet: Arc<std::sync::Mutex<HashMap<String, QuietByConsumer>>>,
+    /// How each typed subscription's last read found its windows best read ([`poll`]).
+    typed_reads: poll::TypedReads,
 }
 
 /// A tenant's remembered quiet, by (subscription, consumer).
@@ -118,7 +120,8 @@ const HORIZONS_MAX_AGE: Duration = Duration::from_millis(50);
 
 impl Subscriptions {
     pub fn new(store: SubscriptionStore, partitions: u32, ack_timeout: Duration) -> Self {
-        Self { store, partitions, ack_timeout, horizons: Arc::default(), quiet: Arc::default() }
+        let (horizons, quiet, typed_reads) = Default::default();
+        Self { store, partitions, ack_timeout, horizons, quiet, typed_reads }
     }
 
     /// Each partition's horizon as read at most [`HORIZONS_MAX_AGE`] ago, read once for all the

@@ -2,11 +2,11 @@
 //! commit each claim as its delivery (the waiting between attempts is [`super::wait`]). Reading, the slow part, happens between two short compare-and-sets, so
 //! consumers of one subscription do not keep invalidating each other's changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use evp_events::EntryId;
 use evp_store::reader::StoredRow;
-use evp_store::subscriptions::{InFlight, Subscription};
+use evp_store::subscriptions::{InFlight, Subscription, TypedRead};
 
 use super::token::Token;
 use super::view::{Delivered, SubscriptionEvent};
@@ -40,6 +40,7 @@ impl Subscriptions {
         let types = &quiet.types;
         let mut reads = Vec::with_capacity(claims.len());
         let mut budget = max;
+        let mut how = self.typed_read(tenant, name);
         for claim in claims {
             let rows = if budget == 0 {
                 None // No room in this poll: let the claim go untouched.
@@ -52,6 +53,7 @@ impl Subscriptions {
                     &claim.before,
                     types,
                     asked,
+                    &mut how,
                 ))
                 .await;
                 let rows = match read {
@@ -69,9 +71,27 @@ impl Subscriptions {
             };
             reads.push(rows);
         }
+        if !types.is_empty() {
+            self.learned(tenant, name, how);
+        }
         let delivered = self.commit(tenant, name, generation, claims, reads).await?;
         claimed.settled = true;
         Ok((delivered, quiet))
+    }
+
+    /// How the subscription's last read found its windows best read (the first read: by keys).
+    fn typed_read(&self, tenant: &str, name: &str) -> TypedRead {
+        let reads = self.typed_reads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        reads.get(tenant).and_then(|t| t.get(name)).copied().unwrap_or_default()
+    }
+
+    fn learned(&self, tenant: &str, name: &str, how: TypedRead) {
+        let mut reads = self.typed_reads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tenants = reads.entry(tenant.to_owned()).or_default();
+        if tenants.len() >= super::MAX_PER_TENANT as usize && !tenants.contains_key(name) {
+            tenants.clear(); // Deleted subscriptions' entries: forgotten, so no tenant grows it.
+        }
+        tenants.insert(name.to_owned(), how);
     }
 
     /// Step 1 of a poll: the consumer's partitions claimed; returns the generation, what a long
@@ -277,6 +297,12 @@ impl Drop for Claimed {
         });
     }
 }
+
+/// Per tenant, how each of its subscriptions with types reads its windows
+/// ([`evp_store::subscriptions::TypedRead`]): what the last read found, so the next starts the
+/// best way. Only a cost: a read returns the same events either way, so a replica that forgot
+/// (or never saw the subscription) reads by keys first and learns again in one window.
+pub(super) type TypedReads = std::sync::Arc<std::sync::Mutex<HashMap<String, HashMap<String, TypedRead>>>>;
 
 /// A partition claimed by a poll (step 1), to be read and then committed as its delivery.
 struct Claim {

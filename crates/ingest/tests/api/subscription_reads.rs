@@ -1,10 +1,11 @@
 //! A subscription's reads walk their range window by window (`evp_store::windows`):
 //! against the real server, with documents at chosen stream positions, a read returns exactly the
-//! first events of its range in stream order whatever windows they fall in, and the lag's edges
-//! are the range's first and last events.
+//! first events of its range in stream order whatever windows they fall in (and, with types,
+//! whichever way its windows are read, `TypedRead`), and the lag's edges are the range's first
+//! and last events.
 
 use evp_events::EntryId;
-use evp_store::subscriptions::SubscriptionStore;
+use evp_store::subscriptions::{SubscriptionStore, TypedRead};
 use evp_store::windows::{Edge, Windows};
 use evp_store::{EventIndexes, EventStore};
 use evp_testkit::MongoServer;
@@ -66,17 +67,29 @@ async fn a_windowed_read_returns_exactly_the_first_events_of_its_range_in_stream
 
     let n = OFFSETS.len();
     let mut reads = 0;
-    for types in [vec![], vec!["a".to_string()]] {
+    // Type a is a third of the events (rare: read by keys), type b two thirds (read whole), and a
+    // read that starts the other way learns it after one window, so every read with types below is
+    // made starting both ways, and crosses from one way to the other.
+    let mut learned = Vec::new();
+    for (types, how) in [
+        (vec![], TypedRead::ByKeys),
+        (vec!["a".to_string()], TypedRead::ByKeys),
+        (vec!["a".to_string()], TypedRead::Whole),
+        (vec!["b".to_string()], TypedRead::ByKeys),
+        (vec!["b".to_string()], TypedRead::Whole),
+    ] {
         for from in 0..n {
             for before in from..=n {
                 let (lo, hi) =
                     (position(from), if before == n { before_all.clone() } else { position(before) });
                 let all = expected(from, before, &types);
                 for limit in [1, 2, 5, n + 1] {
-                    let rows = store.deliverable("acme", 0, &lo, &hi, &types, limit).await.unwrap();
+                    let mut read = how;
+                    let rows =
+                        store.deliverable("acme", 0, &lo, &hi, &types, limit, &mut read).await.unwrap();
                     let got: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
                     let want: Vec<String> = all.iter().take(limit).cloned().collect();
-                    assert_eq!(got, want, "[{from}, {before}), types {types:?}, limit {limit}");
+                    assert_eq!(got, want, "[{from}, {before}), types {types:?} from {how:?}, limit {limit}");
                     reads += 1;
                 }
                 for (edge, want) in [(Edge::Oldest, all.first()), (Edge::Newest, all.last())] {
@@ -87,11 +100,16 @@ async fn a_windowed_read_returns_exactly_the_first_events_of_its_range_in_stream
             }
         }
         // From the beginning, past many empty windows.
-        let rows = store.deliverable("acme", 0, &beginning, &before_all, &types, n).await.unwrap();
+        let mut read = how;
+        let rows = store.deliverable("acme", 0, &beginning, &before_all, &types, n, &mut read).await.unwrap();
         let got: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
-        assert_eq!(got, expected(0, n, &types), "from the beginning, types {types:?}");
+        assert_eq!(got, expected(0, n, &types), "from the beginning, types {types:?} from {how:?}");
+        learned.push(read);
     }
-    assert!(reads > 500, "{reads}");
+    assert!(reads > 1000, "{reads}");
+    // The reads of a did end by keys, those of b whole, whichever way they started.
+    use TypedRead::{ByKeys, Whole};
+    assert_eq!(learned, [ByKeys, ByKeys, ByKeys, Whole, Whole]);
 }
 
 /// A window holding more keys than one read returns (`KEYS_PER_READ`: here the first window from
@@ -119,11 +137,23 @@ async fn a_read_with_types_goes_on_past_a_window_too_full_for_one_read() {
     let (beginning, before) = (EntryId::new(0, 0).sortable(), EntryId::new(BASE + 3_600_000, 0).sortable());
     let a = vec!["a".to_string()];
     let all_a: Vec<String> = (0..N).filter(|&i| kind(i) == "a").map(|i| format!("{i:05}")).collect();
-    for limit in [1_000, all_a.len() + 1] {
-        let rows = store.deliverable("acme", 0, &beginning, &before, &a, limit).await.unwrap();
-        let got: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
-        assert_eq!(got.len(), all_a.len().min(limit), "limit {limit}");
-        assert!(got == all_a[..got.len()], "limit {limit}: not the first events of type a in order");
+    let all_b: Vec<String> = (0..N).filter(|&i| kind(i) == "b").map(|i| format!("{i:05}")).collect();
+    // Type b, most of the events, read whole: a window capped at what the read still wants is
+    // read on past its last event.
+    for (types, all) in [(&a, &all_a), (&vec!["b".to_string()], &all_b)] {
+        for how in [TypedRead::ByKeys, TypedRead::Whole] {
+            for limit in [1_000, all.len() + 1] {
+                let mut read = how;
+                let rows =
+                    store.deliverable("acme", 0, &beginning, &before, types, limit, &mut read).await.unwrap();
+                let got: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+                assert_eq!(got.len(), all.len().min(limit), "{types:?} from {how:?}, limit {limit}");
+                assert!(
+                    got == all[..got.len()],
+                    "{types:?} from {how:?}, limit {limit}: not the first in order"
+                );
+            }
+        }
     }
     let c = vec!["c".to_string()];
     for (edge, want) in [(Edge::Oldest, at(3)), (Edge::Newest, at(24_990))] {
