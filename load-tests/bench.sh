@@ -18,7 +18,7 @@
 #   BENCH_PHASES="dashboard" load-tests/bench.sh   # single events with and without an open dashboard
 #   BENCH_PHASES="subscriptions" load-tests/bench.sh   # a subscription's delivery rate with 1 and 2
 #       consumers (and of every type with 1) against the workers' drain rate, and received-to-delivered p50/p99 at 40% and 80% of
-#       the end-to-end rate and at 80% and 60% of the drain, beside a control run with no subscription
+#       the end-to-end rate and at 80% and 60% of the drain, beside control runs with no subscription
 #   BENCH_PHASES="cluster" load-tests/bench.sh     # batched ingest: one Redis vs a 3-master Redis Cluster
 #       with 8 partitions, and the cost of REDIS_WAIT_REPLICAS=1 (not in the default run)
 #   WORKER_BIN=/path/to/evp-worker load-tests/bench.sh   # measure another build's worker
@@ -573,8 +573,8 @@ fi
 # now is then consumed while the load test sends for 20 s at 40% and 80% of that end-to-end rate,
 # and at 80% and 60% of the drain alone (each after the workers caught up): the time from the
 # ingest's receiving an event to its delivery, p50 and p99, and the workers' backlog when the
-# sending stopped (an event is delivered only once stored), beside a control run at 80% of the
-# drain with no subscription. Only with BENCH_PHASES=subscriptions.
+# sending stopped (an event is delivered only once stored), beside control runs at 80% of each
+# rate with no subscription. Only with BENCH_PHASES=subscriptions.
 SUBS_REPORT=""
 if phase subscriptions; then
 SUB_EVENTS=$(n 30000)
@@ -611,8 +611,16 @@ LIVE_LINES=""
 # control ("none") sends at the same rate with no subscription: what the workers' backlog is when
 # nothing reads. CPU: each run's share of both cores' time for the MongoDB server (when the run
 # started one), the ingest, and what stayed idle.
-for live_at in "40 $SUB_E2E end-to-end typed" "80 $SUB_E2E end-to-end typed" "80 $SUB_DRAIN drain typed" \
-    "80 $SUB_DRAIN drain none" "80 $SUB_DRAIN drain untyped" "60 $SUB_DRAIN drain untyped"; do
+LIVE_AT=("40 $SUB_E2E end-to-end typed" "80 $SUB_E2E end-to-end typed" "80 $SUB_E2E end-to-end untyped"
+    "80 $SUB_E2E end-to-end none" "80 $SUB_DRAIN drain typed" "80 $SUB_DRAIN drain none" "80 $SUB_DRAIN drain untyped"
+    "60 $SUB_DRAIN drain untyped")
+# BENCH_SUB_RATES="10000 12000": instead, each of these rates with no subscription, its type and
+# every type (to find the rate the storage sustains while the same cores send, and the delivery there).
+if [ -n "${BENCH_SUB_RATES:-}" ]; then
+    LIVE_AT=()
+    for rate in $BENCH_SUB_RATES; do LIVE_AT+=("100 $rate given none" "100 $rate given typed" "100 $rate given untyped"); done
+fi
+for live_at in "${LIVE_AT[@]}"; do
     read -r pct base basis typed <<< "$live_at"
     drained   # each rate starts with the workers caught up
     LIVE_RATE=$(python3 -c "print(max(100, int($pct * $base / 100)))")
@@ -640,8 +648,9 @@ for live_at in "40 $SUB_E2E end-to-end typed" "80 $SUB_E2E end-to-end typed" "80
         wait "$SUB_PID"
         delivered=$(json "$WORK/subs-live.json" "f\"{d['events']} delivered within 24 s; received to delivered p50 {d['delivery_p50_ms']:.0f} ms, p99 {d['delivery_p99_ms']:.0f} ms\"")
     fi
+    at="at $pct% of the $basis rate"; [ "$basis" = given ] && at="at $base events/s"
     LIVE_LINES+="
-  at $pct% of the $basis rate, $what: $(json "$WORK/subs-load.json" "f\"{d['accepted']} sent at {d['events_per_s']:.0f} events/s\""); $delivered; not yet stored when the sending stopped: $BACKLOG_END; $cpu"
+  $at, $what: $(json "$WORK/subs-load.json" "f\"{d['accepted']} sent at {d['events_per_s']:.0f} events/s\""); $delivered; not yet stored when the sending stopped: $BACKLOG_END; $cpu"
 done
 stop_workers
 SUBS_REPORT="  drain (2 workers)         $SUB_DRAIN events/s
