@@ -1,6 +1,8 @@
 //! One attempt of a poll: claim the consumer's partitions, read their events below the horizon,
-//! commit each claim as its delivery (the waiting between attempts is [`super::wait`]). Reading, the slow part, happens between two short compare-and-sets, so
-//! consumers of one subscription do not keep invalidating each other's changes.
+//! commit each claim as its delivery (the waiting between attempts is [`super::wait`]). Reading,
+//! the slow part, happens between two short compare-and-sets, so consumers of one subscription do
+//! not keep invalidating each other's changes. A subscription with types reads its windows the way
+//! its last read found best ([`TypedReads`]).
 
 use std::collections::{BTreeMap, HashMap};
 
