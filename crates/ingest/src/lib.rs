@@ -85,7 +85,7 @@ pub async fn build_state(
     let type_cap = limiters::types::TypeCap::new(config.tenant_max_types, &common.stream);
     let rate_limiter = limiters::rate::RateLimiter::new(config.rate_limits.clone(), &common.stream);
     let read_slots = limiters::reads::ReadSlots::new(config.read_concurrency_per_tenant);
-    let poll_slots = limiters::reads::ReadSlots::new(config.read_concurrency_per_tenant);
+    let poll_slots = limiters::polls::PollSlots::new(config.read_concurrency_per_tenant);
     let subscriptions = subscriptions::Subscriptions::new(
         evp_store::subscriptions::SubscriptionStore::new(&mongo, &common.mongodb_database),
         common.partitions().len() as u32,

@@ -46,8 +46,8 @@ pub struct Shared {
     pub type_cap: crate::limiters::types::TypeCap,
     /// `READ_CONCURRENCY_PER_TENANT`, and the analytics answers' lines per tenant.
     pub read_slots: crate::limiters::reads::ReadSlots,
-    /// Subscription polls (long polls wait here, not in the read slots), as many per tenant.
-    pub poll_slots: crate::limiters::reads::ReadSlots,
+    /// Subscription polls: their places, and their reads (as many per tenant as the read slots).
+    pub poll_slots: crate::limiters::polls::PollSlots,
     /// The tenants' subscriptions.
     pub subscriptions: crate::subscriptions::Subscriptions,
     /// `TENANT_RATE_LIMIT`, `TENANT_LIMITS`.

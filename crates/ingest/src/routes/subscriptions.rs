@@ -273,8 +273,9 @@ pub async fn delete(
         (status = 200, description = "The events (maybe none) and their ack token", body = Delivered),
         (status = 400, description = "`invalid_json` naming the field", body = ErrorResponse),
         (status = 409, description = "`conflict`: the subscription has 100 consumers", body = ErrorResponse),
-        (status = 429, description = "`rate_limited`: this tenant has READ_CONCURRENCY_PER_TENANT polls in \
-            progress on this replica", body = ErrorResponse,
+        (status = 429, description = "`rate_limited`: this tenant has 64 × READ_CONCURRENCY_PER_TENANT polls \
+            in progress on this replica, or its polls' READ_CONCURRENCY_PER_TENANT reads of MongoDB stayed busy \
+            for a second", body = ErrorResponse,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "MongoDB or Redis unreachable", body = ErrorResponse,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
@@ -299,18 +300,21 @@ pub async fn poll(
     if wait_ms > MAX_WAIT_MS {
         return Err(ApiError::InvalidJson(format!("wait_ms: 0 to {MAX_WAIT_MS}, got {wait_ms}")));
     }
-    let _slot = state.poll_slots.try_acquire(&tenant.0).ok_or_else(|| ApiError::RateLimited {
+    let slots = &state.poll_slots;
+    let _place = slots.enter(&tenant.0).ok_or_else(|| ApiError::RateLimited {
         message: format!(
-            "tenant {} has {} polls in progress on this replica (READ_CONCURRENCY_PER_TENANT); retry after 1 s",
+            "tenant {} has {} polls in progress on this replica ({} per READ_CONCURRENCY_PER_TENANT); retry after 1 s",
             tenant.0,
-            state.poll_slots.per_tenant()
+            slots.places_per_tenant(),
+            crate::limiters::polls::PLACES_PER_READ_SLOT,
         ),
         retry_after: Some(Duration::from_secs(1)),
         policy: None,
     })?;
+    let wait = Duration::from_millis(wait_ms);
     let delivered = state
         .subscriptions
-        .poll(&tenant.0, &name, &poll.consumer, max as usize, Duration::from_millis(wait_ms), &state.pipeline)
+        .poll(&tenant.0, &name, &poll.consumer, max as usize, wait, &state.pipeline, slots)
         .await?;
     Ok(Json(delivered))
 }

@@ -4,7 +4,8 @@
 //! looks cannot see; the horizons come from the replica's shared reading
 //! ([`Subscriptions::horizons`]). A poll that found nothing leaves its watch for the consumer's
 //! next poll on this replica, so a consumer polling again and again (as `Subscriber` does) writes
-//! nothing either.
+//! nothing either. Each look or attempt holds one of the tenant's poll read slots
+//! ([`crate::limiters::polls`]) while it reads, and the poll sleeps without one.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,11 +16,21 @@ use evp_store::subscriptions::Edge;
 use super::view::Delivered;
 use super::{LOOK_AGAIN, LOOK_AGAIN_FULLY, Subscriptions};
 use crate::error::ApiError;
+use crate::limiters::polls::PollSlots;
 use crate::routes::read::bounded;
+
+/// How long a poll's first round waits for one of the tenant's poll read slots (a later round
+/// waits until the poll's deadline).
+const SLOT_WAIT: Duration = Duration::from_secs(1);
 
 impl Subscriptions {
     /// One poll: up to `max` events of the partitions this consumer holds (or can take), below
-    /// their horizons. Waits up to `wait` for something to be deliverable.
+    /// their horizons. Waits up to `wait` for something to be deliverable. Each round's reads of
+    /// MongoDB (a look, an attempt) hold one of the tenant's poll read slots (`slots`), waited
+    /// for in turn with its other polls'; the poll sleeps without one. No slot within
+    /// [`SLOT_WAIT`] for the first round is 429 (the tenant's polls keep MongoDB that busy); none
+    /// by the deadline for a later one ends the poll with nothing.
+    #[allow(clippy::too_many_arguments)]
     pub async fn poll(
         &self,
         tenant: &str,
@@ -28,13 +39,30 @@ impl Subscriptions {
         max: usize,
         wait: Duration,
         pipeline: &crate::analytics::Pipeline,
+        slots: &PollSlots,
     ) -> Result<Delivered, ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
         // What the last attempt that delivered nothing left to watch, and when it was made (by
         // this poll, or by the consumer's last poll).
         let mut quiet = self.recall(tenant, name, consumer);
-        loop {
+        for round in 0.. {
             let horizons = self.horizons(pipeline).await?;
+            let until = if round == 0 { tokio::time::Instant::now() + SLOT_WAIT } else { deadline };
+            let Some(reading) = slots.read(tenant, until).await else {
+                if round == 0 {
+                    return Err(ApiError::RateLimited {
+                        message: format!(
+                            "tenant {tenant}'s polls had {} reads in progress on this replica \
+                             (READ_CONCURRENCY_PER_TENANT) and none ended within {} s; retry after 1 s",
+                            slots.per_tenant(),
+                            SLOT_WAIT.as_secs()
+                        ),
+                        retry_after: Some(Duration::from_secs(1)),
+                        policy: None,
+                    });
+                }
+                break;
+            };
             // (attempt, probe): attempt at once the first time and when a watched partition has
             // something; otherwise only every LOOK_AGAIN_FULLY, claiming only what has something.
             let (attempt, probe) = match &mut quiet {
@@ -56,14 +84,16 @@ impl Subscriptions {
                 }
                 quiet = Some((watch, tokio::time::Instant::now()));
             }
+            drop(reading);
             if tokio::time::Instant::now() + LOOK_AGAIN > deadline {
-                if let Some(quiet) = quiet {
-                    self.remember(tenant, name, consumer, quiet);
-                }
-                return Ok(Delivered { events: Vec::new(), ack: None });
+                break;
             }
             tokio::time::sleep(LOOK_AGAIN).await;
         }
+        if let Some(quiet) = quiet {
+            self.remember(tenant, name, consumer, quiet);
+        }
+        Ok(Delivered { events: Vec::new(), ack: None })
     }
 
     /// What the consumer's last poll found quiet, taken (a poll that delivers, or fails, leaves

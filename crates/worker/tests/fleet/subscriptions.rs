@@ -47,6 +47,15 @@ impl Subs {
     }
 
     async fn with(p: Pipeline, ack_timeout_ms: u64) -> Self {
+        Self::configured(p, ack_timeout_ms, |_| {}).await
+    }
+
+    /// The same, with `adjust` applied to the ingest's configuration last.
+    async fn configured(
+        p: Pipeline,
+        ack_timeout_ms: u64,
+        adjust: impl FnOnce(&mut evp_ingest::IngestConfig),
+    ) -> Self {
         let mut config = evp_ingest::IngestConfig::for_test(
             &p.redis.url(),
             p.mongo.uri(),
@@ -55,6 +64,7 @@ impl Subs {
         config.common.mongodb_database = p.database.clone();
         config.common.partitions = PARTITIONS.parse().unwrap();
         config.subscription_ack_timeout = Duration::from_millis(ack_timeout_ms);
+        adjust(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
@@ -665,4 +675,36 @@ async fn waiting_polls_share_one_reading_of_the_horizons() {
         reads < baseline + unshared / 2,
         "{reads} horizon reads by 8 waiting polls (baseline {baseline})"
     );
+}
+
+/// More consumers long-polling than the tenant has read slots on the replica
+/// (`READ_CONCURRENCY_PER_TENANT`, 2 here): every poll waits (a waiting poll holds a slot only
+/// while it reads), none is refused, and each gets its event as soon as it is stored. Before, the
+/// third poll and every one after it got 429 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_consumers_waiting_than_read_slots_are_all_served() {
+    let s = Subs::configured(Pipeline::start().await, 30_000, |c| c.read_concurrency_per_tenant = 2).await;
+    let _w = s.worker("w");
+    let names: Vec<String> = (0..6).map(|i| format!("projection-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(s.define("key-acme", name, json!({"types": [format!("t{i}")]})).await.0, 201);
+    }
+    let started = tokio::time::Instant::now();
+    let polls = names
+        .iter()
+        .map(|name| s.poll_raw("key-acme", name, json!({"consumer": "c", "max": 10, "wait_ms": 20_000})));
+    let sending = async {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let sent: Vec<Value> =
+            (0..names.len()).map(|i| json!({"id": format!("wake-{i}"), "type": format!("t{i}")})).collect();
+        s.send("key-acme", &sent).await;
+    };
+    let (answers, ()) = tokio::join!(futures::future::join_all(polls), sending);
+    let elapsed = started.elapsed();
+    for (i, (status, answer)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "poll {i}: {answer}");
+        let ids: Vec<String> = answer["events"].as_array().unwrap().iter().map(id).collect();
+        assert_eq!(ids, vec![format!("wake-{i}")], "poll {i}");
+    }
+    assert!(elapsed >= Duration::from_millis(1_000), "the polls did not wait for the events ({elapsed:?})");
 }
