@@ -17,8 +17,9 @@
 #       takes minutes; BENCH_ANALYTICS_SIZES="10000 100000" for less)
 #   BENCH_PHASES="dashboard" load-tests/bench.sh   # single events with and without an open dashboard
 #   BENCH_PHASES="subscriptions" load-tests/bench.sh   # a subscription's delivery rate with 1 and 2
-#       consumers (and of every type with 1) against the workers' drain rate, and received-to-delivered p50/p99 at 40% and 80% of
-#       the end-to-end rate and at 80% and 60% of the drain, beside control runs with no subscription
+#       consumers (and of every type with 1) against the workers' drain rate, and received-to-delivered
+#       p50/p99 at 40% and 80% of the end-to-end rate and at 80% and 60% of the drain, beside control
+#       runs with no subscription; BENCH_SUB_RATES="9000 11000" sends at these rates instead
 #   BENCH_PHASES="cluster" load-tests/bench.sh     # batched ingest: one Redis vs a 3-master Redis Cluster
 #       with 8 partitions, and the cost of REDIS_WAIT_REPLICAS=1 (not in the default run)
 #   WORKER_BIN=/path/to/evp-worker load-tests/bench.sh   # measure another build's worker

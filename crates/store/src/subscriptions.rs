@@ -178,7 +178,7 @@ impl SubscriptionStore {
         how: &mut TypedRead,
     ) -> mongodb::error::Result<Vec<StoredRow>> {
         let mut rows = Vec::new();
-        let mut windows = Windows::new(from, before, Edge::Oldest, true);
+        let mut windows = Windows::new(from, before, Edge::Oldest);
         while let Some((lo, hi)) = windows.next() {
             let wanted = limit - rows.len();
             let query = deliverable_query(tenant, partition, &lo, &hi);
@@ -231,7 +231,7 @@ impl SubscriptionStore {
         before: &str,
         types: &[String],
     ) -> mongodb::error::Result<Option<String>> {
-        let mut windows = Windows::new(from, before, edge, true);
+        let mut windows = Windows::new(from, before, edge);
         while let Some((lo, hi)) = windows.next() {
             let found = if types.is_empty() {
                 let mut query = deliverable_query(tenant, partition, &lo, &hi);
@@ -359,9 +359,9 @@ fn matching<'k>(keys: &'k [Document], types: &'k [String]) -> impl Iterator<Item
     keys.iter().filter(|k| is_of(k, types)).filter_map(|k| k.get_str("seq").ok())
 }
 
-/// The query of a subscription's read without types (and, projected, of a read's keys with types):
-/// a partition's events of the tenant in
-/// `[from, before)`, in stream order. It names no index, and needs none: `tenant_position`
+/// The query of a subscription's read without types (and, projected, of a read's keys with
+/// types; whole, of a read with types that reads its windows whole): a partition's events of the
+/// tenant in `[from, before)`, in stream order. It names no index, and needs none: `tenant_position`
 /// matches it exactly (two equalities, then the range, in its sort order), and every other index
 /// would have to sort or walk the tenant's other partitions' keys. No query of a subscription
 /// names an index, since one that does fails outright once the index is gone (an unhinted one

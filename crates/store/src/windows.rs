@@ -50,11 +50,11 @@ pub struct Windows {
 }
 
 impl Windows {
-    /// `[from, before)` from `edge`. With `windowed` false (or bounds that are not entry ids, or
-    /// an empty range), the whole range is the one window.
-    pub fn new(from: &str, before: &str, edge: Edge, windowed: bool) -> Self {
+    /// `[from, before)` from `edge`. With bounds that are not entry ids, or an empty range, the
+    /// whole range is the one window.
+    pub fn new(from: &str, before: &str, edge: Edge) -> Self {
         let left = match (EntryId::parse(from), EntryId::parse(before)) {
-            (Some(lo), Some(hi)) if windowed && lo < hi => Some((lo, hi)),
+            (Some(lo), Some(hi)) if lo < hi => Some((lo, hi)),
             _ => None,
         };
         let whole = left.is_none().then(|| (from.to_owned(), before.to_owned()));
@@ -70,9 +70,7 @@ impl Windows {
             self.span = ((self.last as f64 * factor).ceil() as u64).max(1);
         }
     }
-}
 
-impl Windows {
     /// The last window was read only from `first` as far as `at` (the first and last keys a
     /// capped read returned, in the walk's direction): the walk goes on from just past `at`, so
     /// nothing of the window is skipped, and [`found`](Self::found) then sizes the next window by
@@ -139,7 +137,7 @@ mod tests {
         found: impl Fn(usize) -> (usize, usize),
     ) -> Vec<((u64, u64), (u64, u64))> {
         let pair = |s: &str| EntryId::parse(s).map(|e| (e.ms, e.seq)).unwrap();
-        let mut windows = Windows::new(&id(from.0, from.1), &id(before.0, before.1), edge, true);
+        let mut windows = Windows::new(&id(from.0, from.1), &id(before.0, before.1), edge);
         let mut out = Vec::new();
         while let Some((lo, hi)) = windows.next() {
             let (found, wanted) = found(out.len());
@@ -152,7 +150,7 @@ mod tests {
     #[test]
     fn empty_windows_grow_fourfold_from_the_edge_and_cover_the_range() {
         // Not told, a walk grows as if every window were empty: it ends.
-        let untold = Windows::new(&id(0, 0), &id(1_800_000_000_000, 0), Edge::Oldest, true).count();
+        let untold = Windows::new(&id(0, 0), &id(1_800_000_000_000, 0), Edge::Oldest).count();
         assert!((15..25).contains(&untold), "{untold}");
         let empty = |_| (0, 1000);
         assert_eq!(
@@ -199,11 +197,11 @@ mod tests {
 
     #[test]
     fn a_walk_resumes_just_past_the_last_key_a_capped_read_returned() {
-        let mut oldest = Windows::new(&id(1_000, 0), &id(2_000, 0), Edge::Oldest, true);
+        let mut oldest = Windows::new(&id(1_000, 0), &id(2_000, 0), Edge::Oldest);
         assert_eq!(oldest.next(), Some((id(1_000, 0), id(1_010, 0))));
         oldest.resume_after(&id(1_000, 2), &id(1_003, 7));
         assert_eq!(oldest.next().unwrap().0, id(1_003, 8), "from just past the last key read");
-        let mut newest = Windows::new(&id(1_000, 0), &id(2_000, 0), Edge::Newest, true);
+        let mut newest = Windows::new(&id(1_000, 0), &id(2_000, 0), Edge::Newest);
         assert_eq!(newest.next(), Some((id(1_990, 0), id(2_000, 0))));
         newest.resume_after(&id(1_999, 0), &id(1_995, 3));
         assert_eq!(newest.next().unwrap().1, id(1_995, 3), "up to the last key read, exclusive");
@@ -214,7 +212,7 @@ mod tests {
         // The window crossing a long empty stretch, capped at 1,000 keys that lie within 5 ms
         // (from 1,000,000 ms): the next window, for 1,000 more, is 5 ms wide, not hundreds of
         // thousands.
-        let mut walk = Windows::new(&id(0, 0), &id(9_000_000, 0), Edge::Oldest, true);
+        let mut walk = Windows::new(&id(0, 0), &id(9_000_000, 0), Edge::Oldest);
         let (mut lo, mut hi) = walk.next().unwrap();
         while hi <= id(1_000_000, 0) {
             walk.found(0, 1_000);
@@ -232,13 +230,10 @@ mod tests {
     }
 
     #[test]
-    fn unwindowed_empty_or_unparsable_ranges_are_one_window() {
-        let one = |from: &str, before: &str, windowed| {
-            Windows::new(from, before, Edge::Oldest, windowed).collect::<Vec<_>>()
-        };
-        assert_eq!(one(&id(0, 0), &id(9_000, 0), false), [(id(0, 0), id(9_000, 0))]);
-        assert_eq!(one(&id(5, 1), &id(5, 1), true), [(id(5, 1), id(5, 1))]);
-        assert_eq!(one("", "x", true), [(String::new(), "x".to_string())]);
+    fn empty_or_unparsable_ranges_are_one_window() {
+        let one = |from: &str, before: &str| Windows::new(from, before, Edge::Oldest).collect::<Vec<_>>();
+        assert_eq!(one(&id(5, 1), &id(5, 1)), [(id(5, 1), id(5, 1))]);
+        assert_eq!(one("", "x"), [(String::new(), "x".to_string())]);
         // Near the end of the id space the windows still end.
         let top = walk((u64::MAX - 5, 0), (u64::MAX, u64::MAX), Edge::Oldest, |_| (0, 1));
         assert_eq!(top, [((u64::MAX - 5, 0), (u64::MAX, 0)), ((u64::MAX, 0), (u64::MAX, u64::MAX))]);

@@ -87,6 +87,7 @@ impl Subscriptions {
         reads.get(tenant).and_then(|t| t.get(name)).copied().unwrap_or_default()
     }
 
+    /// Remembers which way the subscription's read just ended, for its next one.
     fn learned(&self, tenant: &str, name: &str, how: TypedRead) {
         let mut reads = self.typed_reads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let tenants = reads.entry(tenant.to_owned()).or_default();

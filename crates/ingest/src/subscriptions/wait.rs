@@ -164,8 +164,9 @@ pub(super) struct Watched {
 impl Watched {
     /// Whether the subscription (of `types`) has an event in `[empty_until, before)`, where
     /// `before` is the partition's horizon: limit-1 indexed reads window by window from
-    /// `empty_until` (`edge_position`), none when the range is empty. When it has none, the range is known empty from then on (nothing can
-    /// appear below a horizon), so `empty_until` moves up to `before`.
+    /// `empty_until` (`edge_position`), none when the range is empty. When it has none, the range
+    /// is known empty from then on (nothing can appear below a horizon), so `empty_until` moves up
+    /// to `before`.
     pub(super) async fn look(
         &mut self,
         subs: &Subscriptions,

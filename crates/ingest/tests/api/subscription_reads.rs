@@ -62,8 +62,8 @@ async fn a_windowed_read_returns_exactly_the_first_events_of_its_range_in_stream
     let beginning = EntryId::new(0, 0).sortable();
     // The walk from the beginning crosses many windows before the first event; from the first
     // event, the events fall in several windows: the read under test is windowed.
-    assert!(Windows::new(&beginning, &before_all, Edge::Oldest, true).count() > 10);
-    assert!(Windows::new(&position(0), &before_all, Edge::Oldest, true).count() > 5);
+    assert!(Windows::new(&beginning, &before_all, Edge::Oldest).count() > 10);
+    assert!(Windows::new(&position(0), &before_all, Edge::Oldest).count() > 5);
 
     let n = OFFSETS.len();
     let mut reads = 0;

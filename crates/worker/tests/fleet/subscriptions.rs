@@ -689,22 +689,34 @@ async fn more_consumers_waiting_than_read_slots_are_all_served() {
     for (i, name) in names.iter().enumerate() {
         assert_eq!(s.define("key-acme", name, json!({"types": [format!("t{i}")]})).await.0, 201);
     }
-    let started = tokio::time::Instant::now();
     let polls = names
         .iter()
         .map(|name| s.poll_raw("key-acme", name, json!({"consumer": "c", "max": 10, "wait_ms": 20_000})));
+    // The events are sent once every poll has made its first attempt (each subscription lists
+    // consumer c), so all six are waiting at once, with nothing of their types stored yet.
     let sending = async {
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut waiting = 0;
+        while waiting < names.len() && tokio::time::Instant::now() < deadline {
+            waiting = 0;
+            for name in &names {
+                let (_, sub) = s.call("GET", &format!("/subscriptions/{name}"), "key-acme", None).await;
+                waiting += usize::from(
+                    sub["consumers"].as_array().is_some_and(|c| c.iter().any(|c| c["name"] == "c")),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let sent: Vec<Value> =
             (0..names.len()).map(|i| json!({"id": format!("wake-{i}"), "type": format!("t{i}")})).collect();
         s.send("key-acme", &sent).await;
+        waiting
     };
-    let (answers, ()) = tokio::join!(futures::future::join_all(polls), sending);
-    let elapsed = started.elapsed();
+    let (answers, waiting) = tokio::join!(futures::future::join_all(polls), sending);
     for (i, (status, answer)) in answers.iter().enumerate() {
         assert_eq!(*status, 200, "poll {i}: {answer}");
         let ids: Vec<String> = answer["events"].as_array().unwrap().iter().map(id).collect();
         assert_eq!(ids, vec![format!("wake-{i}")], "poll {i}");
     }
-    assert!(elapsed >= Duration::from_millis(1_000), "the polls did not wait for the events ({elapsed:?})");
+    assert_eq!(waiting, names.len(), "not every poll was waiting when the events were sent");
 }
