@@ -24,11 +24,11 @@ const LATENCY_BUCKETS: &[f64] =
 /// Histogram buckets for sizes (events per batch).
 const SIZE_BUCKETS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0];
 
-/// Renders `/metrics`: the kept series, then the forgetting registry's.
+/// Renders `/metrics`: the kept series, then the forgetting registry's (when there is one).
 #[derive(Debug, Clone)]
 pub struct Handle {
     kept: PrometheusHandle,
-    forgetting: PrometheusHandle,
+    forgetting: Option<PrometheusHandle>,
 }
 
 impl Handle {
@@ -36,13 +36,17 @@ impl Handle {
     /// forgetting registry drop its idle series.
     pub fn render(&self) -> String {
         let mut text = self.kept.render();
-        text.push_str(&self.forgetting.render());
+        if let Some(forgetting) = &self.forgetting {
+            text.push_str(&forgetting.render());
+        }
         text
     }
 
     fn run_upkeep(&self) {
         self.kept.run_upkeep();
-        self.forgetting.run_upkeep();
+        if let Some(forgetting) = &self.forgetting {
+            forgetting.run_upkeep();
+        }
     }
 }
 
@@ -60,12 +64,13 @@ fn build(forgetting: Option<Forgetting>) -> anyhow::Result<(metrics_util::layers
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Suffix("_events".into()), SIZE_BUCKETS)?
         .build_recorder();
-    let after = forgetting.map(|f| f.after);
-    let forgetful = PrometheusBuilder::new().idle_timeout(MetricKindMask::ALL, after).build_recorder();
-    let handle = Handle { kept: kept.handle(), forgetting: forgetful.handle() };
+    let mut handle = Handle { kept: kept.handle(), forgetting: None };
     let mut router = RouterBuilder::from_recorder(kept);
-    if let Some(forgetting) = forgetting {
-        router.add_route(MetricKindMask::ALL, forgetting.prefix, forgetful);
+    if let Some(Forgetting { prefix, after }) = forgetting {
+        let forgetful =
+            PrometheusBuilder::new().idle_timeout(MetricKindMask::ALL, Some(after)).build_recorder();
+        handle.forgetting = Some(forgetful.handle());
+        router.add_route(MetricKindMask::ALL, prefix, forgetful);
     }
     Ok((router.build(), handle))
 }
@@ -84,8 +89,10 @@ pub fn install(forgetting: Option<Forgetting>) -> anyhow::Result<Handle> {
             tick.tick().await;
             upkeep.run_upkeep();
             round += 1;
-            if round.is_multiple_of(12) {
-                let _ = upkeep.forgetting.render();
+            if round.is_multiple_of(12)
+                && let Some(forgetting) = &upkeep.forgetting
+            {
+                let _ = forgetting.render();
             }
         }
     });
