@@ -50,6 +50,25 @@ impl Viewer {
             Self::Operator(_) => Arc::from("(operators)"),
         }
     }
+
+    /// Who the key `presented` names now, or the 401 a request with it gets. A request that
+    /// outlives its check (a long poll) asks again, so that a key revoked meanwhile stops it.
+    pub fn of_key(state: &AppState, presented: &[u8]) -> Result<Self, ApiError> {
+        if let Some(holder) = state.keys.authenticate(presented) {
+            return Ok(match holder {
+                Holder::Tenant(tenant, limit) => Self::Tenant(Tenant(tenant, limit)),
+                Holder::Operator { key_id } => Self::Operator(key_id),
+            });
+        }
+        // Both lists are searched every time, so timing does not tell them apart.
+        let tenant = state.config.api_keys.tenant_of(presented);
+        let operator = state.config.admin_keys.position(presented);
+        match (tenant, operator) {
+            (Some(tenant), _) => Ok(Self::Tenant(Tenant(tenant, None))),
+            (None, Some(n)) => Ok(Self::Operator(Arc::from(format!("env-admin-{}", n + 1)))),
+            (None, None) => Err(ApiError::Unauthorized("unknown API key")),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Viewer {
@@ -58,20 +77,7 @@ impl FromRequestParts<AppState> for Viewer {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let key =
             parts.headers.get(API_KEY_HEADER).ok_or(ApiError::Unauthorized("missing x-api-key header"))?;
-        if let Some(holder) = state.keys.authenticate(key.as_bytes()) {
-            return Ok(match holder {
-                Holder::Tenant(tenant, limit) => Self::Tenant(Tenant(tenant, limit)),
-                Holder::Operator { key_id } => Self::Operator(key_id),
-            });
-        }
-        // Both lists are searched every time, so timing does not tell them apart.
-        let tenant = state.config.api_keys.tenant_of(key.as_bytes());
-        let operator = state.config.admin_keys.position(key.as_bytes());
-        match (tenant, operator) {
-            (Some(tenant), _) => Ok(Self::Tenant(Tenant(tenant, None))),
-            (None, Some(n)) => Ok(Self::Operator(Arc::from(format!("env-admin-{}", n + 1)))),
-            (None, None) => Err(ApiError::Unauthorized("unknown API key")),
-        }
+        Self::of_key(state, key.as_bytes())
     }
 }
 

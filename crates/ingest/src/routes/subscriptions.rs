@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::{Tenant, Viewer};
+use crate::auth::{API_KEY_HEADER, Tenant, Viewer};
 use crate::body::EventBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::routes::read::{bounded, read_slot};
@@ -266,7 +266,8 @@ pub async fn delete(
 ///
 /// Events come in append order within each partition (so in order per aggregate), only once they
 /// can no longer be preceded by an event stored late. Acknowledge them with `ack` once processed;
-/// not acknowledged within SUBSCRIPTION_ACK_TIMEOUT_MS, they are delivered again.
+/// not acknowledged within SUBSCRIPTION_ACK_TIMEOUT_MS, they are delivered again. A poll whose key
+/// is revoked or expires while it waits ends with 401 once this replica knows (KEY_REFRESH_MS).
 #[utoipa::path(post, path = "/subscriptions/{name}/poll", tag = "subscriptions", request_body = Poll,
     params(Named),
     responses(
@@ -285,6 +286,7 @@ pub async fn delete(
 pub async fn poll(
     State(state): State<AppState>,
     tenant: Tenant,
+    headers: HeaderMap,
     Path(Named { name }): Path<Named>,
     EventBody(body): EventBody,
 ) -> Result<Json<Delivered>, ApiError> {
@@ -312,9 +314,13 @@ pub async fn poll(
         policy: None,
     })?;
     let wait = Duration::from_millis(wait_ms);
+    // Asked again before each round of the wait: the key still names this tenant.
+    let key = headers.get(API_KEY_HEADER).map(|k| k.as_bytes()).unwrap_or_default();
+    let key_holds =
+        || matches!(Viewer::of_key(&state, key), Ok(Viewer::Tenant(Tenant(now, _))) if now == tenant.0);
     let delivered = state
         .subscriptions
-        .poll(&tenant.0, &name, &poll.consumer, max as usize, wait, &state.pipeline, slots)
+        .poll(&tenant.0, &name, &poll.consumer, max as usize, wait, &state.pipeline, slots, key_holds)
         .await?;
     Ok(Json(delivered))
 }

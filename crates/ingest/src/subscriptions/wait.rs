@@ -29,7 +29,9 @@ impl Subscriptions {
     /// MongoDB (a look, an attempt) hold one of the tenant's poll read slots (`slots`), waited
     /// for in turn with its other polls'; the poll sleeps without one. No slot within
     /// [`SLOT_WAIT`] for the first round is 429 (the tenant's polls keep MongoDB that busy); none
-    /// by the deadline for a later one ends the poll with nothing.
+    /// by the deadline for a later one ends the poll with nothing. Each later round first asks
+    /// `key_holds` whether the poll's key still names its tenant: a key revoked or expired while
+    /// the poll waits ends it with 401.
     #[allow(clippy::too_many_arguments)]
     pub async fn poll(
         &self,
@@ -40,12 +42,18 @@ impl Subscriptions {
         wait: Duration,
         pipeline: &crate::analytics::Pipeline,
         slots: &PollSlots,
+        key_holds: impl Fn() -> bool,
     ) -> Result<Delivered, ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
         // What the last attempt that delivered nothing left to watch, and when it was made (by
         // this poll, or by the consumer's last poll).
         let mut quiet = self.recall(tenant, name, consumer);
         for round in 0.. {
+            if round > 0 && !key_holds() {
+                return Err(ApiError::Unauthorized(
+                    "the API key was revoked or expired while the poll waited",
+                ));
+            }
             let horizons = self.horizons(pipeline).await?;
             let until = if round == 0 { tokio::time::Instant::now() + SLOT_WAIT } else { deadline };
             let Some(reading) = slots.read(tenant, until).await else {

@@ -166,6 +166,57 @@ async fn a_created_key_works_everywhere_is_listed_without_its_secret_and_revoked
     assert_eq!(status_with(&r.app, "key-acme").await, 200, "the environment's key still works");
 }
 
+/// A long poll outlives the check of its key when it starts: revoked on one replica while the poll
+/// waits on another, it ends with 401 once that replica follows (KEY_REFRESH_MS), not with 200
+/// when its wait is over; the tenant's other keys go on polling.
+#[tokio::test]
+async fn a_long_poll_whose_key_is_revoked_while_it_waits_ends_with_401() {
+    let r = ReadApp::start_with(|c| c.key_refresh = REFRESH).await;
+    let other = replica(&r).await;
+    let created = create(&r.app, json!({"tenant": "acme"})).await;
+    let (secret, id) = (created["key"].as_str().unwrap(), created["id"].as_str().unwrap());
+    let followed = evp_testkit::eventually(REFRESH + Duration::from_secs(1), || async {
+        status_with(&other, secret).await == 200
+    })
+    .await;
+    assert!(followed, "the other replica never accepted the new key");
+    let put = call(&other, reqwest::Method::PUT, "/subscriptions/projection", secret, Some(json!({}))).await;
+    assert_eq!(put.status(), 201);
+
+    let wait = Duration::from_secs(10);
+    let poll = json!({"consumer": "c1", "wait_ms": wait.as_millis() as u64});
+    let started = Instant::now();
+    let (answer, revoked_at) = tokio::join!(
+        call(&other, reqwest::Method::POST, "/subscriptions/projection/poll", secret, Some(poll.clone())),
+        async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let revoked =
+                call(&r.app, reqwest::Method::DELETE, &format!("/admin/keys/{id}"), OPS_KEY, None).await;
+            assert_eq!(revoked.status(), 204);
+            Instant::now()
+        }
+    );
+    let ended = Instant::now();
+    let body = expect_error(answer, 401, "unauthorized").await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("revoked"), "{body}");
+    assert!(ended > revoked_at, "the poll was still waiting when its key was revoked");
+    assert!(
+        ended - revoked_at < REFRESH + Duration::from_secs(1) && ended - started < wait,
+        "the poll ended {:?} after the revocation",
+        ended - revoked_at
+    );
+
+    let again = call(
+        &other,
+        reqwest::Method::POST,
+        "/subscriptions/projection/poll",
+        "key-acme",
+        Some(json!({"consumer": "c2"})),
+    )
+    .await;
+    assert_eq!(again.status(), 200, "the tenant's other keys still poll");
+}
+
 #[tokio::test]
 async fn an_expired_key_gets_401_and_an_operator_key_can_manage_keys() {
     let r = ReadApp::start_with(|c| c.key_refresh = REFRESH).await;
