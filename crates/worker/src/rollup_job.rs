@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use evp_runtime::now_ms;
 use evp_runtime::stream_state::{EntryId, acknowledged_frontier};
-use evp_store::rollups::{RANGE_MS, RETIRED_KEEP_MS, RollupError, RollupStore};
+use evp_store::rollups::{ProvisionalCounts, RANGE_MS, RETIRED_KEEP_MS, RollupError, RollupStore};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +53,14 @@ impl RollupStatus {
 
 pub type SharedStatus = Arc<Mutex<RollupStatus>>;
 
+/// Per (generation, partition): the (next, frontier) the provisional counts were last written for
+/// (nothing changed, nothing to write), and the counts themselves when within bounds.
+#[derive(Default)]
+struct Provisionals {
+    written: HashMap<(i64, i32), (i64, EntryId)>,
+    kept: HashMap<(i64, i32), Option<ProvisionalCounts>>,
+}
+
 /// The partitions' numbers and streams; each one's ranges close at its own frontier.
 fn partitions(stream: &StreamClient) -> Vec<(i32, String)> {
     stream.partitions().iter().map(|p| (p.partition() as i32, p.stream().to_string())).collect()
@@ -66,8 +74,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut claimed: Option<i64> = None;
-    // Per (generation, partition), the (next, frontier) the provisional counts were last written for.
-    let mut provisional: HashMap<(i64, i32), (i64, EntryId)> = HashMap::new();
+    // Per (generation, partition), the (next, frontier) the provisional counts were last written
+    // for, and those counts (the next write reads only what was acknowledged since).
+    let mut provisional = Provisionals::default();
     while !shutdown.is_cancelled() {
         let grant = *grants.borrow_and_update();
         let Some(grant) = grant.filter(Grant::is_valid) else {
@@ -155,7 +164,7 @@ async fn round(
     rollups: &RollupStore,
     grants: &watch::Receiver<Option<Grant>>,
     grant: Grant,
-    provisional: &mut HashMap<(i64, i32), (i64, EntryId)>,
+    provisional: &mut Provisionals,
 ) -> Result<Outcome, RoundError> {
     let generations = rollups.generations().await?;
     let mut lag_seconds: f64 = 0.0;
@@ -176,10 +185,15 @@ async fn round(
         // Caught up: count the acknowledged events past the closed ranges once more, so that
         // readers need not read them (only when something changed).
         let key = (generations.current, partition);
-        if next >= closed && provisional.get(&key) != Some(&(next, frontier)) && still_leading(grants, grant)
+        if next >= closed
+            && provisional.written.get(&key) != Some(&(next, frontier))
+            && still_leading(grants, grant)
         {
-            rollups.write_provisional(generations.current, partition, next, frontier, grant.fence).await?;
-            provisional.insert(key, (next, frontier));
+            let kept = provisional.kept.entry(key).or_default();
+            rollups
+                .write_provisional(generations.current, partition, next, frontier, grant.fence, kept)
+                .await?;
+            provisional.written.insert(key, (next, frontier));
         }
         lag_seconds = lag_seconds.max((frontier_ms as f64 - (next * RANGE_MS) as f64).max(0.0) / 1000.0);
         if let Some(building) = generations.building {

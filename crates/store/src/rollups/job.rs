@@ -203,6 +203,13 @@ impl RollupStore {
     /// acknowledged frontier (every entry below it is acknowledged, so the documents counted are
     /// final). Does nothing (and returns false) when that region holds more than
     /// [`MAX_PROVISIONAL`] count keys.
+    ///
+    /// `kept` carries the counts of the caller's last call for this partition: when it covers a
+    /// prefix of the region, only `[kept.until, until)` is read and added, and the ranges that have
+    /// closed since are dropped. That is exact for the same reason: the documents below an earlier
+    /// frontier were final when counted and still are. Without it, every round read the whole
+    /// open region again (a draining backlog's range holds up to a whole burst).
+    #[allow(clippy::too_many_arguments)]
     pub async fn write_provisional(
         &self,
         generation: i64,
@@ -210,10 +217,23 @@ impl RollupStore {
         next: i64,
         until: EntryId,
         fence: i64,
+        kept: &mut Option<ProvisionalCounts>,
     ) -> Result<bool, RollupError> {
         let until_seq = until.sortable();
-        let query = position_query(partition, &range_start_seq(next), &until_seq);
-        let mut by_doc: HashMap<(String, String, i64), BTreeMap<i64, i64>> = HashMap::new();
+        let start_seq = range_start_seq(next);
+        // Taken: a failed read leaves nothing half-added behind.
+        let (mut by_doc, from_seq) = match kept.take() {
+            Some(p) if p.next <= next && p.until <= until => {
+                let mut by_doc = p.by_doc;
+                for ranges in by_doc.values_mut() {
+                    *ranges = ranges.split_off(&next);
+                }
+                by_doc.retain(|_, ranges| !ranges.is_empty());
+                (by_doc, p.until.sortable().max(start_seq))
+            }
+            _ => (HashMap::new(), start_seq),
+        };
+        let query = position_query(partition, &from_seq, &until_seq);
         let mut cursor = self.positions.find(query.filter).projection(position_projection()).await?;
         while let Some(d) = cursor.try_next().await? {
             add(&mut by_doc, &d);
@@ -233,8 +253,19 @@ impl RollupStore {
         let filter =
             doc! { "_id": progress_id(generation, partition), "next": next, "fence": { "$lte": fence } };
         self.progress.update_one(filter, doc! { "$set": { "provisional": provisional } }).await?;
+        *kept = Some(ProvisionalCounts { next, until, by_doc });
         Ok(true)
     }
+}
+
+/// The provisional counts of one partition as last written by this leader: per (tenant, type,
+/// minute), the events of each range of `[range_start(next), until)`. Opaque; see
+/// [`RollupStore::write_provisional`].
+#[derive(Debug, Clone)]
+pub struct ProvisionalCounts {
+    next: i64,
+    until: EntryId,
+    by_doc: HashMap<(String, String, i64), BTreeMap<i64, i64>>,
 }
 
 /// What counting an event needs, all in `rollup_position`: the counts read no document.

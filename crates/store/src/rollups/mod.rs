@@ -73,6 +73,7 @@ use evp_events::EntryId;
 mod job;
 mod read;
 
+pub use job::ProvisionalCounts;
 pub use read::{Window, counts_query, tail_query};
 
 /// Width of one range, in stream-id milliseconds.

@@ -1,14 +1,16 @@
 //! The exact rollups and the leader lease, with real worker processes: counts per (tenant, type,
 //! minute) equal what was sent after SIGKILLs of the leader and of a worker mid-batch; a standby
 //! takes over within the lease TTL; a deposed leader (SIGSTOP past its lease) cannot change the
-//! rollups; `rollups rebuild` under load keeps analytics exact and ends exact.
+//! rollups; `rollups rebuild` under load keeps analytics exact and ends exact; provisional counts
+//! kept from round to round equal a recount.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use evp_events::EntryId;
 use evp_events::input::{Admission, Limits, admit_batch};
-use evp_store::rollups::{Contribution, RangeCounts, RollupError, RollupStore, minute_of};
+use evp_store::rollups::{Contribution, RANGE_MS, RangeCounts, RollupError, RollupStore, minute_of};
 use futures::TryStreamExt;
 use mongodb::bson::{DateTime, Document, doc};
 use serde_json::{Value, json};
@@ -466,4 +468,67 @@ async fn rebuild_under_load_keeps_analytics_exact() {
     assert_eq!(p.wait_for_count(8_001, Duration::from_secs(120)).await, 8_001, "and one sentinel");
     p.wait_rolled_up(&last).await;
     assert_eq!(p.rolled_up().await, expected(&[("acme", set_a), ("globex", load)]));
+}
+
+/// The provisional counts written round after round from what the last round kept (the frontier
+/// moving within the open ranges, then a range closing) equal those of the same region read whole.
+#[tokio::test]
+async fn provisional_counts_kept_between_rounds_equal_a_recount() {
+    let p = Pipeline::start().await;
+    // No worker leads (the lease is held by nobody running), so only this test writes the rollups.
+    let lease = format!("{{{STREAM}:lease:rollups}}");
+    let _: () = p.redis_query(redis::cmd("SET").arg(&lease).arg("outsider").arg("PX").arg(600_000)).await;
+    let mut w = worker(&p, "pv-w1");
+    let sent = events("a", 600);
+    p.send("acme", &sent[..300]).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    p.send("globex", &sent[300..]).await;
+    assert_eq!(p.wait_for_count(600, Duration::from_secs(60)).await, 600);
+    w.process.kill();
+
+    let docs = p.mongo.client().await.database(&p.database).collection::<Document>("events");
+    let seqs: Vec<EntryId> = docs
+        .find(doc! { "partition": 0 })
+        .sort(doc! { "seq": 1 })
+        .projection(doc! { "seq": 1 })
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| EntryId::parse(d.get_str("seq").unwrap()).unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 600);
+    let range = |e: &EntryId| e.ms as i64 / RANGE_MS;
+    let (k1, k2) = (range(&seqs[0]), range(&seqs[599]));
+    assert!(k1 < k2 && range(&seqs[299]) < k2, "the two sends lie in different ranges");
+
+    let store = p.rollups_store().await;
+    let fence = 1;
+    let generation = store.generations().await.unwrap().current;
+    store.advance(generation, 0, 0, k1, fence).await.unwrap();
+    let provisional = || async {
+        let mut counts = store.progress(&[0]).await.unwrap().partitions[&0].provisional.clone();
+        counts.sort_by_key(|c| (c.tenant.clone(), c.event_type.clone(), c.minute_ms, c.range));
+        counts
+    };
+    let total = |counts: &[evp_store::rollups::Provisional]| counts.iter().map(|c| c.count).sum::<i64>();
+
+    let mut kept = None;
+    assert!(store.write_provisional(generation, 0, k1, seqs[150], fence, &mut kept).await.unwrap());
+    assert_eq!(total(&provisional().await), 150);
+    assert!(store.write_provisional(generation, 0, k1, seqs[450], fence, &mut kept).await.unwrap());
+    assert_eq!(total(&provisional().await), 450, "the first 150 kept, the next 300 read");
+    // Range k1 closes: its counts leave, the rest of k2 is added.
+    store.advance(generation, 0, k1, k2, fence).await.unwrap();
+    let end = seqs[599].next();
+    assert!(store.write_provisional(generation, 0, k2, end, fence, &mut kept).await.unwrap());
+    let step_by_step = provisional().await;
+    assert_eq!(total(&step_by_step), 300);
+    assert!(step_by_step.iter().all(|c| c.tenant == "globex" && c.range == k2), "{step_by_step:?}");
+
+    let mut fresh = None;
+    assert!(store.write_provisional(generation, 0, k2, end, fence, &mut fresh).await.unwrap());
+    assert_eq!(provisional().await, step_by_step, "the same counts read whole");
 }
