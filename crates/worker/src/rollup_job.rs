@@ -13,7 +13,9 @@ use std::collections::HashMap;
 
 use evp_runtime::now_ms;
 use evp_runtime::stream_state::{EntryId, acknowledged_frontier};
-use evp_store::rollups::{ProvisionalCounts, RANGE_MS, RETIRED_KEEP_MS, RollupError, RollupStore};
+use evp_store::rollups::{
+    ProvisionalCounts, RANGE_MS, RETIRED_KEEP_MS, RangeCounts, RollupError, RollupStore,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -176,6 +178,18 @@ async fn round(
         let frontier_ms = frontier.ms;
         let closed = frontier_ms as i64 / RANGE_MS;
         let mut next = rollups.next_range(generations.current, partition).await?;
+        let key = (generations.current, partition);
+        // Caught up last round: close the ranges from the counts kept then, extended by what was
+        // acknowledged since, instead of reading their events again.
+        let kept = provisional.kept.entry(key).or_default();
+        if next < closed && kept.as_ref().is_some_and(|k| k.next() == next) && still_leading(grants, grant) {
+            rollups.extend_kept(partition, next, frontier, kept).await?;
+            if let Some(counts) = kept.as_mut().and_then(|k| k.take_closed(partition, closed)) {
+                // Whatever fails from here, the kept counts no longer start at `next`: the next
+                // round reads the ranges instead.
+                next = close(rollups, generations.current, next, &counts, grant.fence).await?;
+            }
+        }
         let mut steps = 0;
         while next < closed && steps < MAX_STEPS && still_leading(grants, grant) {
             next = step(rollups, generations.current, partition, next, closed, grant.fence).await?;
@@ -184,7 +198,6 @@ async fn round(
         busy |= next < closed;
         // Caught up: count the acknowledged events past the closed ranges once more, so that
         // readers need not read them (only when something changed).
-        let key = (generations.current, partition);
         if next >= closed
             && provisional.written.get(&key) != Some(&(next, frontier))
             && still_leading(grants, grant)
@@ -233,19 +246,32 @@ async fn step(
 ) -> Result<i64, RollupError> {
     let started = Instant::now();
     let counts = rollups.count_ranges(partition, next, closed).await?;
-    rollups.apply(generation, &counts, fence).await?;
-    rollups.advance(generation, partition, next, counts.to, fence).await?;
-    metrics::counter!(m::ROLLUP_RANGES).increment((counts.to - next) as u64);
-    metrics::counter!(m::ROLLUP_EVENTS).increment(counts.events);
+    let to = close(rollups, generation, next, &counts, fence).await?;
     tracing::debug!(
         generation,
         partition,
         from = next,
-        to = counts.to,
+        to,
         events = counts.events,
         took_ms = started.elapsed().as_millis() as u64,
         "closed ranges counted"
     );
+    Ok(to)
+}
+
+/// Applies the counts of closed ranges `[next, counts.to)` and advances `next` past them (steps 2
+/// and 3 of the module map); returns the new `next`.
+async fn close(
+    rollups: &RollupStore,
+    generation: i64,
+    next: i64,
+    counts: &RangeCounts,
+    fence: i64,
+) -> Result<i64, RollupError> {
+    rollups.apply(generation, counts, fence).await?;
+    rollups.advance(generation, counts.partition, next, counts.to, fence).await?;
+    metrics::counter!(m::ROLLUP_RANGES).increment((counts.to - next) as u64);
+    metrics::counter!(m::ROLLUP_EVENTS).increment(counts.events);
     Ok(counts.to)
 }
 

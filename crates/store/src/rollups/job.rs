@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, DateTime, Document, RawDocument, doc};
 
+use super::kept::{ProvisionalCounts, entries};
 use super::{
-    Contribution, MAX_BATCH_DOCS, MAX_PROVISIONAL, RangeCounts, RollupError, RollupStore, applied_field,
-    count_id, int, is_duplicate, minute_of, position_query, progress_id, range_of, range_start_seq,
+    Contribution, MAX_BATCH_DOCS, RangeCounts, RollupError, RollupStore, applied_field, count_id, int,
+    is_duplicate, minute_of, position_query, progress_id, range_of, range_start_seq,
 };
 use crate::DUPLICATE_KEY;
 use crate::indexes::Query;
@@ -202,13 +203,10 @@ impl RollupStore {
     /// read those events. Written only while `next` is still what the caller saw; `until` is the
     /// acknowledged frontier (every entry below it is acknowledged, so the documents counted are
     /// final). Does nothing (and returns false) when that region holds more than
-    /// [`MAX_PROVISIONAL`] count keys.
+    /// [`MAX_PROVISIONAL`](super::MAX_PROVISIONAL) count keys.
     ///
-    /// `kept` carries the counts of the caller's last call for this partition: when it covers a
-    /// prefix of the region, only `[kept.until, until)` is read and added, and the ranges that have
-    /// closed since are dropped. That is exact for the same reason: the documents below an earlier
-    /// frontier were final when counted and still are. Without it, every round read the whole
-    /// open region again (a draining backlog's range holds up to a whole burst).
+    /// `kept` carries the counts of the caller's last round for this partition: only what was
+    /// acknowledged since is read ([`RollupStore::extend_kept`], `super::kept`).
     #[allow(clippy::too_many_arguments)]
     pub async fn write_provisional(
         &self,
@@ -219,63 +217,32 @@ impl RollupStore {
         fence: i64,
         kept: &mut Option<ProvisionalCounts>,
     ) -> Result<bool, RollupError> {
-        let until_seq = until.sortable();
-        let start_seq = range_start_seq(next);
-        // Taken: a failed read leaves nothing half-added behind.
-        let (mut by_doc, from_seq) = match kept.take() {
-            Some(p) if p.next <= next && p.until <= until => {
-                let mut by_doc = p.by_doc;
-                for ranges in by_doc.values_mut() {
-                    *ranges = ranges.split_off(&next);
-                }
-                by_doc.retain(|_, ranges| !ranges.is_empty());
-                (by_doc, p.until.sortable().max(start_seq))
-            }
-            _ => (HashMap::new(), start_seq),
-        };
-        let query = position_query(partition, &from_seq, &until_seq);
-        let mut cursor = self.positions.find(query.filter).projection(position_projection()).await?;
-        while let Some(d) = cursor.try_next().await? {
-            add(&mut by_doc, &d);
-        }
-        let entries: Vec<Document> = by_doc
-            .iter()
-            .flat_map(|((t, y, m), ranges)| {
-                ranges
-                    .iter()
-                    .map(move |(k, n)| doc! { "t": t.as_str(), "y": y.as_str(), "m": *m, "k": *k, "n": *n })
-            })
-            .collect();
-        if entries.len() > MAX_PROVISIONAL {
-            return Ok(false);
-        }
-        let provisional = doc! { "next": next, "until": until_seq, "counts": entries };
+        self.extend_kept(partition, next, until, kept).await?;
+        let Some(counts) = kept.as_ref() else { return Ok(false) };
+        let provisional = doc! { "next": next, "until": until.sortable(), "counts": entries(counts) };
         let filter =
             doc! { "_id": progress_id(generation, partition), "next": next, "fence": { "$lte": fence } };
-        self.progress.update_one(filter, doc! { "$set": { "provisional": provisional } }).await?;
-        *kept = Some(ProvisionalCounts { next, until, by_doc });
+        if let Err(e) =
+            self.progress.update_one(filter, doc! { "$set": { "provisional": provisional } }).await
+        {
+            *kept = None;
+            return Err(e.into());
+        }
         Ok(true)
     }
 }
 
-/// The provisional counts of one partition as last written by this leader: per (tenant, type,
-/// minute), the events of each range of `[range_start(next), until)`. Opaque; see
-/// [`RollupStore::write_provisional`].
-#[derive(Debug, Clone)]
-pub struct ProvisionalCounts {
-    next: i64,
-    until: EntryId,
-    by_doc: HashMap<(String, String, i64), BTreeMap<i64, i64>>,
-}
-
 /// What counting an event needs, all in `rollup_position`: the counts read no document.
-fn position_projection() -> Document {
+pub(super) fn position_projection() -> Document {
     doc! { "_id": 0, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 }
 }
 
 /// Adds one event document (seq, tenant, type, timestamp) to per-(tenant, type, minute) range
 /// counts; returns its range.
-fn add(by_doc: &mut HashMap<(String, String, i64), BTreeMap<i64, i64>>, d: &RawDocument) -> Option<i64> {
+pub(super) fn add(
+    by_doc: &mut HashMap<(String, String, i64), BTreeMap<i64, i64>>,
+    d: &RawDocument,
+) -> Option<i64> {
     let (Some(k), Ok(tenant), Ok(event_type), Ok(ts)) = (
         d.get_str("seq").ok().and_then(range_of),
         d.get_str("tenant"),

@@ -71,9 +71,10 @@ use crate::is_duplicate;
 use evp_events::EntryId;
 
 mod job;
+mod kept;
 mod read;
 
-pub use job::ProvisionalCounts;
+pub use kept::ProvisionalCounts;
 pub use read::{Window, counts_query, tail_query};
 
 /// Width of one range, in stream-id milliseconds.

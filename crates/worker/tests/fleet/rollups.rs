@@ -520,6 +520,16 @@ async fn provisional_counts_kept_between_rounds_equal_a_recount() {
     assert_eq!(total(&provisional().await), 150);
     assert!(store.write_provisional(generation, 0, k1, seqs[450], fence, &mut kept).await.unwrap());
     assert_eq!(total(&provisional().await), 450, "the first 150 kept, the next 300 read");
+    // Range k1 is counted to its end: taken from the kept counts, it is what reading it gives.
+    let sorted = |mut c: Vec<Contribution>| {
+        c.sort_by_key(|c| (c.tenant.clone(), c.event_type.clone(), c.minute_ms));
+        c
+    };
+    let from_kept = kept.clone().unwrap().take_closed(0, k2).expect("range k1 is counted to its end");
+    let read = store.count_ranges(0, k1, k2).await.unwrap();
+    assert_eq!((from_kept.from, from_kept.to, from_kept.events), (k1, k2, 300));
+    assert_eq!((read.from, read.to, read.events), (k1, k2, 300));
+    assert_eq!(sorted(from_kept.contributions), sorted(read.contributions));
     // Range k1 closes: its counts leave, the rest of k2 is added.
     store.advance(generation, 0, k1, k2, fence).await.unwrap();
     let end = seqs[599].next();
