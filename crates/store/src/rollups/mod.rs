@@ -20,7 +20,9 @@
 //! The progress document of each (generation, partition) holds `next`: every range below it has
 //! been applied to every count document it contributes to. The job:
 //!
-//! 1. counts the closed ranges `[next, K)` of a partition (documents with `seq` in them);
+//! 1. counts the closed ranges `[next, K)` of a partition (documents with `seq` in them; a leader
+//!    that keeps up takes them from the counts it kept since the ranges were open, `kept`, which
+//!    are the same numbers: the documents below an acknowledged frontier are final);
 //! 2. updates each count document with `$inc` **only if** `applied_<p>` is below the first range
 //!    it is adding (else it re-reads the document and adds only the ranges above `applied_<p>`:
 //!    compare-and-set), setting `applied_<p>` to the last range it added;
@@ -58,7 +60,8 @@
 //!
 //! Here: the ranges, the types, the store and its generations (pointer, claim, rebuild, switch);
 //! `job`: counting closed ranges, applying and advancing, the provisional counts (the leader's
-//! side); `read`: the progress and a window's counts (the analytics side).
+//! side); `kept`: the counts a leader keeps between rounds; `read`: the progress and a window's
+//! counts (the analytics side).
 
 use std::collections::{BTreeMap, HashMap};
 
