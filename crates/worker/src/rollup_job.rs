@@ -169,6 +169,9 @@ async fn round(
     provisional: &mut Provisionals,
 ) -> Result<Outcome, RoundError> {
     let generations = rollups.generations().await?;
+    // What was kept for a generation readers no longer use (after a rebuild) is dropped.
+    provisional.kept.retain(|(g, _), _| *g == generations.current);
+    provisional.written.retain(|(g, _), _| *g == generations.current);
     let mut lag_seconds: f64 = 0.0;
     let mut busy = false;
     let mut caught_up = true;
