@@ -581,6 +581,19 @@ if phase subscriptions; then
 SUB_EVENTS=$(n 30000)
 run="subs$RANDOM"
 drained() { for _ in $(seq 1200); do [ "$("${REDIS_CLI[@]}" xlen events)" -eq 0 ] && break; sleep 0.1; done; }
+# Drained, and the rollup job caught up too (its lag, as analytics reports it, under 2 s), so that a
+# live run does not pay for the backlog the run before it left.
+rollup_lag() {
+    curl -s "$INGEST_URL/analytics/metrics" -H "x-api-key: $KEY" \
+        | python3 -c "import json,sys; print(json.load(sys.stdin)['rollup']['lag_seconds'] or 0)" 2>/dev/null || echo 99
+}
+settled() {
+    drained
+    for _ in $(seq 240); do
+        python3 -c "import sys; sys.exit(0 if float('$(rollup_lag)') < 2 else 1)" && break
+        sleep 0.5
+    done
+}
 # Warm-up, not measured: the workers' first start on a fresh database creates its indexes, which
 # once made the drain below read 4,112 events/s where other runs read 18,000-25,000.
 start_workers 2
@@ -623,7 +636,7 @@ if [ -n "${BENCH_SUB_RATES:-}" ]; then
 fi
 for live_at in "${LIVE_AT[@]}"; do
     read -r pct base basis typed <<< "$live_at"
-    drained   # each rate starts with the workers caught up
+    settled   # each rate starts with the workers and the rollup job caught up
     LIVE_RATE=$(python3 -c "print(max(100, int($pct * $base / 100)))")
     live="live$pct$RANDOM"
     echo "== subscriptions: sending at $LIVE_RATE events/s ($pct% of the $basis rate) for 20 s; subscription: $typed"
