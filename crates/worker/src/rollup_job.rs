@@ -31,6 +31,9 @@ pub const ROUND_EVERY: Duration = Duration::from_millis(250);
 const FAILING_AFTER: u32 = 3;
 /// Batches of the current generation one round may apply before yielding.
 const MAX_STEPS: usize = 50;
+/// Longest stretch of stream time (ms) the kept counts are extended by in one read; past it the
+/// ranges are read in batches of [`evp_store::rollups::MAX_BATCH_DOCS`] instead.
+const KEPT_SPAN_MS: u64 = 10_000;
 
 /// What health reports about the job (the `rollup` section of the worker's health JSON).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -185,6 +188,10 @@ async fn round(
         // Caught up last round: close the ranges from the counts kept then, extended by what was
         // acknowledged since, instead of reading their events again.
         let kept = provisional.kept.entry(key).or_default();
+        if kept.as_ref().is_some_and(|k| frontier.ms.saturating_sub(k.until().ms) > KEPT_SPAN_MS) {
+            // Far behind (the job paused): the ranges are read in batches instead, as from cold.
+            *kept = None;
+        }
         if next < closed && kept.as_ref().is_some_and(|k| k.next() == next) && still_leading(grants, grant) {
             rollups.extend_kept(partition, next, frontier, kept).await?;
             if let Some(counts) = kept.as_mut().and_then(|k| k.take_closed(partition, closed)) {

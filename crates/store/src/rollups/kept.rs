@@ -30,6 +30,11 @@ impl ProvisionalCounts {
         self.next
     }
 
+    /// Where they end (exclusive): the frontier they were last extended to.
+    pub fn until(&self) -> EntryId {
+        self.until
+    }
+
     /// Takes the counts of the ranges below `closed` out, as [`RangeCounts`] of `[next, closed)`,
     /// when these counts reach the end of those ranges (`until` at or past `range_start(closed)`);
     /// what stays starts at `closed`. `None` (and nothing taken) otherwise.
