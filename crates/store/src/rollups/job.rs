@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, DateTime, Document, RawDocument, doc};
 
-use super::kept::{ProvisionalCounts, entries};
+use super::kept::ProvisionalCounts;
 use super::{
     Contribution, MAX_BATCH_DOCS, RangeCounts, RollupError, RollupStore, applied_field, count_id, int,
     is_duplicate, minute_of, position_query, progress_id, range_of, range_start_seq,
@@ -32,7 +32,7 @@ impl RollupStore {
         }
         let query = |hi: i64| position_query(partition, &range_start_seq(from), &range_start_seq(hi));
         let projection = position_projection();
-        let mut by_doc: HashMap<(String, String, i64), BTreeMap<i64, i64>> = HashMap::new();
+        let mut by_doc = ByDoc::new();
         let mut read = 0_i64;
         let mut last_range = from;
         let Query { filter, sort, .. } = query(to);
@@ -207,7 +207,6 @@ impl RollupStore {
     ///
     /// `kept` carries the counts of the caller's last round for this partition: only what was
     /// acknowledged since is read ([`RollupStore::extend_kept`], `super::kept`).
-    #[allow(clippy::too_many_arguments)]
     pub async fn write_provisional(
         &self,
         generation: i64,
@@ -219,7 +218,7 @@ impl RollupStore {
     ) -> Result<bool, RollupError> {
         self.extend_kept(partition, next, until, kept).await?;
         let Some(counts) = kept.as_ref() else { return Ok(false) };
-        let provisional = doc! { "next": next, "until": until.sortable(), "counts": entries(counts) };
+        let provisional = doc! { "next": next, "until": until.sortable(), "counts": counts.entries() };
         let filter =
             doc! { "_id": progress_id(generation, partition), "next": next, "fence": { "$lte": fence } };
         if let Err(e) =
@@ -232,6 +231,9 @@ impl RollupStore {
     }
 }
 
+/// Per (tenant, type, minute of `timestamp`): events per range.
+pub(super) type ByDoc = HashMap<(String, String, i64), BTreeMap<i64, i64>>;
+
 /// What counting an event needs, all in `rollup_position`: the counts read no document.
 pub(super) fn position_projection() -> Document {
     doc! { "_id": 0, "seq": 1, "tenant": 1, "type": 1, "timestamp": 1 }
@@ -239,10 +241,7 @@ pub(super) fn position_projection() -> Document {
 
 /// Adds one event document (seq, tenant, type, timestamp) to per-(tenant, type, minute) range
 /// counts; returns its range.
-pub(super) fn add(
-    by_doc: &mut HashMap<(String, String, i64), BTreeMap<i64, i64>>,
-    d: &RawDocument,
-) -> Option<i64> {
+pub(super) fn add(by_doc: &mut ByDoc, d: &RawDocument) -> Option<i64> {
     let (Some(k), Ok(tenant), Ok(event_type), Ok(ts)) = (
         d.get_str("seq").ok().and_then(range_of),
         d.get_str("tenant"),

@@ -5,11 +5,12 @@
 //! events again. Exact because every document below an acknowledged frontier is final: counted
 //! once, its count never changes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use futures::TryStreamExt;
-use mongodb::bson::Document;
+use mongodb::bson::{Document, doc};
 
+use super::job::ByDoc;
 use super::{
     Contribution, MAX_PROVISIONAL, RANGE_MS, RangeCounts, RollupStore, position_query, range_start_seq,
 };
@@ -19,9 +20,9 @@ use evp_events::EntryId;
 /// partition, as counted from the stored documents.
 #[derive(Debug, Clone)]
 pub struct ProvisionalCounts {
-    pub(super) next: i64,
-    pub(super) until: EntryId,
-    pub(super) by_doc: HashMap<(String, String, i64), BTreeMap<i64, i64>>,
+    next: i64,
+    until: EntryId,
+    by_doc: ByDoc,
 }
 
 impl ProvisionalCounts {
@@ -64,8 +65,20 @@ impl ProvisionalCounts {
     }
 
     /// Count keys (tenant, type, minute, range) held.
-    pub(super) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.by_doc.values().map(BTreeMap::len).sum()
+    }
+
+    /// As stored beside `next`: one `{t, y, m, k, n}` per count key.
+    pub(super) fn entries(&self) -> Vec<Document> {
+        self.by_doc
+            .iter()
+            .flat_map(|((t, y, m), ranges)| {
+                ranges
+                    .iter()
+                    .map(move |(k, n)| doc! { "t": t.as_str(), "y": y.as_str(), "m": *m, "k": *k, "n": *n })
+            })
+            .collect()
     }
 }
 
@@ -93,7 +106,7 @@ impl RollupStore {
                 by_doc.retain(|_, ranges| !ranges.is_empty());
                 (by_doc, p.until.sortable().max(start_seq))
             }
-            _ => (HashMap::new(), start_seq),
+            _ => (ByDoc::new(), start_seq),
         };
         let until_seq = until.sortable();
         if from_seq < until_seq {
@@ -112,20 +125,6 @@ impl RollupStore {
     }
 }
 
-/// The provisional counts as stored beside `next`: one `{t, y, m, k, n}` per count key.
-pub(super) fn entries(counts: &ProvisionalCounts) -> Vec<Document> {
-    use mongodb::bson::doc;
-    counts
-        .by_doc
-        .iter()
-        .flat_map(|((t, y, m), ranges)| {
-            ranges
-                .iter()
-                .map(move |(k, n)| doc! { "t": t.as_str(), "y": y.as_str(), "m": *m, "k": *k, "n": *n })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,7 +135,7 @@ mod tests {
         let mut kept = ProvisionalCounts {
             next: 5,
             until: EntryId::new(7 * RANGE_MS as u64 + 10, 0),
-            by_doc: HashMap::from([
+            by_doc: ByDoc::from([
                 (key("a"), BTreeMap::from([(5, 2), (6, 3), (7, 1)])),
                 (key("b"), BTreeMap::from([(7, 4)])),
             ]),
