@@ -8,23 +8,32 @@ const WAIT: Duration = Duration::from_secs(90);
 
 #[tokio::test]
 async fn kill_9_mid_batch_leaves_pending_entries_that_another_worker_stores() {
+    // The whole backlog is there before the worker starts, so it is still storing when its first
+    // batch lands. (Publishing 5,000 while it ran, a fast machine stored them all between two looks
+    // and left nothing to recover: CI, 2026-12-04.)
+    const N: usize = 20_000;
     let p = Pipeline::start().await;
+    p.publish("acme", "k", N).await;
     let mut a = p.worker("doomed", &[("WORKER_BATCH_SIZE", "200")]);
-    p.publish("acme", "k", 5000).await;
-    // Let it get going, then kill it without warning while batches are in flight.
-    assert!(eventually(WAIT, || async { p.stored_count().await > 0 }).await);
+    // Let it get going, then kill it without warning while batches are in flight. Look often: a
+    // look every 100 ms (`eventually`) can miss the whole run.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while p.stored_count().await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the doomed worker never stored anything");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     a.process.kill();
     let orphaned = p.pending_of("doomed").await;
     let stored_at_kill = p.stored_count().await;
     assert!(
-        orphaned > 0 && stored_at_kill < 5000,
-        "kill landed too late to test anything: {orphaned} pending"
+        orphaned > 0 && stored_at_kill < N as u64,
+        "kill landed too late to test anything: {orphaned} pending, {stored_at_kill} stored"
     );
 
     assert!(p.unstored().await["acme"] > 0, "the tenant's unstored events are counted");
     let b = p.worker("survivor", &[("WORKER_BATCH_SIZE", "200")]);
-    assert_eq!(p.wait_for_count(5000, WAIT).await, 5000);
-    assert_eq!(p.stored_ids().await.len(), 5000, "exact count, no duplicates");
+    assert_eq!(p.wait_for_count(N as u64, WAIT).await, N as u64);
+    assert_eq!(p.stored_ids().await.len(), N, "exact count, no duplicates");
     assert!(
         eventually(WAIT, || async { p.pending(GROUP).await == 0 }).await,
         "the orphaned entries were acknowledged"
