@@ -51,12 +51,14 @@ ensure_secantus() {
 }
 
 # Starts secantusd-rs in the background: $1 data directory, $2 port, $3 log file; sets SECANTUS_PID.
-# Its own empty config file, so no secantusd.toml of the machine applies.
+# Its own empty config file, so no secantusd.toml of the machine applies. --sync-on-commit: a
+# journaled write (j: true, as the worker writes) is acknowledged only once its log record is
+# synced, as mongod does; without it a killed server can lose writes it acknowledged.
 start_secantus() {
     mkdir -p "$1"
     : > "$1.toml"
     "$SECANTUSD_BIN" --config "$1.toml" --storage-path "$1" --host 127.0.0.1 --port "$2" \
-        --log-level WARNING > "$3" 2>&1 &
+        --sync-on-commit --log-level WARNING > "$3" 2>&1 &
     SECANTUS_PID=$!
 }
 

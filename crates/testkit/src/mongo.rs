@@ -80,6 +80,10 @@ impl MongoServer {
                 cmd.arg("--storage-path").arg(dir.path().join("data"));
                 cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
                 cmd.args(["--cache-size", "256M", "--log-file-max", "16MB", "--log-level", "WARNING"]);
+                // Without it a journaled write (`j: true`, as the worker writes) is acknowledged before
+                // its log record is synced, and a SIGKILL loses it: acknowledged events vanished when
+                // the outage test killed the server under load (CI, 2026-12-04). mongod syncs first.
+                cmd.arg("--sync-on-commit");
                 ("secantusd-rs", cmd)
             }
         };
