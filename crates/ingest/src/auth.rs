@@ -33,6 +33,16 @@ impl FromRequestParts<AppState> for Tenant {
     }
 }
 
+impl Tenant {
+    /// Whether the key in `headers` still names this tenant: asked again by a request that
+    /// outlives its check (a body that takes its time, a long poll), so that a key revoked or
+    /// expired meanwhile stops it.
+    pub fn still_named_by(&self, state: &AppState, headers: &axum::http::HeaderMap) -> bool {
+        let key = headers.get(API_KEY_HEADER).map(|k| k.as_bytes()).unwrap_or_default();
+        matches!(Viewer::of_key(state, key), Ok(Viewer::Tenant(Tenant(now, _))) if now == self.0)
+    }
+}
+
 /// Who is asking: a tenant, or an operator (an `ADMIN_KEYS` key, or an operator key created at
 /// runtime), named by its key's id for the log of what it did.
 #[derive(Debug, Clone)]

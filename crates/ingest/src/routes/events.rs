@@ -143,6 +143,11 @@ async fn admit_and_publish(
     body: &[u8],
     batch: bool,
 ) -> Result<Vec<String>, ApiError> {
+    // The key was checked when the headers came; the body may have taken up to
+    // HTTP_BODY_TIMEOUT_MS more. Nothing is accepted with a key revoked or expired meanwhile.
+    if !tenant.still_named_by(state, headers) {
+        return Err(ApiError::Unauthorized("the API key was revoked or expired while the body was sent"));
+    }
     let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
         None => None,
         Some(value) => Some(

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::{API_KEY_HEADER, Tenant, Viewer};
+use crate::auth::{Tenant, Viewer};
 use crate::body::EventBody;
 use crate::error::{ApiError, ErrorResponse};
 use crate::routes::read::{bounded, read_slot};
@@ -315,9 +315,7 @@ pub async fn poll(
     })?;
     let wait = Duration::from_millis(wait_ms);
     // Asked again before each round of the wait: the key still names this tenant.
-    let key = headers.get(API_KEY_HEADER).map(|k| k.as_bytes()).unwrap_or_default();
-    let key_holds =
-        || matches!(Viewer::of_key(&state, key), Ok(Viewer::Tenant(Tenant(now, _))) if now == tenant.0);
+    let key_holds = || tenant.still_named_by(&state, &headers);
     let delivered = state
         .subscriptions
         .poll(&tenant.0, &name, &poll.consumer, max as usize, wait, &state.pipeline, slots, key_holds)

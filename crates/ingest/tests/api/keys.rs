@@ -217,6 +217,55 @@ async fn a_long_poll_whose_key_is_revoked_while_it_waits_ends_with_401() {
     assert_eq!(again.status(), 200, "the tenant's other keys still poll");
 }
 
+/// Sends a `POST /events` whose headers (with `key`) go at once and whose body only after `between`
+/// has run; answers the status line and the body.
+async fn post_with_slow_body(app: &TestApp, key: &str, between: impl Future<Output = ()>) -> (String, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = r#"{"type":"slow"}"#;
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /events HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    between.await;
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    let json = answer.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str(b).ok());
+    (status, json.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn an_event_whose_key_is_revoked_while_its_body_arrives_gets_401_and_nothing_is_appended() {
+    let r = ReadApp::start_with(|c| c.key_refresh = REFRESH).await;
+    let created = create(&r.app, json!({"tenant": "acme"})).await;
+    let (secret, id) = (created["key"].as_str().unwrap(), created["id"].as_str().unwrap());
+
+    // The same slow body with a key that holds is accepted: the path under test is the slow one.
+    let (status, _) =
+        post_with_slow_body(&r.app, secret, tokio::time::sleep(Duration::from_millis(300))).await;
+    assert!(status.contains(" 202 "), "{status}");
+    assert_eq!(r.app.entry_count().await, 1);
+
+    let (status, body) = post_with_slow_body(&r.app, secret, async {
+        let revoked =
+            call(&r.app, reqwest::Method::DELETE, &format!("/admin/keys/{id}"), OPS_KEY, None).await;
+        assert_eq!(revoked.status(), 204);
+        let followed = evp_testkit::eventually(REFRESH + Duration::from_secs(1), || async {
+            status_with(&r.app, secret).await == 401
+        })
+        .await;
+        assert!(followed, "the replica never refused the revoked key");
+    })
+    .await;
+    assert!(status.contains(" 401 "), "{status}: {body}");
+    assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("revoked"), "{body}");
+    assert_eq!(r.app.entry_count().await, 1, "nothing appended with the revoked key");
+}
+
 #[tokio::test]
 async fn an_expired_key_gets_401_and_an_operator_key_can_manage_keys() {
     let r = ReadApp::start_with(|c| c.key_refresh = REFRESH).await;
