@@ -160,6 +160,16 @@ for workers in 1 2 4; do
     stop_workers
     DRAIN[$workers]=$(json "$WORK/drain$workers.json" "int(d['processing_events_per_s'])")
 done
+# The same with 2 workers and no rollup job (its lease held for a worker that does not exist), as
+# the insert benchmark runs none: what the job's one read of each stored event costs the drain.
+run="drainnojob$RANDOM"
+loadtest --events "$DRAIN_EVENTS" --batch 100 --concurrency 16 --quiet --run-id "$run" > /dev/null
+"${REDIS_CLI[@]}" set '{events:lease:rollups}' nobody px 600000 > /dev/null
+start_workers 2
+"$BIN/evp-loadtest" drain --run-id "$run" --events "$DRAIN_EVENTS" --tenant "$TENANT" --json "$WORK/drain-nojob.json"
+stop_workers
+"${REDIS_CLI[@]}" del '{events:lease:rollups}' > /dev/null
+DRAIN_NOJOB=$(json "$WORK/drain-nojob.json" "int(d['processing_events_per_s'])")
 fi
 MONGO_RATE=${MONGO[1]}
 
@@ -696,6 +706,7 @@ Single events from wrk, median of $ROUNDS alternating rounds:
 Latency at half rate        batches: $(p batch-half);  single events: $(p single-half)
 MongoDB bulk insert         4 writers: ${MONGO[1]}/s   8 writers: ${MONGO[2]}/s   16 writers: ${MONGO[4]}/s (the server's own rate, same documents, batches of 500)
 Worker drain                1: ${DRAIN[1]}/s ($(ratio "${DRAIN[1]}" "${MONGO[1]}"))   2: ${DRAIN[2]}/s ($(ratio "${DRAIN[2]}" "${MONGO[2]}"))   4: ${DRAIN[4]}/s ($(ratio "${DRAIN[4]}" "${MONGO[4]}")) of MongoDB's rate at the same number of writers
+                            2 without the rollup job: ${DRAIN_NOJOB:-0}/s ($(ratio "${DRAIN_NOJOB:-0}" "${MONGO[2]}"))
 Memory at 100k events (after a 20k backlog and a 300k warm-up)
                             ingest RSS ${I1} kB, worker RSS ${W1}/${V1} kB, Redis used_memory $R1 B, stream length $L1
 Memory at 1M events         ingest RSS ${I2} kB, worker RSS ${W2}/${V2} kB, Redis used_memory $R2 B, stream length $L2
