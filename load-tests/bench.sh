@@ -144,7 +144,8 @@ loadtest --duration 10 --rate $((SINGLE_RATE / 2)) --batch 1 --concurrency 64 --
 "${REDIS_CLI[@]}" del events > /dev/null
 fi
 
-# --- Workers: drain a filled stream with 1, 2, 4 workers, against MongoDB's own rate ----------
+# --- Workers: drain a filled stream with 1, 2, 4 workers (and 2 without the rollup job), against
+# MongoDB's own rate -----------------------------------------------------------------------------
 DRAIN_EVENTS=$(n 30000)
 declare -A DRAIN MONGO
 DRAIN=([1]=0 [2]=0 [4]=0); MONGO=([1]=1 [2]=1 [4]=1)

@@ -62,7 +62,7 @@ impl Viewer {
     }
 
     /// Who the key `presented` names now, or the 401 a request with it gets. A request that
-    /// outlives its check (a long poll) asks again, so that a key revoked meanwhile stops it.
+    /// outlives its check asks again through [`Tenant::still_named_by`].
     pub fn of_key(state: &AppState, presented: &[u8]) -> Result<Self, ApiError> {
         if let Some(holder) = state.keys.authenticate(presented) {
             return Ok(match holder {
