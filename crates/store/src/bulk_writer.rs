@@ -11,6 +11,7 @@ use mongodb::bson::RawDocumentBuf;
 use mongodb::error::{Error, ErrorKind};
 
 use crate::DUPLICATE_KEY;
+use crate::first_positions::FirstPositions;
 use crate::indexes::{EventIndexes, LEGACY_UNIQUE_INDEX};
 
 /// Server error codes that mean "not now" rather than "never": elections, shutdowns, interrupted
@@ -98,6 +99,7 @@ pub fn classify_batch_error(error: &Error) -> Failure {
 pub struct EventStore {
     client: mongodb::Client,
     events: Collection<RawDocumentBuf>,
+    first_positions: FirstPositions,
 }
 
 impl EventStore {
@@ -115,7 +117,7 @@ impl EventStore {
             "events",
             mongodb::options::CollectionOptions::builder().write_concern(concern).build(),
         );
-        Self { client, events }
+        Self { client, events, first_positions: FirstPositions::new(&db) }
     }
 
     /// The indexes of [`crate::indexes`] for `filters` (`EVENT_INDEXES`). Indexes of earlier
@@ -144,7 +146,14 @@ impl EventStore {
     /// Inserts every document, unordered, and returns one verdict per document in order. `Err`
     /// means the batch as a whole failed ([`classify_batch_error`] says whether to retry it);
     /// retrying is safe because duplicates count as stored.
+    ///
+    /// First, the tenants' first positions ([`crate::first_positions`]) are lowered where the batch
+    /// goes below them; that record is only a hint, so a failure to write it is logged and does
+    /// not hold the batch up.
     pub async fn insert(&self, docs: &[&RawDocumentBuf]) -> Result<Vec<Verdict>, Error> {
+        if let Err(e) = self.first_positions.record(docs).await {
+            tracing::warn!(error = %e, "could not record the tenants' first stream positions (a hint for subscriptions' reads); storing the batch anyway");
+        }
         match self.events.insert_many(docs.iter().copied()).ordered(false).await {
             Ok(_) => Ok(vec![Verdict::Written; docs.len()]),
             Err(e) => match *e.kind {

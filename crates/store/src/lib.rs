@@ -9,6 +9,9 @@
 //!   filters a deployment indexes (`EVENT_INDEXES`), and the check that a query plan uses them.
 //! - [`bulk_writer`]: the `events` collection: indexes created at start-up, and unordered bulk
 //!   inserts in which every document gets a verdict (written, duplicate, transient, refused).
+//! - [`first_positions`]: per (tenant, partition), a position at or below the tenant's first
+//!   stored event, recorded by each insert: a hint that lets a subscription's read from the
+//!   beginning start next to the tenant's events.
 //! - [`reader`]: the read API's queries (the ingest's `GET /events*`): keyset pages newest first
 //!   by filter, an aggregate's events in stream order, one event; all scoped to a tenant.
 //! - [`rollups`]: the exact per-(tenant, type, minute) counts in `event_counts`, the job's steps
@@ -25,6 +28,7 @@
 pub mod bson_writer;
 pub mod bulk_writer;
 pub mod document;
+pub mod first_positions;
 pub mod indexes;
 pub mod reader;
 pub mod rollups;

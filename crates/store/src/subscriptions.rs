@@ -10,7 +10,9 @@
 //!   tenant's keys (with types: the keys first, then the matching events, or, for types that are
 //!   most of the events, the events themselves: [`TypedRead`]), window by window
 //!   ([`crate::windows`]) so that a read costs what it delivers even on a server that does not
-//!   stop a range scan at the limit.
+//!   stop a range scan at the limit. A read from the beginning, or from long before the tenant's
+//!   events, starts at the tenant's first position once an empty read proves nothing lies below
+//!   it ([`SubscriptionStore::start_of`], [`crate::first_positions`]).
 //!
 //! The logic (who holds which partition, tokens, the horizon) is the ingest's; this module only
 //! knows the layout.
@@ -21,10 +23,12 @@ use mongodb::options::{FindOptions, Hint, IndexOptions, ReplaceOptions};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
+use crate::first_positions::FirstPositions;
 use crate::indexes::Query;
 use crate::reader::StoredRow;
 pub use crate::windows::Edge;
 use crate::windows::Windows;
+use evp_events::EntryId;
 
 /// A subscription's state, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,12 +106,22 @@ impl Subscription {
 pub struct SubscriptionStore {
     subscriptions: Collection<Subscription>,
     events: Collection<Document>,
+    first_positions: FirstPositions,
 }
+
+/// How far behind (append time) a read's start must be for the read to look for its tenant's first
+/// position first ([`SubscriptionStore::start_of`]): closer, the windows find the events in a few
+/// cheap reads anyway, and the look would be a query more per poll.
+const FAR_BEHIND_MS: u64 = 3_600_000;
 
 impl SubscriptionStore {
     pub fn new(client: &mongodb::Client, database: &str) -> Self {
         let db = client.database(database);
-        Self { subscriptions: db.collection("subscriptions"), events: db.collection("events") }
+        Self {
+            subscriptions: db.collection("subscriptions"),
+            events: db.collection("events"),
+            first_positions: FirstPositions::new(&db),
+        }
     }
 
     /// The index listing a tenant's subscriptions.
@@ -178,7 +192,8 @@ impl SubscriptionStore {
         how: &mut TypedRead,
     ) -> mongodb::error::Result<Vec<StoredRow>> {
         let mut rows = Vec::new();
-        let mut windows = Windows::new(from, before, Edge::Oldest);
+        let from = self.start_of(tenant, partition, from, before).await?;
+        let mut windows = Windows::new(&from, before, Edge::Oldest);
         while let Some((lo, hi)) = windows.next() {
             let wanted = limit - rows.len();
             let query = deliverable_query(tenant, partition, &lo, &hi);
@@ -231,7 +246,8 @@ impl SubscriptionStore {
         before: &str,
         types: &[String],
     ) -> mongodb::error::Result<Option<String>> {
-        let mut windows = Windows::new(from, before, edge);
+        let from = self.start_of(tenant, partition, from, before).await?;
+        let mut windows = Windows::new(&from, before, edge);
         while let Some((lo, hi)) = windows.next() {
             let found = if types.is_empty() {
                 let mut query = deliverable_query(tenant, partition, &lo, &hi);
@@ -248,6 +264,47 @@ impl SubscriptionStore {
             }
         }
         Ok(None)
+    }
+
+    /// Where a read of `tenant`'s events of `partition` in `[from, before)` may start, `before` being
+    /// at or below the partition's horizon: `from`, or, when `from` is the beginning or more than
+    /// [`FAR_BEHIND_MS`] before `before`, the tenant's recorded first position, if an empty read
+    /// shows that none of the tenant's events lies in `[from, recorded)`. Below the horizon no
+    /// more documents appear, so that stretch stays empty, and a read from the recorded position
+    /// returns exactly what a read from `from` would ([`crate::first_positions`] says why the
+    /// record is only a hint). When the look finds an event from the beginning, that event is the
+    /// tenant's first: the record is lowered to it.
+    pub async fn start_of(
+        &self,
+        tenant: &str,
+        partition: i32,
+        from: &str,
+        before: &str,
+    ) -> mongodb::error::Result<String> {
+        let far_behind = match (EntryId::parse(from), EntryId::parse(before)) {
+            (Some(from), Some(before)) => from.ms.saturating_add(FAR_BEHIND_MS) < before.ms,
+            _ => from.is_empty(),
+        };
+        if !far_behind {
+            return Ok(from.to_owned());
+        }
+        let Some(recorded) = self.first_positions.recorded(tenant, partition).await? else {
+            return Ok(from.to_owned());
+        };
+        let start = recorded.min(before.to_owned());
+        if start.as_str() <= from {
+            return Ok(from.to_owned());
+        }
+        let below = deliverable_query(tenant, partition, from, &start);
+        let found = self.find(below, Some(1), Some(doc! { "seq": 1, "_id": 0 })).await?;
+        let Some(first) = found.first().and_then(|d| d.get_str("seq").ok()) else {
+            return Ok(start);
+        };
+        if from.is_empty() {
+            // A hint; the read goes on from `from` whether it is written or not.
+            let _ = self.first_positions.lower_to(tenant, partition, first).await;
+        }
+        Ok(from.to_owned())
     }
 
     /// The keys (`seq`, `type`) of the window `[from, before)` of `windows`, from `edge`: the first

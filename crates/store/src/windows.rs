@@ -13,8 +13,9 @@
 //! far behind cost its whole backlog: a catch-up is then quadratic, and once one poll's backlog
 //! takes longer than the read timeout, no poll delivers at all. Windows that start small find the
 //! next events in a few cheap reads and fetch little more than the poll takes. The one read that
-//! can still be large is the first after a long empty stretch (a subscription from the
-//! beginning): the window that crosses it is as wide as the stretch.
+//! can still be large is the first after a long empty stretch: the window that crosses it is as
+//! wide as the stretch. So a read from the beginning starts at the tenant's first position where
+//! one is recorded ([`crate::first_positions`]).
 //!
 //! **Exact.** The windows are in order, contiguous and together the whole range, and a reader
 //! takes each window's events in stream order until it has enough: what it has is the first
