@@ -192,8 +192,8 @@ impl SubscriptionStore {
         how: &mut TypedRead,
     ) -> mongodb::error::Result<Vec<StoredRow>> {
         let mut rows = Vec::new();
-        let from = self.start_of(tenant, partition, from, before).await?;
-        let mut windows = Windows::new(&from, before, Edge::Oldest);
+        let start = self.start_of(tenant, partition, from, before).await?;
+        let mut windows = Windows::new(&start, before, Edge::Oldest);
         while let Some((lo, hi)) = windows.next() {
             let wanted = limit - rows.len();
             let query = deliverable_query(tenant, partition, &lo, &hi);
@@ -230,6 +230,15 @@ impl SubscriptionStore {
             if rows.len() >= limit {
                 break;
             }
+        }
+        if start.is_empty()
+            && types.is_empty()
+            && let Some((_, first)) = rows.first().and_then(|r| r.position)
+        {
+            // Read from the beginning without a usable record: the first event read is the
+            // tenant's first in the partition, so the next read from the beginning starts there.
+            // A hint; the answer stands whether it is written or not.
+            let _ = self.first_positions.lower_to(tenant, partition, &first.sortable()).await;
         }
         Ok(rows)
     }
@@ -273,7 +282,8 @@ impl SubscriptionStore {
     /// more documents appear, so that stretch stays empty, and a read from the recorded position
     /// returns exactly what a read from `from` would ([`crate::first_positions`] says why the
     /// record is only a hint). When the look finds an event from the beginning, that event is the
-    /// tenant's first: the record is lowered to it.
+    /// tenant's first: the record is lowered to it (and so does a read without types from the
+    /// beginning that found no record, [`deliverable`](Self::deliverable)).
     pub async fn start_of(
         &self,
         tenant: &str,

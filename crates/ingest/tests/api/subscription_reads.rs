@@ -183,7 +183,8 @@ async fn cursor_steps(client: &mongodb::Client) -> Option<i64> {
 /// position, which every insert records (`evp_store::first_positions`), once an empty read shows
 /// nothing of the tenant lies below it; it then costs what it returns, not the tenant's whole
 /// partition. A record that is too high (an event stored without one, as before it existed) costs
-/// a read of what lies below it, never an event, and is lowered to the first event found.
+/// a read of what lies below it, never an event, and is lowered to the first event found; a
+/// missing one is made by the first read from the beginning.
 #[tokio::test]
 async fn a_read_from_the_beginning_starts_at_the_first_position_the_inserts_recorded() {
     use evp_store::first_positions::FirstPositions;
@@ -277,4 +278,20 @@ async fn a_read_from_the_beginning_starts_at_the_first_position_the_inserts_reco
     assert_eq!(store.start_of("acme", 0, "", &before).await.unwrap(), at(500));
     let oldest = store.edge_position(Edge::Oldest, "acme", 0, "", &before, &[]).await.unwrap();
     assert_eq!(oldest, Some(at(500)));
+
+    // No record at all (the collection dropped): a read from the beginning without types reads as
+    // before, and records the first event it found.
+    client.database(&database).collection::<Document>("first_positions").drop().await.unwrap();
+    assert_eq!(records.recorded("acme", 0).await.unwrap(), None);
+    let rows = store.deliverable("acme", 0, "", &before, &["a".to_string()], 2, &mut how).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        records.recorded("acme", 0).await.unwrap(),
+        None,
+        "a read with types does not see every event"
+    );
+    let rows = store.deliverable("acme", 0, "", &before, &[], 2, &mut how).await.unwrap();
+    let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+    assert_eq!(ids, ["500", "1000"]);
+    assert_eq!(records.recorded("acme", 0).await.unwrap(), Some(at(500)));
 }
