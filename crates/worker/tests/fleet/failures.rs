@@ -156,3 +156,46 @@ async fn redis_restarted_empty_the_group_is_recreated_and_consuming_resumes() {
     assert_eq!(groups.groups.len(), 1);
     assert_eq!(groups.groups[0].name, GROUP);
 }
+
+/// The worker acknowledges an entry once MongoDB acknowledged its journaled write (`j: true`), so
+/// that acknowledgement must mean the write is on disk. The stand-in honours `j: true` only when
+/// started with `--sync-on-commit` (without it, CI's outage test lost 100 acknowledged events,
+/// 2026-12-04): the fixture passes it, and this test fails if it stops doing so. Measured: 50
+/// journaled single-event writes took 54 log syncs with the flag, 1 without.
+#[tokio::test]
+async fn journaled_writes_are_synced_to_disk_before_they_are_acknowledged() {
+    use mongodb::bson::{RawDocumentBuf, doc};
+
+    let mongo = evp_testkit::MongoServer::start_owned().await;
+    let client = mongo.client().await;
+    let store = evp_store::EventStore::new(client.clone(), &mongo.unique_database("synced"));
+    let log_syncs = || {
+        let client = client.clone();
+        async move {
+            let status = client.database("admin").run_command(doc! { "serverStatus": 1 }).await.unwrap();
+            let log = status.get_document("wiredTiger").and_then(|w| w.get_document("log")).ok()?;
+            match log.get("log sync operations")? {
+                mongodb::bson::Bson::Int32(n) => Some(i64::from(*n)),
+                mongodb::bson::Bson::Int64(n) => Some(*n),
+                mongodb::bson::Bson::Double(n) => Some(*n as i64),
+                _ => None,
+            }
+        }
+    };
+    let Some(before) = log_syncs().await else {
+        eprintln!("not checked: the server does not report WiredTiger's log syncs");
+        return;
+    };
+    const WRITES: i64 = 50;
+    for i in 0..WRITES {
+        let event =
+            doc! { "_id": format!("acme:{i}"), "tenant": "acme", "event_id": i.to_string(), "type": "t" };
+        let raw = RawDocumentBuf::try_from(&event).unwrap();
+        assert_eq!(store.insert(&[&raw]).await.unwrap(), [evp_store::Verdict::Written]);
+    }
+    let syncs = log_syncs().await.unwrap() - before;
+    assert!(
+        syncs >= WRITES / 2,
+        "{WRITES} journaled writes, one at a time, took {syncs} log syncs: the server acknowledges them before they are on disk"
+    );
+}
