@@ -8,6 +8,7 @@
 //! - [`poll`]: a poll's attempt in three steps (claim, read, commit), so reading holds no
 //!   compare-and-set open;
 //! - [`wait`]: a long poll, whose looks between attempts write nothing;
+//! - [`lag`]: `lag_seconds`, found from the edges found last time, and the gauges;
 //! - [`token`]: the ack token, naming the deliveries it acknowledges;
 //! - [`view`]: the answers (a subscription as listed, a delivery's events).
 //!
@@ -28,6 +29,7 @@
 //!   delivery given to another consumer since answers 409, and its events go to that consumer.
 
 mod assignment;
+mod lag;
 mod poll;
 pub mod token;
 pub mod view;
@@ -38,7 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use evp_events::EntryId;
-use evp_store::subscriptions::{Edge, LastError, PartitionState, Subscription, SubscriptionStore};
+use evp_store::subscriptions::{LastError, PartitionState, Subscription, SubscriptionStore};
 use mongodb::bson::DateTime;
 
 use crate::error::ApiError;
@@ -102,6 +104,8 @@ pub struct Subscriptions {
     quiet: Arc<std::sync::Mutex<HashMap<String, QuietByConsumer>>>,
     /// How each typed subscription's last read found its windows best read ([`poll`]).
     typed_reads: poll::TypedReads,
+    /// The edges each subscription's lag was last found from ([`lag`]).
+    edges: Arc<std::sync::Mutex<lag::Edges>>,
 }
 
 /// A tenant's remembered quiet, by (subscription, consumer).
@@ -120,8 +124,8 @@ const HORIZONS_MAX_AGE: Duration = Duration::from_millis(50);
 
 impl Subscriptions {
     pub fn new(store: SubscriptionStore, partitions: u32, ack_timeout: Duration) -> Self {
-        let (horizons, quiet, typed_reads) = Default::default();
-        Self { store, partitions, ack_timeout, horizons, quiet, typed_reads }
+        let (horizons, quiet, typed_reads, edges) = Default::default();
+        Self { store, partitions, ack_timeout, horizons, quiet, typed_reads, edges }
     }
 
     /// Each partition's horizon as read at most [`HORIZONS_MAX_AGE`] ago, read once for all the
@@ -283,67 +287,6 @@ impl Subscriptions {
             }
         }
         Err(busy())
-    }
-
-    /// The subscription's lag in seconds: per partition, the append time of the newest
-    /// deliverable event minus that of the oldest not acknowledged (0 when caught up); the largest.
-    pub async fn lag_seconds(
-        &self,
-        sub: &Subscription,
-        horizons: &BTreeMap<i32, EntryId>,
-    ) -> Result<f64, ApiError> {
-        let mut lag_ms = 0_i64;
-        for (p, part) in sub.partitions.iter().enumerate() {
-            let Some(horizon) = horizons.get(&(p as i32)) else { continue };
-            let before = horizon.sortable();
-            if part.delivery.is_none() && part.from >= before {
-                // Caught up: `[from, before)` is empty, so no query (each costs the server a range
-                // read, and the gauges ask for every subscription every 10 s).
-                continue;
-            }
-            let ms = |seq: Option<String>| seq.as_deref().and_then(EntryId::parse).map(|id| id.ms as i64);
-            let edge =
-                |e| self.store.edge_position(e, &sub.tenant, p as i32, &part.from, &before, &sub.types);
-            let newest = ms(bounded(edge(Edge::Newest)).await?);
-            let Some(newest) = newest else { continue };
-            let oldest = match &part.delivery {
-                // (A poll's claim, not yet read, holds no events: count 0.)
-                Some(d) if d.count > 0 => Some(d.first_ms),
-                _ => ms(bounded(edge(Edge::Oldest)).await?),
-            };
-            if let Some(oldest) = oldest {
-                lag_ms = lag_ms.max(newest - oldest);
-            }
-        }
-        let lag = lag_ms.max(0) as f64 / 1000.0;
-        let labels = [("tenant", sub.tenant.clone()), ("subscription", sub.name.clone())];
-        metrics::gauge!(m::SUBSCRIPTION_LAG, &labels).set(lag);
-        Ok(lag)
-    }
-
-    /// Every 10 s: every subscription's series refreshed (so they stay in the registry that
-    /// forgets, [`m::SUBSCRIPTION_PREFIX`], and a deleted one's leave it), then each one's lag into
-    /// its gauge (so it is current without a dashboard open); errors are left for the next round.
-    pub fn spawn_lag_gauges(
-        &self,
-        pipeline: crate::analytics::Pipeline,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(10)) => {}
-                }
-                let Ok(subs) = bounded(this.store.list(None)).await else { continue };
-                subs.iter().for_each(keep_series);
-                let Ok(horizons) = this.horizons(&pipeline).await else { continue };
-                for sub in &subs {
-                    let _ = this.lag_seconds(sub, &horizons).await;
-                }
-            }
-        });
     }
 
     pub async fn delete(&self, tenant: &str, name: &str) -> Result<(), ApiError> {
