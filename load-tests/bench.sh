@@ -617,13 +617,19 @@ start_workers 2
 "$BIN/evp-loadtest" drain --run-id "$run" --events "$SUB_EVENTS" --tenant "$TENANT" --json "$WORK/subs-drain.json"
 SUB_DRAIN=$(json "$WORK/subs-drain.json" "int(d['processing_events_per_s'])")
 subscribe() { "$BIN/evp-loadtest" subscribe --url "$INGEST_URL" --key "$KEY" "$@"; }
+# Each subscription is deleted once its run is over: one nobody consumes still costs a read of
+# what is appended after it each time its lag is found (docs/OPERATIONS.md), which the runs after
+# it would pay for.
+unsubscribe() { curl -s -o /dev/null -X DELETE "$INGEST_URL/subscriptions/$1" -H "x-api-key: $KEY"; }
 for c in 1 2; do
     subscribe --name "bench-$c-$run" --type "loadtest.$run" --consumers "$c" --events "$SUB_EVENTS" --json "$WORK/subs-$c.json"
+    unsubscribe "bench-$c-$run"
 done
 SUB_RATE1=$(json "$WORK/subs-1.json" "int(d['events_per_s'])"); SUB_RATE2=$(json "$WORK/subs-2.json" "int(d['events_per_s'])")
 # The same events through a subscription of every type (the tenant has no others yet): the read
 # that tenant_position serves without a hint, window by window (evp_store::windows).
 subscribe --name "bench-all-$run" --consumers 1 --events "$SUB_EVENTS" --json "$WORK/subs-all.json"
+unsubscribe "bench-all-$run"
 SUB_RATE_ALL=$(json "$WORK/subs-all.json" "int(d['events_per_s'])")
 drained
 echo "== subscriptions: the end-to-end rate (sending as fast as possible while 2 workers store)"
@@ -671,6 +677,7 @@ for live_at in "${LIVE_AT[@]}"; do
     delivered="nothing read"
     if [ "$typed" != none ]; then
         wait "$SUB_PID"
+        unsubscribe "bench-live-$live"
         delivered=$(json "$WORK/subs-live.json" "f\"{d['events']} delivered within 24 s; received to delivered p50 {d['delivery_p50_ms']:.0f} ms, p99 {d['delivery_p99_ms']:.0f} ms\"")
     fi
     at="at $pct% of the $basis rate"; [ "$basis" = given ] && at="at $base events/s"
