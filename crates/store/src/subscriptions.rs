@@ -194,17 +194,26 @@ impl SubscriptionStore {
         let mut rows = Vec::new();
         let start = self.start_of(tenant, partition, from, before).await?;
         let mut windows = Windows::new(&start, before, Edge::Oldest);
+        // The first position the walk met, of any type: from the beginning, the tenant's first.
+        let mut first_met: Option<String> = None;
+        let mut meet = |read: &[Document]| {
+            if first_met.is_none() {
+                first_met = read.first().and_then(|d| d.get_str("seq").ok()).map(str::to_owned);
+            }
+        };
         while let Some((lo, hi)) = windows.next() {
             let wanted = limit - rows.len();
             let query = deliverable_query(tenant, partition, &lo, &hi);
             let docs = if types.is_empty() {
                 let docs = self.find(query, Some(wanted), None).await?;
+                meet(&docs);
                 windows.found(docs.len(), wanted - docs.len());
                 docs
             } else if *how == TypedRead::Whole {
                 // At most `wanted` events (so no more than a read without types holds); when
                 // capped, the walk goes on just past the last one read.
                 let docs = self.find(query, Some(wanted), None).await?;
+                meet(&docs);
                 if docs.len() == wanted {
                     resume(&mut windows, &docs);
                 }
@@ -217,6 +226,7 @@ impl SubscriptionStore {
                 docs
             } else {
                 let keys = self.keys(tenant, partition, &lo, &hi, Edge::Oldest, &mut windows).await?;
+                meet(&keys);
                 windows.found(keys.len(), limit);
                 let matches: Vec<&str> = matching(&keys, types).collect();
                 how.learn(matches.len(), keys.len());
@@ -232,13 +242,13 @@ impl SubscriptionStore {
             }
         }
         if start.is_empty()
-            && types.is_empty()
-            && let Some((_, first)) = rows.first().and_then(|r| r.position)
+            && let Some(first) = first_met
         {
-            // Read from the beginning without a usable record: the first event read is the
-            // tenant's first in the partition, so the next read from the beginning starts there.
-            // A hint; the answer stands whether it is written or not.
-            let _ = self.first_positions.lower_to(tenant, partition, &first.sortable()).await;
+            // Read from the beginning without a usable record: the first event the walk met (of
+            // any type: the windows and each read are in stream order) is the tenant's first in
+            // the partition, so the next read from the beginning starts there. A hint; the answer
+            // stands whether it is written or not.
+            let _ = self.first_positions.lower_to(tenant, partition, &first).await;
         }
         Ok(rows)
     }
@@ -282,8 +292,8 @@ impl SubscriptionStore {
     /// more documents appear, so that stretch stays empty, and a read from the recorded position
     /// returns exactly what a read from `from` would ([`crate::first_positions`] says why the
     /// record is only a hint). When the look finds an event from the beginning, that event is the
-    /// tenant's first: the record is lowered to it (and so does a read without types from the
-    /// beginning that found no record, [`deliverable`](Self::deliverable)).
+    /// tenant's first: the record is lowered to it (and so does a read from the beginning that
+    /// found no record, [`deliverable`](Self::deliverable), from the first event it met).
     pub async fn start_of(
         &self,
         tenant: &str,
