@@ -131,6 +131,31 @@ impl MongoServer {
         mongodb::Client::with_options(options).expect("mongodb client")
     }
 
+    /// The sum of WiredTiger counters of `serverStatus` (`wiredTiger.<group>.<name>`), when the
+    /// server reports them: what an operation cost the server, as the difference of two looks
+    /// (meaningful on a server of the test's own, not an [`MongoKind::External`] one that others
+    /// share). A missing counter among `names` counts 0; `None` when the first is missing.
+    pub async fn wired_tiger(&self, group: &str, names: &[&str]) -> Option<i64> {
+        use mongodb::bson::{Bson, doc};
+        let client = self.client().await;
+        let status = client.database("admin").run_command(doc! { "serverStatus": 1 }).await.ok()?;
+        let counters = status.get_document("wiredTiger").ok()?.get_document(group).ok()?;
+        let value = |name: &str| match counters.get(name)? {
+            Bson::Int32(n) => Some(i64::from(*n)),
+            Bson::Int64(n) => Some(*n),
+            Bson::Double(n) => Some(*n as i64),
+            _ => None,
+        };
+        let first = value(names.first()?)?;
+        Some(first + names[1..].iter().filter_map(|n| value(n)).sum::<i64>())
+    }
+
+    /// WiredTiger cursor steps so far (`cursor next calls` and `cursor prev calls`): how many keys
+    /// or documents the server has stepped through.
+    pub async fn cursor_steps(&self) -> Option<i64> {
+        self.wired_tiger("cursor", &["cursor next calls", "cursor prev calls"]).await
+    }
+
     /// Kills the server (simulates an outage); data files are kept for [`restart`](Self::restart).
     pub fn stop(&mut self) {
         assert!(self.kind != MongoKind::External, "cannot stop an external MongoDB");

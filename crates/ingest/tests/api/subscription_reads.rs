@@ -165,20 +165,6 @@ async fn a_read_with_types_goes_on_past_a_window_too_full_for_one_read() {
     assert_eq!(got, Some(at(24_990)));
 }
 
-/// The WiredTiger cursor steps the server has taken so far (`serverStatus`), when it says: what a
-/// read cost it, as the difference of two looks on a server of the test's own.
-async fn cursor_steps(client: &mongodb::Client) -> Option<i64> {
-    let status = client.database("admin").run_command(doc! { "serverStatus": 1 }).await.ok()?;
-    let cursor = status.get_document("wiredTiger").ok()?.get_document("cursor").ok()?;
-    let steps = |name: &str| match cursor.get(name)? {
-        mongodb::bson::Bson::Int32(n) => Some(i64::from(*n)),
-        mongodb::bson::Bson::Int64(n) => Some(*n),
-        mongodb::bson::Bson::Double(n) => Some(*n as i64),
-        _ => None,
-    };
-    Some(steps("cursor next calls")? + steps("cursor prev calls").unwrap_or(0))
-}
-
 /// A read from the beginning (or from long before a tenant's events) starts at the tenant's first
 /// position, which every insert records (`evp_store::first_positions`), once an empty read shows
 /// nothing of the tenant lies below it; it then costs what it returns, not the tenant's whole
@@ -249,10 +235,10 @@ async fn a_read_from_the_beginning_starts_at_the_first_position_the_inserts_reco
     assert_eq!(store.start_of("globex", 0, "", &before).await.unwrap(), "");
 
     // The read from the beginning: exactly the first events, for about what it returns.
-    let steps_before = cursor_steps(&client).await;
+    let steps_before = mongo.cursor_steps().await;
     let mut how = TypedRead::default();
     let rows = store.deliverable("acme", 0, "", &before, &[], 10, &mut how).await.unwrap();
-    let steps_after = cursor_steps(&client).await;
+    let steps_after = mongo.cursor_steps().await;
     let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
     assert_eq!(ids, (1_000..1_010).map(|i| i.to_string()).collect::<Vec<_>>());
     match (steps_before, steps_after) {

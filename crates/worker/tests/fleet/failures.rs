@@ -167,21 +167,8 @@ async fn journaled_writes_are_synced_to_disk_before_they_are_acknowledged() {
     use mongodb::bson::{RawDocumentBuf, doc};
 
     let mongo = evp_testkit::MongoServer::start_owned().await;
-    let client = mongo.client().await;
-    let store = evp_store::EventStore::new(client.clone(), &mongo.unique_database("synced"));
-    let log_syncs = || {
-        let client = client.clone();
-        async move {
-            let status = client.database("admin").run_command(doc! { "serverStatus": 1 }).await.unwrap();
-            let log = status.get_document("wiredTiger").and_then(|w| w.get_document("log")).ok()?;
-            match log.get("log sync operations")? {
-                mongodb::bson::Bson::Int32(n) => Some(i64::from(*n)),
-                mongodb::bson::Bson::Int64(n) => Some(*n),
-                mongodb::bson::Bson::Double(n) => Some(*n as i64),
-                _ => None,
-            }
-        }
-    };
+    let store = evp_store::EventStore::new(mongo.client().await, &mongo.unique_database("synced"));
+    let log_syncs = || mongo.wired_tiger("log", &["log sync operations"]);
     let Some(before) = log_syncs().await else {
         eprintln!("not checked: the server does not report WiredTiger's log syncs");
         return;

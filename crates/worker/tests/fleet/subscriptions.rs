@@ -721,20 +721,6 @@ async fn more_consumers_waiting_than_read_slots_are_all_served() {
     assert_eq!(waiting, names.len(), "not every poll was waiting when the events were sent");
 }
 
-/// The server's WiredTiger cursor steps so far (`serverStatus`), when it says.
-async fn cursor_steps(client: &mongodb::Client) -> Option<i64> {
-    use mongodb::bson::{Bson, doc};
-    let status = client.database("admin").run_command(doc! { "serverStatus": 1 }).await.ok()?;
-    let cursor = status.get_document("wiredTiger").ok()?.get_document("cursor").ok()?;
-    let steps = |name: &str| match cursor.get(name)? {
-        Bson::Int32(n) => Some(i64::from(*n)),
-        Bson::Int64(n) => Some(*n),
-        Bson::Double(n) => Some(*n as i64),
-        _ => None,
-    };
-    Some(steps("cursor next calls")? + steps("cursor prev calls").unwrap_or(0))
-}
-
 /// The lag of a subscription of a rare type that nobody consumes is found from the edges found
 /// last time (`evp_ingest::subscriptions::lag`): exact (unchanged while only other types arrive,
 /// moved by the next event of its type, 0 once consumed), and costing what came since, where a
@@ -761,10 +747,9 @@ async fn the_lag_of_a_rare_type_nobody_consumes_costs_what_came_since_it_was_las
     s.send("key-acme", &events("w", 1_000, 50, "page_view")).await;
     s.settled().await;
     tokio::time::sleep(Duration::from_secs(1)).await; // the rollup job's reads of them are done
-    let client = s.p.mongo.client().await;
-    let steps_before = cursor_steps(&client).await;
+    let steps_before = s.p.mongo.cursor_steps().await;
     let (_, view) = s.call("GET", "/subscriptions/rare", "key-acme", None).await;
-    let steps_after = cursor_steps(&client).await;
+    let steps_after = s.p.mongo.cursor_steps().await;
     assert_eq!(lag_of(&view), first, "{view}");
     match (steps_before, steps_after) {
         (Some(a), Some(b)) if s.p.mongo.kind() != evp_testkit::MongoKind::External => {
